@@ -1,0 +1,169 @@
+"""Run tagging for automations, and reading runs back."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .errors import UsageError
+
+_UUID_PREFIX = re.compile(r"^[0-9a-fA-F-]+$")
+
+
+class Run:
+    """A run of an automation, tagging this connection's writes.
+
+        with sidecar.Run(conn, "ticket-bot", meta={"prompt": "v3"}) as run:
+            conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
+
+    The run finishes as succeeded, or as failed with the exception's text when
+    the block raises (the exception still propagates).
+    """
+
+    def __init__(self, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None):
+        self.conn = conn
+        self.automation = automation
+        self.meta = meta or {}
+        self.run_id: uuid.UUID | None = None
+
+    def __enter__(self) -> "Run":
+        self.run_id = self.conn.execute(
+            "SELECT sidecar.start_run(%s, %s)", (self.automation, Jsonb(self.meta))
+        ).fetchone()[0]
+        if not self.conn.autocommit:
+            self.conn.commit()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.conn.closed:
+            return
+        if exc is None:
+            if not self.conn.autocommit:
+                self.conn.commit()
+            self._finish("succeeded", None)
+        else:
+            # The block's transaction may be aborted: the failure is recorded outside it.
+            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self.conn.rollback()
+            self._finish("failed", f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, status: str, error: str | None) -> None:
+        self.conn.execute("SELECT sidecar.finish_run(%s, %s, %s)", (status, error, self.run_id))
+        if not self.conn.autocommit:
+            self.conn.commit()
+
+    def action(self, key: str) -> "_Action":
+        """Group the writes of the block into one action (one undo unit)."""
+        return _Action(self.conn, key)
+
+
+class _Action:
+    def __init__(self, conn: psycopg.Connection, key: str):
+        self.conn, self.key = conn, key
+
+    def __enter__(self) -> "_Action":
+        self.conn.execute("SELECT set_config('sidecar.action', %s, false)", (self.key,))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            return
+        self.conn.execute("SELECT set_config('sidecar.action', '', false)")
+
+
+@dataclass
+class RunInfo:
+    run_id: uuid.UUID
+    automation: str
+    status: str
+    meta: dict
+    started_at: datetime
+    started_by: str
+    finished_at: datetime | None
+    error: str | None
+    undo_of: uuid.UUID | None
+    rerun_of: uuid.UUID | None
+    undone_by: uuid.UUID | None
+    rows: dict[str, int]
+
+    @property
+    def state(self) -> str:
+        """What a person reads: succeeded, failed, running, undone."""
+        return "undone" if self.undone_by else self.status
+
+
+_RUN_SELECT = """
+SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.finished_at, r.error,
+       r.undo_of, r.rerun_of,
+       (SELECT u.run_id FROM sidecar.runs u WHERE u.run_id = r.undone_by) AS undone_by,
+       coalesce((SELECT jsonb_object_agg(t.relid::text, s.n)
+                 FROM (SELECT tracked_id, count(*) AS n FROM sidecar.statements
+                       WHERE run_id = r.run_id GROUP BY tracked_id) s
+                 JOIN sidecar.tracked t USING (tracked_id)), '{}') AS statements
+FROM sidecar.runs r
+"""
+
+
+def _row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
+    from .history import row_counts
+
+    return row_counts(conn, run_id)
+
+
+def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
+    info = RunInfo(*row[:11], rows={})
+    if with_rows:
+        info.rows = _row_counts(conn, info.run_id)
+    return info
+
+
+def resolve(conn: psycopg.Connection, run_ref: str) -> uuid.UUID:
+    """A full run id, or a unique prefix of at least 6 characters."""
+    ref = run_ref.strip().lower()
+    if not _UUID_PREFIX.match(ref) or len(ref.replace("-", "")) < 6:
+        raise UsageError(f"run id {run_ref!r} is not a run id or a prefix of at least 6 characters")
+    try:
+        return_exact = uuid.UUID(ref)
+    except ValueError:
+        return_exact = None
+    if return_exact is not None:
+        if conn.execute("SELECT 1 FROM sidecar.runs WHERE run_id = %s", (return_exact,)).fetchone():
+            return return_exact
+        raise UsageError(f"run {run_ref} is not known; sidecar runs lists the runs")
+    matches = conn.execute(
+        "SELECT run_id FROM sidecar.runs WHERE run_id::text LIKE %s ORDER BY started_at LIMIT 3",
+        (ref + "%",),
+    ).fetchall()
+    if not matches:
+        raise UsageError(f"no run id starts with {run_ref}; sidecar runs lists the runs")
+    if len(matches) > 1:
+        raise UsageError(f"run id prefix {run_ref} is ambiguous ({len(matches)}+ runs); give more characters")
+    return matches[0][0]
+
+
+def get(conn: psycopg.Connection, run_ref: str | uuid.UUID) -> RunInfo:
+    run_id = run_ref if isinstance(run_ref, uuid.UUID) else resolve(conn, run_ref)
+    row = conn.execute(_RUN_SELECT + " WHERE r.run_id = %s", (run_id,)).fetchone()
+    return _to_info(conn, row)
+
+
+def list_runs(
+    conn: psycopg.Connection,
+    *,
+    automation: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[RunInfo]:
+    rows = conn.execute(
+        _RUN_SELECT
+        + " WHERE (%(a)s::text IS NULL OR r.automation = %(a)s) AND (%(s)s::timestamptz IS NULL OR r.started_at >= %(s)s)"
+        " ORDER BY r.started_at DESC LIMIT %(n)s",
+        {"a": automation, "s": since, "n": limit},
+    ).fetchall()
+    return [_to_info(conn, r) for r in rows]

@@ -1,0 +1,98 @@
+"""Track and untrack tables: the capture triggers themselves are rendered in the database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from .errors import SidecarError, UsageError
+
+
+@dataclass(frozen=True)
+class TrackedTable:
+    tracked_id: int
+    table: str
+    capture: str
+    pk_columns: list[str]
+    label_column: str | None
+    display_name: str | None
+    log_table: str
+    active: bool
+
+
+def _raise_clean(exc: psycopg.Error) -> None:
+    diag = exc.diag
+    message = diag.message_primary or str(exc)
+    if diag.message_hint:
+        message = f"{message}. {diag.message_hint}"
+    if diag.sqlstate in {"42P01", "3F000", "42602"}:  # no such table/schema, bad name
+        raise UsageError(message.replace('relation "', 'table "') + "; check the name (schema-qualified, quoted if mixed-case)") from None
+    if (diag.sqlstate or "").startswith("SC"):
+        raise UsageError(message.removeprefix("sidecar: ")) from None
+    raise SidecarError(message) from None
+
+
+def regclass(conn: psycopg.Connection, table: str) -> str:
+    """The table's canonical (quoted, qualified when needed) name, or a UsageError."""
+    try:
+        row = conn.execute("SELECT to_regclass(%s)::text", (table,)).fetchone()
+    except psycopg.Error as exc:
+        _raise_clean(exc)
+    if row is None or row[0] is None:
+        raise UsageError(
+            f"table {table} does not exist; check the name (schema-qualified, "
+            'mixed-case names in double quotes, e.g. \'"Order Items"\')'
+        )
+    return row[0]
+
+
+def track(
+    conn: psycopg.Connection,
+    table: str,
+    *,
+    capture: str = "tagged",
+    label_column: str | None = None,
+    display_name: str | None = None,
+) -> TrackedTable:
+    name = regclass(conn, table)
+    try:
+        with conn.transaction():
+            conn.execute(
+                "SELECT sidecar.track(%s::regclass, %s, %s, %s)", (name, capture, label_column, display_name)
+            )
+    except psycopg.Error as exc:
+        _raise_clean(exc)
+    return get(conn, name)
+
+
+def untrack(conn: psycopg.Connection, table: str) -> None:
+    name = regclass(conn, table)
+    try:
+        with conn.transaction():
+            conn.execute("SELECT sidecar.untrack(%s::regclass)", (name,))
+    except psycopg.Error as exc:
+        _raise_clean(exc)
+
+
+_COLUMNS = (
+    "tracked_id, relid::text, capture, pk_columns::text[], label_column, display_name, log_table, active"
+)
+
+
+def get(conn: psycopg.Connection, table: str) -> TrackedTable:
+    name = regclass(conn, table)
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM sidecar.tracked WHERE relid = %s::regclass", (name,)
+    ).fetchone()
+    if row is None:
+        raise UsageError(f"table {name} is not tracked; run: sidecar track {name}")
+    return TrackedTable(*row)
+
+
+def list_tracked(conn: psycopg.Connection, *, include_inactive: bool = False) -> list[TrackedTable]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM sidecar.tracked WHERE active OR %s ORDER BY relid::text",
+        (include_inactive,),
+    ).fetchall()
+    return [TrackedTable(*r) for r in rows]

@@ -1,0 +1,1 @@
+"""Shadow-schema migrations, applied in order by `sidecar install`."""

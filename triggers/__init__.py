@@ -1,0 +1,1 @@
+"""Trigger function templates, rendered per tracked table."""
