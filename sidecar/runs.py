@@ -102,7 +102,7 @@ _RUN_SELECT = """
 SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.finished_at, r.error,
        r.undo_of, r.rerun_of,
        (SELECT u.run_id FROM sidecar.runs u WHERE u.run_id = r.undone_by) AS undone_by,
-       coalesce((SELECT jsonb_object_agg(t.relid::text, s.n)
+       coalesce((SELECT jsonb_object_agg(sidecar._qualname(t.relid), s.n)
                  FROM (SELECT tracked_id, count(*) AS n FROM sidecar.statements
                        WHERE run_id = r.run_id GROUP BY tracked_id) s
                  JOIN sidecar.tracked t USING (tracked_id)), '{}') AS statements

@@ -92,7 +92,7 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
         if report.templates:
             # A changed template is rendered anew for every tracked table.
             for tracked_id, relid in conn.execute(
-                "SELECT tracked_id, relid::text FROM sidecar.tracked WHERE active ORDER BY tracked_id"
+                "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked WHERE active ORDER BY tracked_id"
             ).fetchall():
                 conn.execute("SELECT sidecar._render_capture(%s)", (tracked_id,))
                 report.rerendered.append(relid)
@@ -113,7 +113,7 @@ def uninstall(conn: psycopg.Connection, *, keep_history: bool = False) -> list[s
         conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
         rows = conn.execute(
-            "SELECT relid::text FROM sidecar.tracked WHERE active ORDER BY tracked_id"
+            "SELECT sidecar._qualname(relid) FROM sidecar.tracked WHERE active ORDER BY tracked_id"
         ).fetchall()
         for (relid,) in rows:
             conn.execute("SELECT sidecar.untrack(%s::regclass)", (relid,))

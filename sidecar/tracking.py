@@ -36,7 +36,7 @@ def _raise_clean(exc: psycopg.Error) -> None:
 def regclass(conn: psycopg.Connection, table: str) -> str:
     """The table's canonical (quoted, qualified when needed) name, or a UsageError."""
     try:
-        row = conn.execute("SELECT to_regclass(%s)::text", (table,)).fetchone()
+        row = conn.execute("SELECT sidecar._qualname(to_regclass(%s))", (table,)).fetchone()
     except psycopg.Error as exc:
         _raise_clean(exc)
     if row is None or row[0] is None:
@@ -76,7 +76,7 @@ def untrack(conn: psycopg.Connection, table: str) -> None:
 
 
 _COLUMNS = (
-    "tracked_id, relid::text, capture, pk_columns::text[], label_column, display_name, log_table, active"
+    "tracked_id, sidecar._qualname(relid), capture, pk_columns::text[], label_column, display_name, log_table, active"
 )
 
 
@@ -92,7 +92,7 @@ def get(conn: psycopg.Connection, table: str) -> TrackedTable:
 
 def list_tracked(conn: psycopg.Connection, *, include_inactive: bool = False) -> list[TrackedTable]:
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM sidecar.tracked WHERE active OR %s ORDER BY relid::text",
+        f"SELECT {_COLUMNS} FROM sidecar.tracked WHERE active OR %s ORDER BY 2",
         (include_inactive,),
     ).fetchall()
     return [TrackedTable(*r) for r in rows]

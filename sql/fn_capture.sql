@@ -425,3 +425,13 @@ BEGIN
                                jsonb_build_object('table', p_table::text));
 END
 $untrack$;
+
+-- A table's name, always schema-qualified and quoted where needed, whatever
+-- the caller's search_path: the name sidecar prints and matches on.
+CREATE OR REPLACE FUNCTION sidecar._qualname(p_table regclass)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $_qualname$
+    SELECT format('%I.%I', n.nspname, c.relname)
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = p_table
+$_qualname$;

@@ -1,0 +1,150 @@
+"""Reading captured history: the changes of a run, action by action, row by row."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+
+@dataclass
+class Change:
+    """One row changed by one statement: op I (inserted), U (updated) or D (deleted)."""
+
+    table: str
+    tracked_id: int
+    op: str
+    key: dict[str, Any]
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    stmt_id: int
+    action: str
+    at: datetime
+    label_column: str | None = None
+    display_name: str | None = None
+
+    @property
+    def changed_columns(self) -> list[str]:
+        if self.before is None or self.after is None:
+            return []
+        return [c for c in self.after if self.before.get(c) != self.after.get(c)]
+
+
+@dataclass
+class TableInfo:
+    tracked_id: int
+    table: str
+    log_table: str
+    pk_columns: list[str]
+    label_column: str | None
+    display_name: str | None
+    stmt_range: tuple[int, int] = (0, 0)
+    extra: dict = field(default_factory=dict)
+
+
+def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None = None) -> list[TableInfo]:
+    rows = conn.execute(
+        """
+        SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column, t.display_name,
+               min(s.stmt_id), max(s.stmt_id)
+        FROM sidecar.statements s JOIN sidecar.tracked t USING (tracked_id)
+        WHERE s.run_id = %s AND (%s::bigint[] IS NULL OR s.action_id = ANY(%s::bigint[]))
+        GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 2
+        """,
+        (run_id, action_ids, action_ids),
+    ).fetchall()
+    return [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows]
+
+
+def _clean(image: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A history row as {column: value}: bookkeeping dropped, retired columns under their old name."""
+    if image is None:
+        return None
+    out = {}
+    for k, v in image.items():
+        if k in ("_stmt", "_kind"):
+            continue
+        if "~" in k:
+            if v is None:
+                continue
+            k = k.split("~", 1)[0]
+            out.setdefault(k, v)
+            continue
+        out[k] = v
+    return out
+
+
+def changes(
+    conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: list[int] | None = None, limit: int | None = None
+) -> Iterator[Change]:
+    """The run's changes in statement order; a no-op row of a bulk UPDATE is left out."""
+    emitted = 0
+    for info in tables_of_run(conn, run_id, action_ids):
+        pk = [sql.Identifier(c) for c in info.pk_columns]
+        query = sql.SQL(
+            """
+            SELECT l._stmt, l._kind, to_jsonb(l) AS image, s.op, a.key, s.at
+            FROM sidecar.{log} l
+            JOIN sidecar.statements s ON s.stmt_id = l._stmt
+            LEFT JOIN sidecar.actions a ON a.action_id = s.action_id
+            WHERE l._stmt BETWEEN %s AND %s AND s.run_id = %s
+              AND (%s::bigint[] IS NULL OR s.action_id = ANY(%s::bigint[]))
+            ORDER BY l._stmt, {pk}, l._kind DESC  -- O (before) first
+            """
+        ).format(log=sql.Identifier(info.log_table), pk=sql.SQL(", ").join(sql.SQL("l.") + c for c in pk))
+        pending: dict[tuple, dict] = {}
+        with conn.cursor() as cur:
+            cur.execute(query, (*info.stmt_range, run_id, action_ids, action_ids))
+            for stmt, kind, image, op, action, at in cur:
+                image = _clean(image)
+                key = {c: image.get(c) for c in info.pk_columns}
+                if op == "U":
+                    k = (stmt, tuple(str(v) for v in key.values()))
+                    if kind == "O":
+                        pending[k] = image
+                        continue
+                    before = pending.pop(k, None)
+                    after = image
+                    if before == after:
+                        continue
+                    ch_op = "U" if before is not None else "I"
+                else:
+                    before = image if kind == "O" else None
+                    after = image if kind == "N" else None
+                    ch_op = op
+                yield Change(info.table, info.tracked_id, ch_op, key, before, after, stmt, action or "", at,
+                             info.label_column, info.display_name)
+                emitted += 1
+                if limit is not None and emitted >= limit:
+                    return
+                # An UPDATE that moved a row to another key leaves its old key as a deletion.
+            for (stmt, _), before in pending.items():
+                yield Change(info.table, info.tracked_id, "D", {c: before.get(c) for c in info.pk_columns},
+                             before, None, stmt, "", None, info.label_column, info.display_name)
+
+
+def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
+    """Rows written per table by the run (an UPDATE row counts once)."""
+    counts: dict[str, int] = {}
+    for info in tables_of_run(conn, run_id):
+        n = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM sidecar.{log} l JOIN sidecar.statements s ON s.stmt_id = l._stmt "
+                "WHERE l._stmt BETWEEN %s AND %s AND s.run_id = %s "
+                "AND (l._kind = 'N' OR s.op = 'D')"
+            ).format(log=sql.Identifier(info.log_table)),
+            (*info.stmt_range, run_id),
+        ).fetchone()[0]
+        counts[info.table] = n
+    return counts
+
+
+def actions_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[tuple[int, str, datetime]]:
+    return conn.execute(
+        "SELECT action_id, key, started_at FROM sidecar.actions WHERE run_id = %s ORDER BY action_id", (run_id,)
+    ).fetchall()

@@ -1,0 +1,733 @@
+"""Undo: plan a restore from captured history, check conflicts, apply it set-based.
+
+The plan lives in temporary tables inside the undo's own transaction:
+  _sc_stmts         the statements in scope (run, actions, rows)
+  _sc_first_<id>    per row key, the scope's first image (kind O: the row as it
+                    was before; kind N: the row did not exist before)
+  _sc_last_<id>     per row key, the scope's last image (what the run left)
+  _sc_plan_<id>     per row key, the step: insert, update, delete, done
+                    (already as before), none (added and removed by the run),
+                    conflict (changed since by someone else)
+Rows are locked (FOR UPDATE) before the plan compares them, so the check and
+the write are atomic. Tables are restored in foreign-key order, a few
+statements per table.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from . import runs as runs_mod
+from .errors import SidecarError, UsageError
+from .history import TableInfo
+
+UNDO_AUTOMATION = "sidecar undo"
+CONFLICTS_LISTED = 200
+
+
+@dataclass
+class Scope:
+    run_id: uuid.UUID
+    actions: list[str] = field(default_factory=list)
+    rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "rows" if self.rows else "actions" if self.actions else "run"
+
+
+@dataclass
+class Column:
+    name: str
+    type_name: str
+    comparable: bool  # has a btree equality; otherwise compared as text
+    identity_always: bool
+
+
+@dataclass
+class TablePlan:
+    info: TableInfo
+    columns: list[Column]
+    skipped_columns: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def table(self) -> str:
+        return self.info.table
+
+    @property
+    def suffix(self) -> str:
+        return str(self.info.tracked_id)
+
+
+@dataclass
+class Conflict:
+    table: str
+    key: dict[str, Any]
+    run_left: dict[str, Any] | None
+    now: dict[str, Any] | None
+    changed_by_run: uuid.UUID | None
+    label_column: str | None = None
+    display_name: str | None = None
+
+
+@dataclass
+class UndoResult:
+    run_id: uuid.UUID
+    scope: str
+    undo_run_id: uuid.UUID | None
+    tables: dict[str, dict[str, int]]
+    conflicts: list[Conflict]
+    conflict_count: int
+    notes: list[str]
+    applied: bool
+    forced: bool = False
+
+    @property
+    def restored(self) -> int:
+        return sum(c.get("insert", 0) + c.get("update", 0) + c.get("delete", 0) for c in self.tables.values())
+
+
+def _q(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+def _tmp(prefix: str, plan: TablePlan) -> sql.Identifier:
+    return sql.Identifier(f"_sc_{prefix}_{plan.suffix}")
+
+
+def _table_ident(table: str) -> sql.Composable:
+    # relid::text is already quoted and qualified as PostgreSQL prints it.
+    return sql.SQL("{}::regclass").format(sql.Literal(table))
+
+
+class Planner:
+    """Builds and applies the restore of one scope, inside the caller's transaction."""
+
+    def __init__(self, conn: psycopg.Connection, scope: Scope, *, force: bool = False):
+        self.conn = conn
+        self.scope = scope
+        self.force = force
+        self.tables: list[TablePlan] = []
+        self.notes: list[str] = []
+
+    # -- scope -------------------------------------------------------------
+    def _select_statements(self) -> None:
+        conn, scope = self.conn, self.scope
+        conn.execute("DROP TABLE IF EXISTS _sc_stmts")
+        action_ids = None
+        if scope.actions:
+            found = conn.execute(
+                "SELECT key, action_id FROM sidecar.actions WHERE run_id = %s AND key = ANY(%s)",
+                (scope.run_id, scope.actions),
+            ).fetchall()
+            missing = sorted(set(scope.actions) - {k for k, _ in found})
+            if missing:
+                raise UsageError(
+                    f"run {scope.run_id} has no action {missing[0]!r}; sidecar show {scope.run_id} lists its actions"
+                )
+            action_ids = [a for _, a in found]
+        conn.execute(
+            "CREATE TEMP TABLE _sc_stmts ON COMMIT DROP AS "
+            "SELECT stmt_id, tracked_id FROM sidecar.statements "
+            "WHERE run_id = %s AND (%s::bigint[] IS NULL OR action_id = ANY(%s::bigint[]))",
+            (scope.run_id, action_ids, action_ids),
+        )
+        conn.execute("ANALYZE _sc_stmts")
+        rows = conn.execute(
+            """
+            SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column,
+                   t.display_name, min(s.stmt_id), max(s.stmt_id)
+            FROM _sc_stmts s JOIN sidecar.tracked t USING (tracked_id)
+            GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 2
+            """
+        ).fetchall()
+        infos = [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows]
+        if scope.rows:
+            wanted = {t for t, _ in scope.rows}
+            known = {i.table for i in infos}
+            for t in sorted(wanted - known):
+                raise UsageError(f"run {scope.run_id} changed no row of table {t}")
+            infos = [i for i in infos if i.table in wanted]
+        for info in infos:
+            self.tables.append(self._columns(info))
+
+    def _columns(self, info: TableInfo) -> TablePlan:
+        """The columns an undo restores: captured by every statement in scope and still on the table."""
+        rows = self.conn.execute(
+            """
+            SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+                   c.log_column IS NOT NULL AND NOT c.retired AND c.since_stmt <= %s AS captured,
+                   EXISTS (SELECT FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
+                           WHERE am.amname = 'btree' AND oc.opcdefault
+                             AND oc.opcintype = CASE WHEN bt.typtype = 'e' THEN 'anyenum'::regtype
+                                                     WHEN bt.typcategory = 'A' AND bt.typelem <> 0
+                                                          AND el.typtype <> 'c' AND el.typname NOT IN ('json', 'xml', 'point')
+                                                          THEN 'anyarray'::regtype
+                                                     ELSE bt.oid END) AS comparable,
+                   a.attidentity = 'a'
+            FROM pg_attribute a
+            JOIN pg_type ty ON ty.oid = a.atttypid
+            JOIN pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
+            LEFT JOIN pg_type el ON el.oid = bt.typelem
+            LEFT JOIN sidecar.columns c ON c.tracked_id = %s AND c.attnum = a.attnum AND NOT c.retired
+            WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+            ORDER BY a.attnum
+            """,
+            (info.stmt_range[0], info.tracked_id, info.table),
+        ).fetchall()
+        columns, skipped = [], []
+        for name, type_name, captured, comparable, identity_always in rows:
+            if captured:
+                columns.append(Column(name, type_name, comparable, identity_always))
+            else:
+                skipped.append(name)
+        missing_pk = [c for c in info.pk_columns if c not in {col.name for col in columns}]
+        if missing_pk:
+            raise SidecarError(
+                f"table {info.table}: key column {missing_pk[0]} was dropped, renamed away or retyped since the run; "
+                "its rows cannot be matched, so this table cannot be undone"
+            )
+        for name in skipped:
+            self.notes.append(f"{info.table}: column {name} was added or retyped after the run; left as it is")
+        gone = self.conn.execute(
+            "SELECT split_part(log_column, '~', 1) FROM sidecar.columns c WHERE tracked_id = %s AND retired "
+            "AND NOT EXISTS (SELECT FROM sidecar.columns a WHERE a.tracked_id = c.tracked_id "
+            "AND a.attnum = c.attnum AND NOT a.retired AND a.since_stmt <= %s)",
+            (info.tracked_id, info.stmt_range[0]),
+        ).fetchall()
+        for (name,) in gone:
+            self.notes.append(f"{info.table}: column {name} was dropped since the run; its old values are ignored")
+        return TablePlan(info, columns, skipped)
+
+    # -- plan --------------------------------------------------------------
+    def _row_filter(self, plan: TablePlan, alias: str) -> sql.Composable:
+        keys = [k for t, k in self.scope.rows if t == plan.table]
+        if not keys:
+            return sql.SQL("true")
+        pk = plan.info.pk_columns
+        for k in keys:
+            if sorted(k) != sorted(pk):
+                raise UsageError(
+                    f"--row {plan.table}: the key of {plan.table} is ({', '.join(pk)}), not ({', '.join(k)})"
+                )
+        # Keys are compared as text, so a key given on the command line matches any key type.
+        values = sql.SQL(", ").join(
+            sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(str(k[c])) for c in pk)) for k in keys
+        )
+        texts = sql.SQL(", ").join(sql.SQL("{}.{}::text").format(_q(alias), _q(c)) for c in pk)
+        return sql.SQL("({}) IN ({})").format(texts, values)
+
+    def _build_images(self, plan: TablePlan) -> None:
+        cols = sql.SQL(", ").join(_q(c.name) for c in plan.columns)
+        pk = sql.SQL(", ").join(_q(c) for c in plan.info.pk_columns)
+        # Within a statement the before-image (O) comes before the after-image (N).
+        for prefix, order, kind_order in (("first", sql.SQL("ASC"), sql.SQL("DESC")),
+                                          ("last", sql.SQL("DESC"), sql.SQL("ASC"))):
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_tmp(prefix, plan)))
+            self.conn.execute(
+                sql.SQL(
+                    """
+                    CREATE TEMP TABLE {tmp} ON COMMIT DROP AS
+                    SELECT DISTINCT ON ({pk}) l._kind, {cols}
+                    FROM sidecar.{log} l
+                    WHERE l._stmt BETWEEN %s AND %s
+                      AND l._stmt IN (SELECT stmt_id FROM _sc_stmts WHERE tracked_id = %s)
+                      AND {rows}
+                    ORDER BY {pk}, l._stmt {order}, l._kind {kind_order}
+                    """
+                ).format(
+                    tmp=_tmp(prefix, plan), pk=pk, cols=cols, log=_q(plan.info.log_table),
+                    rows=self._row_filter(plan, "l"), order=order, kind_order=kind_order,
+                ),
+                (*plan.info.stmt_range, plan.info.tracked_id),
+            )
+            self.conn.execute(sql.SQL("ANALYZE {}").format(_tmp(prefix, plan)))
+
+    def _match(self, left: str, right: str, plan: TablePlan) -> sql.Composable:
+        """True when the two images hold the same values in every restored column."""
+        parts = []
+        for c in plan.columns:
+            if c.comparable:
+                parts.append(sql.SQL("{l}.{c} IS NOT DISTINCT FROM {r}.{c}").format(l=_q(left), r=_q(right), c=_q(c.name)))
+            else:
+                parts.append(sql.SQL("{l}.{c}::text IS NOT DISTINCT FROM {r}.{c}::text").format(
+                    l=_q(left), r=_q(right), c=_q(c.name)))
+        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+    def _key_join(self, left: str, right: str, plan: TablePlan) -> sql.Composable:
+        return sql.SQL(" AND ").join(
+            sql.SQL("{l}.{c} = {r}.{c}").format(l=_q(left), r=_q(right), c=_q(c)) for c in plan.info.pk_columns
+        )
+
+    def _lock_and_classify(self, plan: TablePlan, lock_timeout: str | None) -> None:
+        conn = self.conn
+        # Lock the rows as they are now; a row changed meanwhile is waited for
+        # and then seen in its newest state by the classification below.
+        conn.execute(
+            sql.SQL("SELECT 1 FROM {t} AS cur JOIN {last} AS l ON {on} FOR UPDATE OF cur").format(
+                t=sql.Identifier(*_split(plan.table)), last=_tmp("last", plan), on=self._key_join("cur", "l", plan)
+            )
+        )
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_tmp("plan", plan)))
+        pk = sql.SQL(", ").join(sql.SQL("f.{}").format(_q(c)) for c in plan.info.pk_columns)
+        conn.execute(
+            sql.SQL(
+                """
+                CREATE TEMP TABLE {plan} ON COMMIT DROP AS
+                SELECT {pk},
+                       CASE
+                         WHEN f._kind = 'N' AND l._kind = 'O' THEN 'none'
+                         WHEN f._kind = 'O' AND cur._sc_found AND ({cur_is_first}) THEN 'done'
+                         WHEN f._kind = 'N' AND cur._sc_found IS NULL THEN 'done'
+                         WHEN l._kind = 'N' AND (cur._sc_found IS NULL OR NOT ({cur_is_last})) THEN 'conflict'
+                         WHEN l._kind = 'O' AND cur._sc_found THEN 'conflict'
+                         WHEN f._kind = 'O' AND cur._sc_found IS NULL THEN 'insert'
+                         WHEN f._kind = 'O' THEN 'update'
+                         ELSE 'delete'
+                       END AS step
+                FROM {first} f
+                JOIN {last} l ON {fl}
+                LEFT JOIN LATERAL (SELECT cur.*, true AS _sc_found FROM {t} cur WHERE {fcur}) cur ON true
+                """
+            ).format(
+                plan=_tmp("plan", plan), pk=pk, first=_tmp("first", plan), last=_tmp("last", plan),
+                fl=self._key_join("f", "l", plan), t=sql.Identifier(*_split(plan.table)),
+                fcur=self._key_join("f", "cur", plan),
+                cur_is_first=self._match("cur", "f", plan), cur_is_last=self._match("cur", "l", plan),
+            )
+        )
+        if self.force:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {plan} p SET step = CASE WHEN f._kind = 'N' THEN 'delete' "
+                    "WHEN EXISTS (SELECT FROM {t} cur WHERE {fcur}) THEN 'update' ELSE 'insert' END "
+                    "FROM {first} f WHERE {pf} AND p.step = 'conflict'"
+                ).format(
+                    plan=_tmp("plan", plan), t=sql.Identifier(*_split(plan.table)), first=_tmp("first", plan),
+                    fcur=self._key_join("f", "cur", plan), pf=self._key_join("p", "f", plan),
+                )
+            )
+        conn.execute(sql.SQL("ANALYZE {}").format(_tmp("plan", plan)))
+        plan.counts = dict(
+            conn.execute(sql.SQL("SELECT step, count(*) FROM {} GROUP BY step").format(_tmp("plan", plan))).fetchall()
+        )
+
+    def plan(self, *, lock_timeout: str | None = None) -> None:
+        if lock_timeout:
+            self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+        self._select_statements()
+        if not self.tables:
+            return
+        for plan in self.tables:
+            self._build_images(plan)
+        for plan in self.ordered():
+            self._lock_and_classify(plan, lock_timeout)
+
+    # -- order -------------------------------------------------------------
+    def ordered(self) -> list[TablePlan]:
+        """Parents before children (foreign keys among the tables in the plan)."""
+        names = {p.table: p for p in self.tables}
+        edges = self.conn.execute(
+            """
+            SELECT DISTINCT sidecar._qualname(conrelid), sidecar._qualname(confrelid) FROM pg_constraint
+            WHERE contype = 'f' AND sidecar._qualname(conrelid) = ANY(%s) AND sidecar._qualname(confrelid) = ANY(%s)
+              AND conrelid <> confrelid AND conparentid = 0
+            """,
+            (list(names), list(names)),
+        ).fetchall()
+        parents: dict[str, set[str]] = {t: set() for t in names}
+        for child, parent in edges:
+            parents[child].add(parent)
+        order, seen = [], set()
+
+        def visit(t: str, path: set[str]) -> None:
+            if t in seen or t in path:
+                return  # a cycle: deferrable constraints are deferred, the rest is tried as is
+            path.add(t)
+            for p in sorted(parents[t]):
+                visit(p, path)
+            seen.add(t)
+            order.append(names[t])
+
+        for t in sorted(names):
+            visit(t, set())
+        return order
+
+    # -- apply -------------------------------------------------------------
+    def apply(self) -> dict[str, dict[str, int]]:
+        conn = self.conn
+        conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        order = self.ordered()
+        done: dict[str, dict[str, int]] = {p.table: {} for p in order}
+        with _user_triggers_disabled(conn, [p.table for p in order]):
+            for plan in order:
+                done[plan.table]["insert"] = self._insert(plan)
+            for plan in order:
+                done[plan.table]["update"] = self._update(plan)
+            for plan in reversed(order):
+                done[plan.table]["delete"] = self._delete(plan)
+        return done
+
+    def _insert(self, plan: TablePlan) -> int:
+        if not plan.counts.get("insert"):
+            return 0
+        cols = sql.SQL(", ").join(_q(c.name) for c in plan.columns)
+        fcols = sql.SQL(", ").join(sql.SQL("f.{}").format(_q(c.name)) for c in plan.columns)
+        cur = self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE "
+                "SELECT {fcols} FROM {first} f JOIN {plan} p ON {pf} WHERE p.step = 'insert' "
+                "ON CONFLICT DO NOTHING"
+            ).format(
+                t=sql.Identifier(*_split(plan.table)), cols=cols, fcols=fcols, first=_tmp("first", plan),
+                plan=_tmp("plan", plan), pf=self._key_join("p", "f", plan),
+            )
+        )
+        inserted = cur.rowcount
+        lost = plan.counts["insert"] - inserted
+        if lost:
+            # Someone inserted the same key after the plan was made: a conflict, not an overwrite.
+            self.notes.append(f"{plan.table}: {lost} row(s) reappeared while undoing and were left as they are")
+            plan.counts["conflict"] = plan.counts.get("conflict", 0) + lost
+        return inserted
+
+    def _update(self, plan: TablePlan) -> int:
+        if not plan.counts.get("update"):
+            return 0
+        settable = [c for c in plan.columns if c.name not in plan.info.pk_columns and not c.identity_always]
+        if not settable:
+            return 0
+        sets = sql.SQL(", ").join(sql.SQL("{c} = f.{c}").format(c=_q(c.name)) for c in settable)
+        cur = self.conn.execute(
+            sql.SQL(
+                "UPDATE {t} AS cur SET {sets} FROM {first} f JOIN {plan} p ON {pf} "
+                "WHERE {fcur} AND p.step = 'update'"
+            ).format(
+                t=sql.Identifier(*_split(plan.table)), sets=sets, first=_tmp("first", plan),
+                plan=_tmp("plan", plan), pf=self._key_join("p", "f", plan), fcur=self._key_join("f", "cur", plan),
+            )
+        )
+        return cur.rowcount
+
+    def _delete(self, plan: TablePlan) -> int:
+        if not plan.counts.get("delete"):
+            return 0
+        # A row still referenced (by a row a person kept, say) is not deleted:
+        # it is reported as a conflict instead of failing the whole undo.
+        refs = self.conn.execute(
+            """
+            SELECT sidecar._qualname(c.conrelid),
+                   array_agg(ca.attname::text ORDER BY k.ord), array_agg(pa.attname::text ORDER BY k.ord)
+            FROM pg_constraint c
+            CROSS JOIN LATERAL unnest(c.conkey, c.confkey) WITH ORDINALITY AS k(ck, pk, ord)
+            JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = k.ck
+            JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = k.pk
+            WHERE c.contype = 'f' AND c.confrelid = %s::regclass AND c.conparentid = 0
+            GROUP BY c.oid, c.conrelid
+            """,
+            (plan.table,),
+        ).fetchall()
+        guards = [
+            sql.SQL("NOT EXISTS (SELECT FROM {child} ch WHERE {on})").format(
+                child=sql.Identifier(*_split(child)),
+                on=sql.SQL(" AND ").join(
+                    sql.SQL("ch.{} = cur.{}").format(_q(cc), _q(pc)) for cc, pc in zip(child_cols, parent_cols)
+                ),
+            )
+            for child, child_cols, parent_cols in refs
+        ]
+        cur = self.conn.execute(
+            sql.SQL("DELETE FROM {t} AS cur USING {plan} p WHERE {pcur} AND p.step = 'delete' AND {guards}").format(
+                t=sql.Identifier(*_split(plan.table)), plan=_tmp("plan", plan), pcur=self._key_join("p", "cur", plan),
+                guards=sql.SQL(" AND ").join(guards) if guards else sql.SQL("true"),
+            )
+        )
+        kept = plan.counts["delete"] - cur.rowcount
+        if kept:
+            self.notes.append(
+                f"{plan.table}: {kept} row(s) added by the run are still referenced by rows changed since; "
+                "they were kept (conflict)"
+            )
+            plan.counts["conflict"] = plan.counts.get("conflict", 0) + kept
+        return cur.rowcount
+
+    # -- reading the plan --------------------------------------------------
+    def conflicts(self, limit: int = CONFLICTS_LISTED) -> list[Conflict]:
+        out: list[Conflict] = []
+        for plan in self.tables:
+            if not plan.counts.get("conflict") or len(out) >= limit:
+                continue
+            pk = plan.info.pk_columns
+            rows = self.conn.execute(
+                sql.SQL(
+                    """
+                    SELECT to_jsonb(p) - 'step', CASE WHEN l._kind = 'N' THEN to_jsonb(l) - '_kind' END,
+                           (SELECT to_jsonb(cur) FROM {t} cur WHERE {pcur})
+                    FROM {plan} p JOIN {last} l ON {pl}
+                    WHERE p.step = 'conflict' ORDER BY {pkp} LIMIT %s
+                    """
+                ).format(
+                    t=sql.Identifier(*_split(plan.table)), plan=_tmp("plan", plan), last=_tmp("last", plan),
+                    pcur=self._key_join("p", "cur", plan), pl=self._key_join("p", "l", plan),
+                    pkp=sql.SQL(", ").join(sql.SQL("p.{}").format(_q(c)) for c in pk),
+                ),
+                (limit - len(out),),
+            ).fetchall()
+            for key, left, now in rows:
+                out.append(
+                    Conflict(plan.table, {c: key.get(c) for c in pk}, left, now,
+                             self._later_run(plan, key), plan.info.label_column, plan.info.display_name)
+                )
+        return out
+
+    def _later_run(self, plan: TablePlan, key: dict[str, Any]) -> uuid.UUID | None:
+        """The run that wrote this row after the scope, if a run did (None: an untagged write)."""
+        cond = sql.SQL(" AND ").join(
+            sql.SQL("l.{}::text = {}").format(_q(c), sql.Literal(None if key.get(c) is None else _text(key[c])))
+            for c in plan.info.pk_columns
+        )
+        row = self.conn.execute(
+            sql.SQL(
+                "SELECT s.run_id FROM sidecar.{log} l JOIN sidecar.statements s ON s.stmt_id = l._stmt "
+                "WHERE l._stmt > %s AND {cond} AND s.run_id IS DISTINCT FROM %s ORDER BY l._stmt DESC LIMIT 1"
+            ).format(log=_q(plan.info.log_table), cond=cond),
+            (plan.info.stmt_range[1], self.scope.run_id),
+        ).fetchone()
+        return row[0] if row else None
+
+    def steps(self, plan: TablePlan, step: str, limit: int | None = None):
+        """(key, first image, last image) of rows with the given step."""
+        pk = plan.info.pk_columns
+        query = sql.SQL(
+            "SELECT to_jsonb(f) - '_kind', to_jsonb(l) - '_kind', f._kind, l._kind "
+            "FROM {plan} p JOIN {first} f ON {pf} JOIN {last} l ON {pl} WHERE p.step = %s ORDER BY {pkp}"
+            + (" LIMIT %s" if limit else "")
+        ).format(
+            plan=_tmp("plan", plan), first=_tmp("first", plan), last=_tmp("last", plan),
+            pf=self._key_join("p", "f", plan), pl=self._key_join("p", "l", plan),
+            pkp=sql.SQL(", ").join(sql.SQL("p.{}").format(_q(c)) for c in pk),
+        )
+        params = (step, limit) if limit else (step,)
+        with self.conn.cursor() as cur:
+            cur.execute(query, params)
+            for first, last, fk, lk in cur:
+                yield {c: first.get(c) for c in pk}, (first if fk == "O" else None), (last if lk == "N" else None)
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _split(table: str) -> tuple[str, ...]:
+    """Split a regclass text (possibly quoted, possibly qualified) into identifiers."""
+    parts, cur, quoted, i = [], "", False, 0
+    while i < len(table):
+        ch = table[i]
+        if quoted:
+            if ch == '"':
+                if i + 1 < len(table) and table[i + 1] == '"':
+                    cur += '"'
+                    i += 1
+                else:
+                    quoted = False
+            else:
+                cur += ch
+        elif ch == '"':
+            quoted = True
+        elif ch == ".":
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    parts.append(cur)
+    return tuple(parts)
+
+
+class _user_triggers_disabled:
+    """Keep the tables' own triggers from altering restored rows (needs table ownership).
+
+    ALTER TABLE ... DISABLE TRIGGER is transactional and holds a lock, so no
+    other session ever sees a table without its triggers.
+    """
+
+    def __init__(self, conn: psycopg.Connection, tables: list[str]):
+        self.conn, self.tables, self.disabled = conn, tables, []
+
+    def __enter__(self):
+        rows = self.conn.execute(
+            "SELECT sidecar._qualname(tgrelid), tgname FROM pg_trigger "
+            "WHERE sidecar._qualname(tgrelid) = ANY(%s) AND NOT tgisinternal AND tgenabled <> 'D' "
+            "AND tgname NOT LIKE 'sidecar\\_%%' ORDER BY 1, 2",
+            (self.tables,),
+        ).fetchall()
+        for table, trigger in rows:
+            try:
+                self.conn.execute(
+                    sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(sql.Identifier(*_split(table)), _q(trigger))
+                )
+            except psycopg.errors.InsufficientPrivilege:
+                raise SidecarError(
+                    f"undo must own table {table} to keep its trigger {trigger} from altering restored rows; "
+                    "run it as the table's owner (or a member of that role)"
+                ) from None
+            self.disabled.append((table, trigger))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            return False
+        for table, trigger in self.disabled:
+            self.conn.execute(
+                sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(sql.Identifier(*_split(table)), _q(trigger))
+            )
+        return False
+
+
+# -- the public API ---------------------------------------------------------
+
+def parse_row(spec: str) -> tuple[str, dict[str, Any] | str]:
+    """`tickets:42` or `order_items:{"order_id":1,"line":2}` -> (table, key)."""
+    table, sep, key = spec.rpartition(":") if not spec.rstrip().endswith("}") else _split_json_row(spec)
+    if not sep or not table or key == "":
+        raise UsageError(f'--row {spec!r} is not TABLE:KEY; for example tickets:42 or order_items:{{"order_id":1,"line":2}}')
+    key = key.strip()
+    if key.startswith("{"):
+        try:
+            parsed = json.loads(key)
+        except json.JSONDecodeError:
+            raise UsageError(f"--row {spec!r}: the composite key is not valid JSON") from None
+        if not isinstance(parsed, dict) or not parsed:
+            raise UsageError(f"--row {spec!r}: the composite key must be a JSON object of key columns")
+        return table, parsed
+    return table, key
+
+
+def _split_json_row(spec: str) -> tuple[str, str, str]:
+    i = spec.find(":{")
+    if i < 0:
+        return "", "", ""
+    return spec[:i], ":", spec[i + 1:]
+
+
+def _resolve_rows(conn: psycopg.Connection, specs: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    from .tracking import get as get_tracked
+
+    out = []
+    for spec in specs:
+        table, key = parse_row(spec)
+        tracked = get_tracked(conn, table)
+        if isinstance(key, str):
+            if len(tracked.pk_columns) != 1:
+                raise UsageError(
+                    f"--row {spec}: {tracked.table} has a composite key ({', '.join(tracked.pk_columns)}); "
+                    'give it as JSON, e.g. ' + tracked.table + ':{' + ",".join(f'"{c}":…' for c in tracked.pk_columns) + "}"
+                )
+            key = {tracked.pk_columns[0]: key}
+        out.append((tracked.table, key))
+    return out
+
+
+def make_scope(conn: psycopg.Connection, run_ref: str, actions: list[str] | None = None,
+               rows: list[str] | None = None) -> Scope:
+    run_id = runs_mod.resolve(conn, run_ref)
+    return Scope(run_id, list(actions or []), _resolve_rows(conn, list(rows or [])))
+
+
+def _check_undoable(conn: psycopg.Connection, scope: Scope) -> None:
+    row = conn.execute(
+        "SELECT r.undone_by, u.started_at, u.undone_by FROM sidecar.runs r "
+        "LEFT JOIN sidecar.runs u ON u.run_id = r.undone_by WHERE r.run_id = %s",
+        (scope.run_id,),
+    ).fetchone()
+    undone_by, at, undo_undone = row
+    if scope.kind == "run" and undone_by and not undo_undone:
+        raise UsageError(
+            f"run {scope.run_id} was already undone by run {undone_by} at {at:%Y-%m-%d %H:%M:%S %Z}; "
+            f"to put its changes back, undo that run: sidecar undo {str(undone_by)[:8]}"
+        )
+
+
+def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> tuple[Planner, UndoResult]:
+    """Plan the undo and report it; nothing changes. Use inside conn.transaction(force_rollback=True)."""
+    planner = Planner(conn, scope, force=force)
+    planner.plan()
+    result = UndoResult(
+        scope.run_id, scope.kind, None,
+        {p.table: dict(p.counts) for p in planner.ordered()},
+        planner.conflicts(), sum(p.counts.get("conflict", 0) for p in planner.tables),
+        planner.notes, applied=False, forced=force,
+    )
+    return planner, result
+
+
+def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason: str | None = None,
+         lock_timeout: str | None = None) -> UndoResult:
+    """Restore the scope's rows to their state before the run, in one transaction.
+
+    The undo is itself a run (undo_of the original), so it can be undone.
+    Conflicting rows are skipped and listed unless force is set.
+    """
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('sidecar.undo'), hashtext(%s))", (str(scope.run_id),))
+        _check_undoable(conn, scope)
+        undo_run = uuid.uuid4()
+        meta = {"scope": scope.kind, "actions": scope.actions,
+                "rows": [{"table": t, "key": k} for t, k in scope.rows], "reason": reason, "force": force}
+        conn.execute(
+            "INSERT INTO sidecar.runs (run_id, automation, meta, undo_of, backend_pid) "
+            "VALUES (%s, %s, %s, %s, pg_backend_pid())",
+            (undo_run, UNDO_AUTOMATION, Jsonb(meta), scope.run_id),
+        )
+        conn.execute("SELECT set_config('sidecar.run_id', %s, true)", (str(undo_run),))
+        conn.execute("SELECT set_config('sidecar.action', %s, true)", (f"undo:{scope.kind}",))
+        planner = Planner(conn, scope, force=force)
+        try:
+            planner.plan(lock_timeout=lock_timeout)
+        except psycopg.errors.LockNotAvailable:
+            raise SidecarError(
+                f"undo gave up waiting {lock_timeout} for a lock held by another session; nothing was changed. "
+                "Try again later, or raise --lock-timeout"
+            ) from None
+        conflicts = planner.conflicts()
+        counts = planner.apply()
+        conflict_count = sum(p.counts.get("conflict", 0) for p in planner.tables)
+        for plan in planner.tables:
+            counts[plan.table]["conflict"] = plan.counts.get("conflict", 0)
+            counts[plan.table]["done"] = plan.counts.get("done", 0)
+        result = UndoResult(scope.run_id, scope.kind, undo_run, counts, conflicts, conflict_count,
+                            planner.notes, applied=True, forced=force)
+        conn.execute(
+            "UPDATE sidecar.runs SET status = 'succeeded', finished_at = clock_timestamp() WHERE run_id = %s",
+            (undo_run,),
+        )
+        if scope.kind == "run":
+            conn.execute("UPDATE sidecar.runs SET undone_by = %s WHERE run_id = %s", (undo_run, scope.run_id))
+        from .describe import plural
+
+        summary = (
+            f"Undid {'run' if scope.kind == 'run' else scope.kind + ' of run'} {str(scope.run_id)[:8]}: "
+            f"restored {plural(result.restored, 'row')}"
+            + (f", skipped {plural(conflict_count, 'conflicting row')}" if conflict_count else "")
+            + (f" ({reason})" if reason else "")
+        )
+        conn.execute(
+            "SELECT sidecar._log_event('undo', %s, %s, %s)",
+            (scope.run_id, summary, Jsonb({"undo_run": str(undo_run), "tables": counts, "scope": meta,
+                                           "conflicts": conflict_count, "notes": planner.notes})),
+        )
+        conn.execute("SELECT set_config('sidecar.run_id', '', true)")
+    return result
