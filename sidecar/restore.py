@@ -292,7 +292,8 @@ class Planner:
                          WHEN f._kind = 'O' AND cur._sc_found IS NULL THEN 'insert'
                          WHEN f._kind = 'O' THEN 'update'
                          ELSE 'delete'
-                       END AS step
+                       END AS step,
+                       false AS forced
                 FROM {first} f
                 JOIN {last} l ON {fl}
                 LEFT JOIN LATERAL (SELECT cur.*, true AS _sc_found FROM {t} cur WHERE {fcur}) cur ON true
@@ -307,7 +308,7 @@ class Planner:
         if self.force:
             conn.execute(
                 sql.SQL(
-                    "UPDATE {plan} p SET step = CASE WHEN f._kind = 'N' THEN 'delete' "
+                    "UPDATE {plan} p SET forced = true, step = CASE WHEN f._kind = 'N' THEN 'delete' "
                     "WHEN EXISTS (SELECT FROM {t} cur WHERE {fcur}) THEN 'update' ELSE 'insert' END "
                     "FROM {first} f WHERE {pf} AND p.step = 'conflict'"
                 ).format(
@@ -319,6 +320,9 @@ class Planner:
         plan.counts = dict(
             conn.execute(sql.SQL("SELECT step, count(*) FROM {} GROUP BY step").format(_tmp("plan", plan))).fetchall()
         )
+        forced = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE forced").format(_tmp("plan", plan))).fetchone()[0]
+        if forced:
+            plan.counts["forced"] = forced
 
     def plan(self, *, lock_timeout: str | None = None) -> None:
         if lock_timeout:
@@ -463,16 +467,16 @@ class Planner:
     def conflicts(self, limit: int = CONFLICTS_LISTED) -> list[Conflict]:
         out: list[Conflict] = []
         for plan in self.tables:
-            if not plan.counts.get("conflict") or len(out) >= limit:
+            if not (plan.counts.get("conflict") or plan.counts.get("forced")) or len(out) >= limit:
                 continue
             pk = plan.info.pk_columns
             rows = self.conn.execute(
                 sql.SQL(
                     """
-                    SELECT to_jsonb(p) - 'step', CASE WHEN l._kind = 'N' THEN to_jsonb(l) - '_kind' END,
+                    SELECT to_jsonb(p) - 'step' - 'forced', CASE WHEN l._kind = 'N' THEN to_jsonb(l) - '_kind' END,
                            (SELECT to_jsonb(cur) FROM {t} cur WHERE {pcur})
                     FROM {plan} p JOIN {last} l ON {pl}
-                    WHERE p.step = 'conflict' ORDER BY {pkp} LIMIT %s
+                    WHERE p.step = 'conflict' OR p.forced ORDER BY {pkp} LIMIT %s
                     """
                 ).format(
                     t=sql.Identifier(*_split(plan.table)), plan=_tmp("plan", plan), last=_tmp("last", plan),
@@ -660,14 +664,24 @@ def _check_undoable(conn: psycopg.Connection, scope: Scope) -> None:
         )
 
 
+def _session_settings(conn: psycopg.Connection) -> None:
+    """Inside the undo's transaction: names print qualified, values in fixed text forms."""
+    from .restore_sql import TEXT_SETTINGS
+
+    conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+    for name, value in TEXT_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
 def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> tuple[Planner, UndoResult]:
     """Plan the undo and report it; nothing changes. Use inside conn.transaction(force_rollback=True)."""
+    _session_settings(conn)
     planner = Planner(conn, scope, force=force)
     planner.plan()
     result = UndoResult(
         scope.run_id, scope.kind, None,
         {p.table: dict(p.counts) for p in planner.ordered()},
-        planner.conflicts(), sum(p.counts.get("conflict", 0) for p in planner.tables),
+        planner.conflicts(), sum(p.counts.get("conflict", 0) + p.counts.get("forced", 0) for p in planner.tables),
         planner.notes, applied=False, forced=force,
     )
     return planner, result
@@ -681,7 +695,7 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
     Conflicting rows are skipped and listed unless force is set.
     """
     with conn.transaction():
-        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        _session_settings(conn)
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('sidecar.undo'), hashtext(%s))", (str(scope.run_id),))
         _check_undoable(conn, scope)
         undo_run = uuid.uuid4()
@@ -704,7 +718,7 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
             ) from None
         conflicts = planner.conflicts()
         counts = planner.apply()
-        conflict_count = sum(p.counts.get("conflict", 0) for p in planner.tables)
+        conflict_count = sum(p.counts.get("conflict", 0) + p.counts.get("forced", 0) for p in planner.tables)
         for plan in planner.tables:
             counts[plan.table]["conflict"] = plan.counts.get("conflict", 0)
             counts[plan.table]["done"] = plan.counts.get("done", 0)

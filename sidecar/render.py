@@ -1,0 +1,161 @@
+"""Text and JSON renderings of library results, for the CLI (and anyone else)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from . import describe
+from .describe import plural, row_label
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (uuid.UUID, Decimal)):
+        return str(obj)
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def when(t: datetime | None) -> str:
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def run_line(r) -> str:
+    rows = ", ".join(f"{describe.table_name(t)} {n}" for t, n in sorted(r.rows.items())) or "no rows"
+    extra = ""
+    if r.undo_of:
+        extra = f"  (undo of {str(r.undo_of)[:8]})"
+    if r.undone_by:
+        extra += f"  (undone by {str(r.undone_by)[:8]})"
+    return (f"{str(r.run_id)[:8]}  {r.automation:<16} {when(r.started_at)}  {r.started_by:<10} "
+            f"{r.state:<9}  {rows}{extra}")
+
+
+def runs_table(runs) -> str:
+    if not runs:
+        return "No runs yet."
+    head = f"{'run':<8}  {'automation':<16} {'started':<19}  {'by':<10} {'status':<9}  rows changed"
+    return "\n".join([head] + [run_line(r) for r in runs])
+
+
+def show_run(info, actions: list[tuple[int, str, list]], events: list) -> str:
+    lines = [
+        f"Run {info.run_id}",
+        f"  automation  {info.automation}",
+        f"  started     {when(info.started_at)} by {info.started_by}",
+        f"  status      {info.state}" + (f" ({info.error})" if info.error else ""),
+    ]
+    if info.finished_at:
+        lines.append(f"  finished    {when(info.finished_at)}")
+    for k, v in sorted(info.meta.items()):
+        lines.append(f"  {k:<11} {describe.value(v, 200).strip(chr(39))}")
+    if info.undo_of:
+        lines.append(f"  undo of     {info.undo_of}")
+    if info.undone_by:
+        lines.append(f"  undone by   {info.undone_by}")
+    total = sum(info.rows.values())
+    lines.append(f"  changed     {plural(total, 'row')}"
+                 + (" in " + ", ".join(f"{describe.table_name(t)} ({n})" for t, n in sorted(info.rows.items()))
+                    if info.rows else ""))
+    for key, changes, more in actions:
+        lines.append("")
+        lines.append(f"Action {key}")
+        for ch in changes:
+            lines.append(f"  {describe.change_line(ch)}")
+        if more:
+            lines.append(f"  … and {plural(more, 'more change')}")
+    if events:
+        lines.append("")
+        lines.append("Events")
+        for at, actor, summary in events:
+            lines.append(f"  {when(at)}  {actor}: {summary}")
+    return "\n".join(lines)
+
+
+def conflict_lines(conflicts, total: int, forced: bool = False) -> list[str]:
+    lines = []
+    for c in conflicts:
+        label = row_label(c.table, c.key, c.now or c.run_left, c.label_column, c.display_name)
+        if c.now is None:
+            now = "the row is gone"
+        elif c.run_left is None:
+            now = "the row is back"
+        else:
+            diffs = [f"{k} {describe.value(c.run_left.get(k))} is now {describe.value(v)}"
+                     for k, v in c.now.items() if k in c.run_left and c.run_left.get(k) != v]
+            now = ", ".join(diffs) or "changed"
+        who = f"run {str(c.changed_by_run)[:8]}" if c.changed_by_run else "someone outside any run"
+        lines.append(f"  conflict: {label}: changed since by {who} ({now}); "
+                     + ("restored anyway (--force)" if forced else "left as it is"))
+    if total > len(conflicts):
+        lines.append(f"  … and {plural(total - len(conflicts), 'more conflict')}")
+    return lines
+
+
+def undo_result(result) -> str:
+    verb = "Undid" if result.applied else "Would undo"
+    scope = "run" if result.scope == "run" else f"{result.scope} of run"
+    lines = [f"{verb} {scope} {result.run_id}" + (f" as run {result.undo_run_id}" if result.undo_run_id else "")]
+    for table, counts in result.tables.items():
+        parts = []
+        for step, word in (("insert", "put back"), ("update", "restored"), ("delete", "removed")):
+            if counts.get(step):
+                parts.append(f"{counts[step]:,} {word}")
+        if counts.get("done"):
+            parts.append(f"{counts['done']:,} already as before")
+        if counts.get("conflict"):
+            parts.append(f"{counts['conflict']:,} skipped (conflict)")
+        lines.append(f"  {describe.table_name(table)}: " + (", ".join(p for p in parts if p) or "nothing to do"))
+    lines += conflict_lines(result.conflicts, result.conflict_count, result.forced)
+    for note in result.notes:
+        lines.append(f"  note: {note}")
+    if not result.tables:
+        lines.append("  The run changed no tracked rows in this scope: nothing to undo.")
+    return "\n".join(lines)
+
+
+def preview(planner, result, per_table: int = 50) -> str:
+    """Each row to restore, in plain language, and each conflict, with totals."""
+    lines = [f"Preview: undo of {'run' if result.scope == 'run' else result.scope + ' of run'} {result.run_id} "
+             "(nothing is changed)"]
+    for plan in planner.ordered():
+        info = plan.info
+        lines.append(f"{describe.table_name(info.table, info.display_name)}:")
+        for step, verb in (("update", "restore"), ("insert", "put back"), ("delete", "remove")):
+            n = plan.counts.get(step, 0)
+            if not n:
+                continue
+            for key, before, after in planner.steps(plan, step, limit=per_table):
+                label = row_label(info.table, key, before or after, info.label_column, info.display_name)
+                if step == "update":
+                    diffs = [f"{c} {describe.value(after.get(c))} -> {describe.value(before.get(c))}"
+                             for c in before if before.get(c) != after.get(c)]
+                    lines.append(f"  {verb} {label}: " + ", ".join(diffs))
+                elif step == "insert":
+                    lines.append(f"  {verb} {label} (deleted by the run)")
+                else:
+                    lines.append(f"  {verb} {label} (added by the run)")
+            if n > per_table:
+                lines.append(f"  … and {plural(n - per_table, 'more row')} to {verb}")
+    lines += conflict_lines(result.conflicts, result.conflict_count, result.forced)
+    for note in result.notes:
+        lines.append(f"  note: {note}")
+    total = sum(sum(c.get(s, 0) for s in ("insert", "update", "delete")) for c in result.tables.values())
+    lines.append(f"Total: {plural(total, 'row')} to restore, {plural(result.conflict_count, 'conflict')}"
+                 + (" (restored anyway: --force)" if result.forced and result.conflict_count else ""))
+    return "\n".join(lines)
