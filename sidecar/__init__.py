@@ -1,3 +1,13 @@
-"""sidecar: capture, pause, undo and rerun the database writes of automations."""
+"""sidecar: capture, pause, undo and rerun the database writes of automations.
+
+    import sidecar
+    with sidecar.Run(conn, "ticket-bot", meta={"prompt": "v3"}) as run:
+        with run.step("note:ticket-42") as step:
+            if not step.skip:
+                conn.execute("INSERT INTO billing_notes ...")
+"""
+
+from .runs import Run
 
 __version__ = "0.1.0"
+__all__ = ["Run", "__version__"]

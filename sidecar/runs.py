@@ -26,16 +26,29 @@ class Run:
     the block raises (the exception still propagates).
     """
 
-    def __init__(self, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None):
+    def __init__(self, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None,
+                 *, run_id: str | uuid.UUID | None = None):
+        """run_id attaches to a run that already exists (one `sidecar rerun` opened)."""
         self.conn = conn
         self.automation = automation
         self.meta = meta or {}
-        self.run_id: uuid.UUID | None = None
+        self.run_id: uuid.UUID | None = uuid.UUID(str(run_id)) if run_id else None
+
+    @classmethod
+    def from_env(cls, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None) -> "Run":
+        """Attach to $SIDECAR_RUN_ID when `sidecar rerun --exec` started us, else start a new run."""
+        import os
+
+        return cls(conn, automation, meta, run_id=os.environ.get("SIDECAR_RUN_ID") or None)
 
     def __enter__(self) -> "Run":
-        self.run_id = self.conn.execute(
-            "SELECT sidecar.start_run(%s, %s)", (self.automation, Jsonb(self.meta))
-        ).fetchone()[0]
+        if self.run_id is None:
+            self.run_id = self.conn.execute(
+                "SELECT sidecar.start_run(%s, %s)", (self.automation, Jsonb(self.meta))
+            ).fetchone()[0]
+        else:
+            self.conn.execute("SELECT set_config('sidecar.run_id', %s, false)", (str(self.run_id),))
+            self.conn.execute("SELECT set_config('sidecar.automation', %s, false)", (self.automation,))
         if not self.conn.autocommit:
             self.conn.commit()
         return self
@@ -61,6 +74,72 @@ class Run:
     def action(self, key: str) -> "_Action":
         """Group the writes of the block into one action (one undo unit)."""
         return _Action(self.conn, key)
+
+    def step(self, key: str) -> "Step":
+        """One idempotent unit of work, committed with its writes:
+
+            with run.step("note:ticket-42") as step:
+                if step.skip:
+                    continue          # done before, by this run or the one it reruns
+                conn.execute("INSERT INTO billing_notes ...")
+        """
+        return Step(self, key)
+
+    def plan(self, steps: list[str | dict]) -> None:
+        """Declare the run's steps up front (keys, or {"key", "touches": [{"table", "key"}]})."""
+        self.conn.execute("SELECT sidecar.plan_steps(%s)", (Jsonb(steps),))
+        if not self.conn.autocommit:
+            self.conn.commit()
+
+    def steps(self, items, key, touches=None):
+        """Yield the items whose step still has to be done, each inside its own step.
+
+            for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}"):
+                conn.execute("INSERT INTO billing_notes ...", ...)
+
+        The plan is declared first, so a rerun knows what never started. An
+        exception inside the loop rolls that step back, records it as failed
+        and ends the loop.
+        """
+        items = list(items)
+        self.plan([{"key": key(i), "touches": [{"table": t, "key": k} for t, k in (touches(i) if touches else [])]}
+                   for i in items])
+        for item in items:
+            with self.step(key(item)) as step:
+                if step.skip:
+                    continue
+                yield item
+
+
+class Step:
+    def __init__(self, run: Run, key: str):
+        self.run, self.key = run, key
+        self.skip = False
+        self.done_by: tuple[uuid.UUID, datetime] | None = None
+        self._tx = None
+
+    def __enter__(self) -> "Step":
+        conn = self.run.conn
+        self._tx = conn.transaction()
+        self._tx.__enter__()
+        if not conn.execute("SELECT sidecar.begin_step(%s)", (self.key,)).fetchone()[0]:
+            self.skip = True
+            self.done_by = conn.execute("SELECT run_id, completed_at FROM sidecar.step_done(%s)", (self.key,)).fetchone()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        conn = self.run.conn
+        if exc_type is None and not self.skip:
+            try:
+                conn.execute("SELECT sidecar.end_step()")
+            except BaseException as err:
+                self._tx.__exit__(type(err), err, err.__traceback__)
+                raise
+        self._tx.__exit__(exc_type, exc, tb)
+        if exc_type is not None and not conn.closed and not isinstance(exc, psycopg.OperationalError):
+            with conn.transaction():
+                conn.execute("SELECT sidecar.fail_step(%s, %s)", (self.key, f"{exc_type.__name__}: {exc}"))
+        return False
 
 
 class _Action:
@@ -92,10 +171,17 @@ class RunInfo:
     undone_by: uuid.UUID | None
     rows: dict[str, int]
 
+    steps_done: int = 0
+    alive: bool = True
+
     @property
     def state(self) -> str:
-        """What a person reads: succeeded, failed, running, undone."""
-        return "undone" if self.undone_by else self.status
+        """What a person reads: succeeded, failed, running, abandoned (no live session), undone."""
+        if self.undone_by:
+            return "undone"
+        if self.status == "running" and not self.alive:
+            return "abandoned"
+        return self.status
 
 
 _RUN_SELECT = """
@@ -105,7 +191,10 @@ SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.f
        coalesce((SELECT jsonb_object_agg(sidecar._qualname(t.relid), s.n)
                  FROM (SELECT tracked_id, count(*) AS n FROM sidecar.statements
                        WHERE run_id = r.run_id GROUP BY tracked_id) s
-                 JOIN sidecar.tracked t USING (tracked_id)), '{}') AS statements
+                 JOIN sidecar.tracked t USING (tracked_id)), '{}') AS statements,
+       (SELECT count(*) FROM sidecar.steps st WHERE st.run_id = r.run_id) AS steps_done,
+       EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
+               AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)) AS alive
 FROM sidecar.runs r
 """
 
@@ -117,7 +206,7 @@ def _row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
 
 
 def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
-    info = RunInfo(*row[:11], rows={})
+    info = RunInfo(*row[:11], rows={}, steps_done=row[12], alive=row[13])
     if with_rows:
         info.rows = _row_counts(conn, info.run_id)
     return info

@@ -23,8 +23,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'SC001', MESSAGE = v_message,
               HINT = 'No run was started. An operator resumes with: sidecar resume ' || quote_ident(p_automation);
     END IF;
-    INSERT INTO sidecar.runs (run_id, automation, meta, backend_pid, backend_start)
-    VALUES (v_run, p_automation, coalesce(p_meta, '{}'), pg_backend_pid(),
+    INSERT INTO sidecar.runs (run_id, automation, meta, lineage, backend_pid, backend_start)
+    VALUES (v_run, p_automation, coalesce(p_meta, '{}'), v_run, pg_backend_pid(),
             (SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()));
     PERFORM set_config('sidecar.run_id', v_run::text, false);
     PERFORM set_config('sidecar.automation', p_automation, false);

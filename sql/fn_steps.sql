@@ -1,0 +1,169 @@
+-- Steps: what automations call around each unit of work; reruns use them to
+-- redo only what failed. Re-applied by `sidecar install` when this file changes.
+--
+-- SQLSTATEs: SC005 no run active; SC007 step misuse (no step open, bad plan).
+--
+--   BEGIN;
+--   SELECT sidecar.begin_step('note:ticket-42');   -- false: already done, skip it
+--   INSERT INTO billing_notes ...;
+--   SELECT sidecar.end_step();
+--   COMMIT;
+
+CREATE OR REPLACE FUNCTION sidecar._current_run()
+RETURNS uuid LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $_current_run$
+DECLARE
+    v_run text := coalesce(current_setting('sidecar.run_id', true), '');
+BEGIN
+    IF v_run = '' THEN
+        RAISE EXCEPTION 'sidecar: no run is active in this session' USING ERRCODE = 'SC005',
+              HINT = 'Call sidecar.start_run() or SET sidecar.run_id first.';
+    END IF;
+    RETURN v_run::uuid;
+END
+$_current_run$;
+
+-- A fingerprint of one row (NULL when the row does not exist), for the rerun check.
+CREATE OR REPLACE FUNCTION sidecar._row_fingerprint(p_table regclass, p_key jsonb)
+RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_row_fingerprint$
+DECLARE
+    v_pk   name[];
+    v_cond text;
+    v_hash text;
+BEGIN
+    SELECT pk_columns INTO v_pk FROM sidecar.tracked WHERE relid = p_table;
+    IF v_pk IS NULL THEN
+        RAISE EXCEPTION 'sidecar: step target % is not a tracked table', p_table USING ERRCODE = 'SC007';
+    END IF;
+    -- Key values are typed by the table's own row type.
+    SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND ') INTO v_cond FROM unnest(v_pk) AS c;
+    EXECUTE format('SELECT md5(t::text) FROM %s t, jsonb_populate_record(NULL::%s, $1) k WHERE %s',
+                   p_table, p_table, v_cond)
+        INTO v_hash USING p_key;
+    RETURN v_hash;
+END
+$_row_fingerprint$;
+
+-- Declare the steps of this run: a JSON array of keys, or of objects
+-- {"key": "note:ticket-42", "touches": [{"table": "billing_notes", "key": {"id": 981}}]}.
+CREATE OR REPLACE FUNCTION sidecar.plan_steps(p_steps jsonb)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $plan_steps$
+DECLARE
+    v_run     uuid := sidecar._current_run();
+    r_step    record;
+    v_key     text;
+    v_targets jsonb;
+    v_count   int := 0;
+BEGIN
+    IF jsonb_typeof(p_steps) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'sidecar: plan_steps takes a JSON array of step keys or {"key", "touches"} objects'
+            USING ERRCODE = 'SC007';
+    END IF;
+    FOR r_step IN SELECT value, ordinality FROM jsonb_array_elements(p_steps) WITH ORDINALITY LOOP
+        IF jsonb_typeof(r_step.value) = 'string' THEN
+            v_key := r_step.value #>> '{}';
+            v_targets := '[]';
+        ELSE
+            v_key := r_step.value ->> 'key';
+            SELECT coalesce(jsonb_agg(t.value || jsonb_build_object(
+                       'fingerprint', sidecar._row_fingerprint((t.value ->> 'table')::regclass, t.value -> 'key'),
+                       'table', sidecar._qualname((t.value ->> 'table')::regclass))), '[]')
+              INTO v_targets
+            FROM jsonb_array_elements(coalesce(r_step.value -> 'touches', '[]')) t;
+        END IF;
+        IF coalesce(v_key, '') = '' THEN
+            RAISE EXCEPTION 'sidecar: step % has no key', r_step.ordinality USING ERRCODE = 'SC007';
+        END IF;
+        INSERT INTO sidecar.step_plan (run_id, key, ord, targets)
+        VALUES (v_run, v_key, r_step.ordinality, v_targets)
+        ON CONFLICT (run_id, key) DO UPDATE SET ord = EXCLUDED.ord, targets = EXCLUDED.targets;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$plan_steps$;
+
+-- Open a step in this transaction. False: the step is already done in the
+-- run's lineage (or a rerun blocked it) and must be skipped. Concurrent
+-- attempts of one step wait for each other here; the loser then sees it done.
+CREATE OR REPLACE FUNCTION sidecar.begin_step(p_key text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $begin_step$
+DECLARE
+    v_run      uuid := sidecar._current_run();
+    v_lineage  uuid;
+    r_done     record;
+    v_blocked  text;
+BEGIN
+    IF coalesce(p_key, '') = '' THEN
+        RAISE EXCEPTION 'sidecar: a step needs a key, e.g. ''note:ticket-42''' USING ERRCODE = 'SC007';
+    END IF;
+    SELECT coalesce(lineage, run_id) INTO v_lineage FROM sidecar.runs WHERE run_id = v_run;
+    IF v_lineage IS NULL THEN
+        -- A run id set by hand and not seen yet: it starts its own lineage.
+        INSERT INTO sidecar.runs (run_id, automation, lineage, backend_pid)
+        VALUES (v_run, coalesce(nullif(current_setting('sidecar.automation', true), ''),
+                                nullif(current_setting('application_name', true), ''), 'unknown'),
+                v_run, pg_backend_pid())
+        ON CONFLICT (run_id) DO NOTHING;
+        v_lineage := v_run;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('sidecar.step:' || v_lineage), hashtext(p_key));
+    SELECT s.run_id, s.completed_at INTO r_done FROM sidecar.steps s WHERE s.lineage = v_lineage AND s.key = p_key;
+    IF FOUND THEN
+        RAISE NOTICE 'sidecar: step % was already done by run % at %; skipped', p_key, r_done.run_id, r_done.completed_at;
+        RETURN false;
+    END IF;
+    SELECT reason INTO v_blocked FROM sidecar.step_blocks WHERE run_id = v_run AND key = p_key;
+    IF FOUND THEN
+        RAISE NOTICE 'sidecar: step % skipped: %', p_key, v_blocked;
+        RETURN false;
+    END IF;
+    PERFORM set_config('sidecar._step', p_key, true);
+    PERFORM set_config('sidecar.action', p_key, true);
+    RETURN true;
+END
+$begin_step$;
+
+-- Who completed a step of this run's lineage, and when (no row: not done).
+CREATE OR REPLACE FUNCTION sidecar.step_done(p_key text)
+RETURNS TABLE (run_id uuid, completed_at timestamptz) LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $step_done$
+    SELECT s.run_id, s.completed_at FROM sidecar.steps s
+    WHERE s.lineage = (SELECT coalesce(r.lineage, r.run_id) FROM sidecar.runs r WHERE r.run_id = sidecar._current_run())
+      AND s.key = p_key
+$step_done$;
+
+-- Mark the open step done, in the same transaction as its writes.
+CREATE OR REPLACE FUNCTION sidecar.end_step()
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $end_step$
+DECLARE
+    v_run     uuid := sidecar._current_run();
+    v_key     text := coalesce(current_setting('sidecar._step', true), '');
+    v_lineage uuid;
+BEGIN
+    IF v_key = '' THEN
+        RAISE EXCEPTION 'sidecar: no step is open in this transaction' USING ERRCODE = 'SC007',
+              HINT = 'Call sidecar.begin_step(key) in the same transaction first.';
+    END IF;
+    SELECT coalesce(lineage, run_id) INTO v_lineage FROM sidecar.runs WHERE run_id = v_run;
+    -- The primary key (lineage, key) is the last guard: a second completion
+    -- of one step fails, and its writes with it.
+    INSERT INTO sidecar.steps (lineage, key, run_id, action_id)
+    VALUES (v_lineage, v_key, v_run,
+            (SELECT a.action_id FROM sidecar.actions a WHERE a.run_id = v_run AND a.key = v_key));
+    PERFORM set_config('sidecar._step', '', true);
+    PERFORM set_config('sidecar.action', '', true);
+END
+$end_step$;
+
+-- Record a failed attempt (call after rolling the step's transaction back).
+CREATE OR REPLACE FUNCTION sidecar.fail_step(p_key text, p_error text DEFAULT NULL)
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fail_step$
+    INSERT INTO sidecar.step_failures (run_id, key, error) VALUES (sidecar._current_run(), p_key, p_error)
+$fail_step$;
