@@ -87,6 +87,13 @@ class Run:
 
     def plan(self, steps: list[str | dict]) -> None:
         """Declare the run's steps up front (keys, or {"key", "touches": [{"table", "key"}]})."""
+        from .tracking import regclass
+
+        names: dict[str, str] = {}
+        for step in steps:
+            # Names are resolved here, with the caller's search_path (the SQL function takes qualified names).
+            for target in step.get("touches", []) if isinstance(step, dict) else []:
+                target["table"] = names.setdefault(target["table"], regclass(self.conn, target["table"]))
         self.conn.execute("SELECT sidecar.plan_steps(%s)", (Jsonb(steps),))
         if not self.conn.autocommit:
             self.conn.commit()
