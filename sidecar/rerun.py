@@ -129,33 +129,19 @@ def rerun(conn: psycopg.Connection, run_ref: str, *, steps: list[str] | None = N
                 log.append(f"Step {s.key} allowed despite: {'; '.join(reasons)} (--force)")
     for key, why in blocked:
         log.append(f"Step {key} skipped: {why}")
-    with conn.transaction():
-        root = conn.execute(
-            "SELECT coalesce(lineage, run_id) FROM sidecar.runs WHERE run_id = %s", (original.run_id,)
-        ).fetchone()[0]
-        rerun_id = uuid.uuid4()
-        meta = {"rerun_of": str(original.run_id), "steps": redo, "blocked": dict(blocked), "reason": reason,
-                "force": force}
-        conn.execute(
-            "INSERT INTO sidecar.runs (run_id, automation, meta, rerun_of, lineage) VALUES (%s, %s, %s, %s, %s)",
-            (rerun_id, original.automation, Jsonb(meta), original.run_id, root),
-        )
-        # Steps other than the ones to redo are not this rerun's business.
-        for s in states:
-            if s.state != "completed" and s.key not in redo:
-                why = dict(blocked).get(s.key, "not asked for in this rerun (--step)")
-                conn.execute(
-                    "INSERT INTO sidecar.step_blocks (run_id, key, reason) VALUES (%s, %s, %s)", (rerun_id, s.key, why)
-                )
-        summary = (f"Rerun of run {str(original.run_id)[:8]} as {str(rerun_id)[:8]}: "
-                   f"{plural(len(redo), 'step')} to redo"
-                   + (f", {plural(len(blocked), 'step')} skipped" if blocked else "")
-                   + (f" ({reason})" if reason else ""))
-        conn.execute(
-            "SELECT sidecar._log_event('rerun', %s, %s, %s)",
-            (original.run_id, summary, Jsonb({"rerun": str(rerun_id), "log": log, "redo": redo,
-                                              "blocked": dict(blocked)})),
-        )
+    # Steps other than the ones to redo are not this rerun's business.
+    blocks = {s.key: dict(blocked).get(s.key, "not asked for in this rerun (--step)")
+              for s in states if s.state != "completed" and s.key not in redo}
+    meta = {"rerun_of": str(original.run_id), "steps": redo, "blocked": dict(blocked), "reason": reason,
+            "force": force}
+    summary = (f"Rerun of run {str(original.run_id)[:8]}: {plural(len(redo), 'step')} to redo"
+               + (f", {plural(len(blocked), 'step')} skipped" if blocked else "")
+               + (f" ({reason})" if reason else ""))
+    rerun_id = conn.execute(
+        "SELECT sidecar._rerun_open(%s, %s, %s, %s, %s)",
+        (original.run_id, Jsonb(meta), Jsonb(blocks), summary,
+         Jsonb({"log": log, "redo": redo, "blocked": dict(blocked)})),
+    ).fetchone()[0]
     return RerunReport(original.run_id, rerun_id, original.automation, states, redo, blocked, log)
 
 

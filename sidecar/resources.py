@@ -40,6 +40,11 @@ def function_files() -> list[SqlFile]:
     return _read("sidecar.sql", _FUNCTIONS)
 
 
+def privileges() -> str:
+    """Roles and grants (sql/privileges.sql), re-applied at the end of every install."""
+    return (files("sidecar.sql") / "privileges.sql").read_text(encoding="utf-8")
+
+
 def templates() -> dict[str, str]:
     """Trigger function templates (triggers/NAME.sql), by NAME."""
     return {f.name.removesuffix(".sql"): f.text for f in _read("sidecar.triggers", re.compile(r"^\w+\.sql$"))}

@@ -28,7 +28,6 @@ from . import runs as runs_mod
 from .errors import SidecarError, UsageError
 from .history import TableInfo
 
-UNDO_AUTOMATION = "sidecar undo"
 CONFLICTS_LISTED = 200
 
 
@@ -650,20 +649,6 @@ def make_scope(conn: psycopg.Connection, run_ref: str, actions: list[str] | None
     return Scope(run_id, list(actions or []), _resolve_rows(conn, list(rows or [])))
 
 
-def _check_undoable(conn: psycopg.Connection, scope: Scope) -> None:
-    row = conn.execute(
-        "SELECT r.undone_by, u.started_at, u.undone_by FROM sidecar.runs r "
-        "LEFT JOIN sidecar.runs u ON u.run_id = r.undone_by WHERE r.run_id = %s",
-        (scope.run_id,),
-    ).fetchone()
-    undone_by, at, undo_undone = row
-    if scope.kind == "run" and undone_by and not undo_undone:
-        raise UsageError(
-            f"run {scope.run_id} was already undone by run {undone_by} at {at:%Y-%m-%d %H:%M:%S %Z}; "
-            f"to put its changes back, undo that run: sidecar undo {str(undone_by)[:8]}"
-        )
-
-
 def _session_settings(conn: psycopg.Connection) -> None:
     """Inside the undo's transaction: names print qualified, values in fixed text forms."""
     from .restore_sql import TEXT_SETTINGS
@@ -696,18 +681,16 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
     """
     with conn.transaction():
         _session_settings(conn)
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('sidecar.undo'), hashtext(%s))", (str(scope.run_id),))
-        _check_undoable(conn, scope)
-        undo_run = uuid.uuid4()
         meta = {"scope": scope.kind, "actions": scope.actions,
                 "rows": [{"table": t, "key": k} for t, k in scope.rows], "reason": reason, "force": force}
-        conn.execute(
-            "INSERT INTO sidecar.runs (run_id, automation, meta, undo_of, backend_pid) "
-            "VALUES (%s, %s, %s, %s, pg_backend_pid())",
-            (undo_run, UNDO_AUTOMATION, Jsonb(meta), scope.run_id),
-        )
-        conn.execute("SELECT set_config('sidecar.run_id', %s, true)", (str(undo_run),))
-        conn.execute("SELECT set_config('sidecar.action', %s, true)", (f"undo:{scope.kind}",))
+        try:
+            # Checks the run may be undone, registers the undo as a run and tags this transaction with it.
+            undo_run = conn.execute("SELECT sidecar._undo_begin(%s, %s)", (scope.run_id, Jsonb(meta))).fetchone()[0]
+        except psycopg.Error as exc:
+            if exc.sqlstate == "SC008":
+                hint = f"; {exc.diag.message_hint[0].lower()}{exc.diag.message_hint[1:]}" if exc.diag.message_hint else ""
+                raise UsageError(exc.diag.message_primary.removeprefix("sidecar: ") + hint) from None
+            raise
         planner = Planner(conn, scope, force=force)
         try:
             planner.plan(lock_timeout=lock_timeout)
@@ -724,12 +707,6 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
             counts[plan.table]["done"] = plan.counts.get("done", 0)
         result = UndoResult(scope.run_id, scope.kind, undo_run, counts, conflicts, conflict_count,
                             planner.notes, applied=True, forced=force)
-        conn.execute(
-            "UPDATE sidecar.runs SET status = 'succeeded', finished_at = clock_timestamp() WHERE run_id = %s",
-            (undo_run,),
-        )
-        if scope.kind == "run":
-            conn.execute("UPDATE sidecar.runs SET undone_by = %s WHERE run_id = %s", (undo_run, scope.run_id))
         from .describe import plural
 
         summary = (
@@ -739,9 +716,8 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
             + (f" ({reason})" if reason else "")
         )
         conn.execute(
-            "SELECT sidecar._log_event('undo', %s, %s, %s)",
-            (scope.run_id, summary, Jsonb({"undo_run": str(undo_run), "tables": counts, "scope": meta,
-                                           "conflicts": conflict_count, "notes": planner.notes})),
+            "SELECT sidecar._undo_finish(%s, %s, %s)",
+            (undo_run, summary, Jsonb({"tables": counts, "scope": meta, "conflicts": conflict_count,
+                                       "notes": planner.notes})),
         )
-        conn.execute("SELECT set_config('sidecar.run_id', '', true)")
     return result

@@ -96,6 +96,8 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
             ).fetchall():
                 conn.execute("SELECT sidecar._render_capture(%s)", (tracked_id,))
                 report.rerendered.append(relid)
+        # Grants are re-applied every time: new functions start executable by PUBLIC.
+        conn.execute(resources.privileges())
     return report
 
 

@@ -1,0 +1,82 @@
+-- Who may do what, re-applied at the end of every `sidecar install`.
+--
+-- The installing role owns the sidecar schema, its history and functions.
+-- Automations (PUBLIC) may only tag their writes and mark steps: they cannot
+-- read, write or forge history, pause or resume, undo, approve or rerun.
+-- Operators get these group roles (NOLOGIN), granted by the DBA:
+--   sidecar_viewer    read runs, history, events
+--   sidecar_pauser    + pause and resume
+--   sidecar_undoer    + undo (and needs to own the tables it restores)
+--   sidecar_approver  + approve and reject held writes
+--   sidecar_rerunner  + open reruns
+
+DO $roles$
+DECLARE
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY ARRAY['sidecar_viewer', 'sidecar_pauser', 'sidecar_undoer',
+                                  'sidecar_approver', 'sidecar_rerunner'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE WARNING 'sidecar: cannot create role % (this role lacks CREATEROLE)', v_role
+                    USING HINT = format('Ask a superuser to run: CREATE ROLE %I NOLOGIN; then sidecar install again.', v_role);
+            END;
+        END IF;
+        IF v_role <> 'sidecar_viewer' AND EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE format('GRANT sidecar_viewer TO %I', v_role);
+            EXCEPTION WHEN insufficient_privilege OR undefined_object THEN
+                NULL;  -- membership is a convenience; every grant below is explicit anyway
+            END;
+        END IF;
+    END LOOP;
+END
+$roles$;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA sidecar FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA sidecar FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA sidecar FROM PUBLIC;
+GRANT USAGE ON SCHEMA sidecar TO PUBLIC;
+
+-- What automations call.
+GRANT EXECUTE ON FUNCTION
+    sidecar.start_run(text, jsonb),
+    sidecar.finish_run(text, text, uuid),
+    sidecar.begin_step(text),
+    sidecar.end_step(),
+    sidecar.fail_step(text, text),
+    sidecar.plan_steps(jsonb),
+    sidecar.step_done(text),
+    sidecar._qualname(regclass)
+TO PUBLIC;
+
+-- The rest is granted per role, where the role exists.
+DO $grants$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_viewer') THEN
+        GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_viewer;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_pauser') THEN
+        GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_pauser;
+        GRANT EXECUTE ON FUNCTION sidecar.pause(text, text), sidecar.resume(text),
+                                  sidecar.pause_table(regclass, text), sidecar.resume_table(regclass)
+        TO sidecar_pauser;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_undoer') THEN
+        GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_undoer;
+        GRANT EXECUTE ON FUNCTION sidecar._undo_begin(uuid, jsonb), sidecar._undo_finish(uuid, text, jsonb)
+        TO sidecar_undoer;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_rerunner') THEN
+        GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_rerunner;
+        GRANT EXECUTE ON FUNCTION sidecar._rerun_open(uuid, jsonb, jsonb, text, jsonb),
+                                  sidecar._row_fingerprint(regclass, jsonb)
+        TO sidecar_rerunner;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_approver') THEN
+        GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_approver;
+    END IF;
+END
+$grants$;
