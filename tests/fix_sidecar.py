@@ -1,0 +1,86 @@
+"""Fixtures and small helpers for tests of sidecar itself.
+
+``sc``        an autocommit connection to a fresh database where sidecar is installed
+``bot``       a second connection, as the automation (application_name ticket-bot)
+``cli``       run the ``sidecar`` command against the test's database: ``cli("runs", "--json")``
+``run_bot``   let the bot write inside a ``sidecar.Run`` and get the run id back
+``snapshot``  a table's rows as ``{pk text: row::text}``, to compare byte for byte
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+from psycopg import sql
+
+import sidecar.runs
+import sidecar.schema
+from sidecar.cli import cli as sidecar_cli
+
+
+@pytest.fixture
+def sc(dsn: str) -> Iterator[psycopg.Connection]:
+    """A connection (autocommit) to a fresh database with sidecar installed."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        sidecar.schema.install(connection)
+        yield connection
+
+
+@pytest.fixture
+def bot(sc: psycopg.Connection, make_conn: Callable[..., psycopg.Connection]) -> psycopg.Connection:
+    """The automation's own session (autocommit, application_name ticket-bot)."""
+    return make_conn(application_name="ticket-bot")
+
+
+@pytest.fixture
+def cli(dsn: str) -> Callable[..., Result]:
+    """Invoke the sidecar CLI on the test's database; stdin is not a terminal."""
+
+    def invoke(*args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(sidecar_cli, [*args, "--dsn", dsn], input=input, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def run_bot(bot: psycopg.Connection) -> Callable[..., uuid.UUID]:
+    """``run_bot("UPDATE ...", "DELETE ...", automation="ticket-bot", meta={...})``: one
+    transaction per statement (each its own action), in one run; returns the run id."""
+
+    def run(*statements: str | tuple[str, tuple], automation: str = "ticket-bot", meta: dict | None = None,
+            connection: psycopg.Connection | None = None) -> uuid.UUID:
+        c = connection or bot
+        with sidecar.runs.Run(c, automation, meta=meta) as r:
+            for stmt in statements:
+                if isinstance(stmt, tuple):
+                    c.execute(stmt[0], stmt[1])
+                else:
+                    c.execute(stmt)
+        return r.run_id
+
+    return run
+
+
+def snapshot(conn: psycopg.Connection, table: str, order_by: str | None = None) -> list[str]:
+    """Every row of ``table`` as PostgreSQL prints it, in key order: equal lists mean equal bytes."""
+    # table and order_by are written by the tests themselves (quoted where needed).
+    query = sql.SQL("SELECT t::text FROM {} t ORDER BY {}").format(sql.SQL(table), sql.SQL(order_by or "1"))
+    return [r[0] for r in conn.execute(query).fetchall()]
+
+
+def track(conn: psycopg.Connection, *tables: str, **options: object) -> None:
+    import sidecar.tracking
+
+    for table in tables:
+        sidecar.tracking.track(conn, table, **options)
+
+
+def undo(conn: psycopg.Connection, run_id: uuid.UUID | str, *, actions=None, rows=None, force=False, reason=None):
+    import sidecar.restore
+
+    scope = sidecar.restore.make_scope(conn, str(run_id), actions, rows)
+    return sidecar.restore.undo(conn, scope, force=force, reason=reason)
