@@ -346,6 +346,33 @@ def rerun(dsn, run_id, steps, force, reason, command, as_json):
 
 
 @cli.command()
+@dsn_option
+@click.option("--before", required=True, help="Purge runs started before this time: 90d, 2026-01-01, ...")
+@click.option("--automation", help="Only runs of this automation.")
+@click.option("--yes", is_flag=True, help="Confirm: captured history of these runs is removed for good.")
+@handles_errors
+def purge(dsn, before, automation, yes):
+    """Remove old captured history (runs and events stay, marked purged).
+
+    Runs still running, with held items, or being undone are kept.
+    Example: sidecar purge --before 90d --yes
+    """
+    from . import retention
+
+    cutoff = _parse_since(before)
+    if not yes:
+        raise UsageError("purge removes captured history for good; add --yes to confirm")
+    with _connect(dsn) as conn:
+        with click.progressbar(length=1, label="purging", file=sys.stderr) as bar:
+            def progress(done, total):
+                bar.length = total
+                bar.update(1)
+
+            report = retention.purge(conn, cutoff, automation=automation, progress=progress)
+    click.echo(report.text())
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Leave the throwaway server running and print its DSN.")
 @handles_errors
 def demo(keep):

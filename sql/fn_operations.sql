@@ -23,6 +23,10 @@ BEGIN
     IF r_run.run_id IS NULL THEN
         RAISE EXCEPTION 'sidecar: run % is not known', p_run USING ERRCODE = 'SC008';
     END IF;
+    IF EXISTS (SELECT FROM sidecar.runs WHERE run_id = p_run AND purged_at IS NOT NULL) THEN
+        RAISE EXCEPTION 'sidecar: the history of run % was purged, so it can no longer be undone', p_run
+            USING ERRCODE = 'SC008';
+    END IF;
     IF p_scope ->> 'scope' = 'run' AND r_run.undone_by IS NOT NULL AND r_run.undo_undone IS NULL THEN
         RAISE EXCEPTION 'sidecar: run % was already undone by run % at %', p_run, r_run.undone_by,
                         to_char(r_run.undone_at, 'YYYY-MM-DD HH24:MI:SS TZ')

@@ -1,0 +1,42 @@
+-- Retention: removing old history, only when an operator asks. Re-applied by
+-- `sidecar install` whenever this file changes.
+--
+-- History is append-only and written in statement order, so the rows of old
+-- runs sit at the front of each history table: once purged and vacuumed,
+-- that space is reused by new captures instead of growing the table.
+
+-- Purge one run's captured history, in the caller's transaction. Returns the
+-- number of row images removed, or NULL when the run must be kept: it has
+-- held items waiting for review, or an undo of it is in progress.
+CREATE OR REPLACE FUNCTION sidecar._purge_run(p_run uuid)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_purge_run$
+DECLARE
+    r_table  record;
+    v_rows   bigint := 0;
+    v_n      bigint;
+BEGIN
+    -- An undo holds this lock for its whole transaction.
+    IF NOT pg_try_advisory_xact_lock(hashtext('sidecar.undo'), hashtext(p_run::text)) THEN
+        RETURN NULL;
+    END IF;
+    IF to_regclass('sidecar.pending') IS NOT NULL
+       AND EXISTS (SELECT FROM sidecar.pending WHERE run_id = p_run AND status = 'pending') THEN
+        RETURN NULL;
+    END IF;
+    FOR r_table IN
+        SELECT t.log_table, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi
+        FROM sidecar.statements s JOIN sidecar.tracked t USING (tracked_id)
+        WHERE s.run_id = p_run GROUP BY t.log_table
+    LOOP
+        EXECUTE format('DELETE FROM sidecar.%I WHERE _stmt BETWEEN $1 AND $2 '
+                       'AND _stmt IN (SELECT stmt_id FROM sidecar.statements WHERE run_id = $3)', r_table.log_table)
+            USING r_table.lo, r_table.hi, p_run;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_rows := v_rows + v_n;
+    END LOOP;
+    DELETE FROM sidecar.statements WHERE run_id = p_run;
+    UPDATE sidecar.runs SET purged_at = clock_timestamp() WHERE run_id = p_run;
+    RETURN v_rows;
+END
+$_purge_run$;
