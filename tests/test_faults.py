@@ -1,0 +1,91 @@
+"""Faults: an undo killed half-way, or kept waiting by a lock, leaves nothing half-done."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.fix_sidecar import track
+
+ROWS = 60_000
+
+
+@pytest.fixture
+def big_run(sc, run_bot):
+    sc.execute("CREATE TABLE ledger (id int PRIMARY KEY, amount numeric, note text)")
+    sc.execute("INSERT INTO ledger SELECT g, g, 'before' FROM generate_series(1, %s) g", (ROWS,))
+    track(sc, "ledger")
+    return run_bot("UPDATE ledger SET amount = amount * 2, note = 'bot'")
+
+
+def states(sc):
+    return dict(sc.execute("SELECT note, count(*) FROM ledger GROUP BY note").fetchall())
+
+
+def sidecar_cmd(dsn, *args):
+    return [sys.executable, "-m", "sidecar.cli", *args, "--dsn", dsn]
+
+
+def wait_for_undo_query(sc, timeout=10.0):
+    """The backend of the running undo, once it is at work in the database."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = sc.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'sidecar' AND state = 'active' "
+            "AND datname = current_database() AND pid <> pg_backend_pid() LIMIT 1").fetchone()
+        if row:
+            return row[0]
+        time.sleep(0.01)
+    return None
+
+
+@pytest.mark.parametrize("how", ["backend terminated", "client killed"])
+def test_undo_killed_half_way_changes_nothing_and_can_run_again(sc, dsn, big_run, how):
+    assert states(sc) == {"bot": ROWS}
+    proc = subprocess.Popen(sidecar_cmd(dsn, "undo", str(big_run), "--yes"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = wait_for_undo_query(sc)
+    assert pid is not None, "the undo never reached the database"
+    time.sleep(random.uniform(0.0, 0.3))
+    if how == "backend terminated":
+        sc.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the undo finished before it could be killed (machine too fast for this size)")
+    # All or nothing: the run's rows are as the run left them, and no undo is recorded.
+    deadline = time.monotonic() + 10
+    while sc.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert states(sc) == {"bot": ROWS}
+    assert sc.execute("SELECT count(*) FROM sidecar.runs WHERE undo_of = %s", (big_run,)).fetchone()[0] == 0
+    if how == "backend terminated":
+        assert "sidecar:" in err and "Traceback" not in err
+    # The same command finishes it.
+    again = subprocess.run(sidecar_cmd(dsn, "undo", str(big_run), "--yes"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert states(sc) == {"before": ROWS}
+
+
+def test_undo_waits_for_a_lock_up_to_lock_timeout_then_fails_clearly(sc, dsn, big_run, make_conn):
+    person = make_conn(autocommit=False)
+    person.execute("SELECT * FROM ledger WHERE id = 77 FOR UPDATE")  # a person's open transaction
+    started = time.monotonic()
+    result = subprocess.run(sidecar_cmd(dsn, "undo", str(big_run), "--yes", "--lock-timeout", "1s"),
+                            capture_output=True, text=True, timeout=60)
+    waited = time.monotonic() - started
+    person.rollback()
+    assert result.returncode == 1
+    assert "lock" in result.stderr and "nothing was changed" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert waited >= 1.0
+    assert states(sc) == {"bot": ROWS}
+    assert sc.execute("SELECT count(*) FROM sidecar.runs WHERE undo_of = %s", (big_run,)).fetchone()[0] == 0
