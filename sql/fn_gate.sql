@@ -5,6 +5,10 @@
 -- Pause and resume send a NOTIFY on channel 'sidecar' with a JSON payload
 -- {"event": "pause"|"resume", "scope": ..., "target": ...}.
 
+-- Signatures of earlier releases (an upgrade must not leave overloads behind).
+DROP FUNCTION IF EXISTS sidecar._pause(text, text, text);
+DROP FUNCTION IF EXISTS sidecar._resume(text, text);
+
 CREATE OR REPLACE FUNCTION sidecar._pause(p_scope text, p_target text, p_reason text,
                                           p_label text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp

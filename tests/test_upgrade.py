@@ -1,0 +1,53 @@
+"""Upgrade: installing a newer sidecar over an older one keeps history and tracked tables working."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import sidecar
+import sidecar.schema
+from tests.fix_sidecar import snapshot, undo
+
+V0_1 = Path(__file__).parent / "upgrade" / "v0_1"
+
+
+def install_v0_1(conn):
+    """What `sidecar install` of the first release left in a database."""
+    with conn.transaction():
+        conn.execute((V0_1 / "001_schema.sql").read_text())
+        conn.execute("INSERT INTO sidecar.migrations (version, name) VALUES (1, '001_schema.sql')")
+        for name in ("fn_capture.sql", "fn_gate.sql", "fn_runs.sql"):
+            text = (V0_1 / name).read_text()
+            conn.execute(text)
+            conn.execute("INSERT INTO sidecar.definitions (file, sha256) VALUES (%s, %s)",
+                         (name, hashlib.sha256(text.encode()).hexdigest()))
+        conn.execute("INSERT INTO sidecar.templates (name, body) VALUES ('capture', %s)",
+                     ((V0_1 / "capture.sql").read_text(),))
+
+
+def test_upgrade_keeps_history_and_undo_works(conn, make_conn):
+    install_v0_1(conn)
+    conn.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
+    conn.execute("INSERT INTO tickets SELECT g, 'open' FROM generate_series(1, 3) g")
+    conn.execute("SELECT sidecar.track('tickets')")
+    before = snapshot(conn, "tickets")
+    bot = make_conn()
+    old_run = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET status = 'resolved' WHERE id <= 2")
+    bot.execute("SELECT sidecar.finish_run()")
+
+    report = sidecar.schema.install(conn)
+    assert report.migrations and "001_schema.sql" not in report.migrations
+    assert sidecar.schema.installed_version(conn) >= 3
+    assert not sidecar.schema.install(conn).changed
+
+    # History captured before the upgrade undoes with the new code.
+    undo(conn, old_run)
+    assert snapshot(conn, "tickets") == before
+    # Capture keeps working after the upgrade, in an already-open session too.
+    with sidecar.Run(bot, "ticket-bot") as run:
+        bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 3")
+    assert conn.execute("SELECT count(*) FROM sidecar.statements WHERE run_id = %s", (run.run_id,)).fetchone()[0] == 1
+    undo(conn, run.run_id)
+    assert snapshot(conn, "tickets") == before

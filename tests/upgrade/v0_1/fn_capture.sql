@@ -1,0 +1,437 @@
+-- Capture: tracking tables, rendering their capture triggers, and the
+-- per-statement bookkeeping those triggers call. Re-applied by
+-- `sidecar install` whenever this file changes (CREATE OR REPLACE only).
+--
+-- SQLSTATEs raised here (listed in the README):
+--   SC001 automation or table paused       SC002 TRUNCATE refused
+--   SC003 bad sidecar.run_id               SC004 table cannot be tracked
+--   SC005 no run active in this session
+
+-- The type a history column gets for a table column: the same type, except
+-- that domains are stored as their base type (their checks apply to the live
+-- table, not to history).
+CREATE OR REPLACE FUNCTION sidecar._log_type(p_type oid, p_typmod int)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $_log_type$
+DECLARE
+    v_type   oid := p_type;
+    v_typmod int := p_typmod;
+    r_type   record;
+BEGIN
+    LOOP
+        SELECT t.typtype, t.typbasetype, t.typtypmod INTO r_type
+        FROM pg_catalog.pg_type t WHERE t.oid = v_type;
+        EXIT WHEN r_type.typtype IS DISTINCT FROM 'd';
+        v_type := r_type.typbasetype;
+        v_typmod := r_type.typtypmod;
+    END LOOP;
+    RETURN pg_catalog.format_type(v_type, v_typmod);
+END
+$_log_type$;
+
+-- The columns capture writes (not dropped, not generated) as one comparable
+-- string; a capture function embeds the shape it was rendered for.
+CREATE OR REPLACE FUNCTION sidecar._shape(p_relid oid)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $_shape$
+    SELECT coalesce(string_agg(format('%s:%I:%s:%s', a.attnum, a.attname, a.atttypid, a.atttypmod),
+                               ',' ORDER BY a.attnum), '')
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+$_shape$;
+
+-- Bring a history table in line with its tracked table: add columns that are
+-- new, follow renames, and retire (rename away, keep) columns that were
+-- dropped or retyped, so that no history is lost and no write fails.
+CREATE OR REPLACE FUNCTION sidecar._sync_columns(p_tracked_id int)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_sync_columns$
+DECLARE
+    r_tracked  record;
+    r_col      record;
+    v_map      record;
+    v_type     text;
+    v_retired  name;
+BEGIN
+    SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+
+    -- Columns gone from the table, or retyped: retire their history column.
+    FOR v_map IN
+        SELECT c.* FROM sidecar.columns c
+        LEFT JOIN pg_catalog.pg_attribute a
+               ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
+              AND NOT a.attisdropped AND a.attgenerated = ''
+        WHERE c.tracked_id = p_tracked_id AND NOT c.retired
+          AND (a.attnum IS NULL OR sidecar._log_type(a.atttypid, a.atttypmod) <> c.type_name)
+    LOOP
+        v_retired := left(v_map.log_column, 40) || '~' || v_map.attnum || '~'
+                     || (SELECT count(*) FROM sidecar.columns
+                         WHERE tracked_id = p_tracked_id AND retired);
+        EXECUTE format('ALTER TABLE sidecar.%I RENAME COLUMN %I TO %I',
+                       r_tracked.log_table, v_map.log_column, v_retired);
+        UPDATE sidecar.columns SET log_column = v_retired, retired = true
+        WHERE tracked_id = p_tracked_id AND log_column = v_map.log_column;
+    END LOOP;
+
+    FOR r_col IN
+        SELECT a.attnum, a.attname, sidecar._log_type(a.atttypid, a.atttypmod) AS type_name
+        FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = r_tracked.relid AND a.attnum > 0
+          AND NOT a.attisdropped AND a.attgenerated = ''
+        ORDER BY a.attnum
+    LOOP
+        SELECT * INTO v_map FROM sidecar.columns
+        WHERE tracked_id = p_tracked_id AND attnum = r_col.attnum AND NOT retired;
+
+        -- A retired history column may hold the name this column needs.
+        IF v_map IS NULL OR v_map.log_column <> r_col.attname THEN
+            FOR v_retired IN
+                SELECT log_column FROM sidecar.columns
+                WHERE tracked_id = p_tracked_id AND log_column = r_col.attname AND retired
+            LOOP
+                EXECUTE format('ALTER TABLE sidecar.%I RENAME COLUMN %I TO %I',
+                               r_tracked.log_table, v_retired,
+                               left(v_retired, 40) || '~' || r_col.attnum || '~r');
+                UPDATE sidecar.columns SET log_column = left(v_retired, 40) || '~' || r_col.attnum || '~r'
+                WHERE tracked_id = p_tracked_id AND log_column = v_retired;
+            END LOOP;
+        END IF;
+
+        IF v_map IS NULL THEN
+            EXECUTE format('ALTER TABLE sidecar.%I ADD COLUMN %I %s',
+                           r_tracked.log_table, r_col.attname, r_col.type_name);
+            INSERT INTO sidecar.columns (tracked_id, attnum, log_column, type_name, since_stmt)
+            VALUES (p_tracked_id, r_col.attnum, r_col.attname, r_col.type_name,
+                    CASE WHEN r_tracked.shape = '' THEN 0 ELSE nextval('sidecar.stmt_seq') END);
+        ELSIF v_map.log_column <> r_col.attname THEN
+            EXECUTE format('ALTER TABLE sidecar.%I RENAME COLUMN %I TO %I',
+                           r_tracked.log_table, v_map.log_column, r_col.attname);
+            UPDATE sidecar.columns SET log_column = r_col.attname
+            WHERE tracked_id = p_tracked_id AND log_column = v_map.log_column;
+        END IF;
+    END LOOP;
+
+    UPDATE sidecar.tracked SET shape = sidecar._shape(relid) WHERE tracked_id = p_tracked_id;
+END
+$_sync_columns$;
+
+-- (Re)create a tracked table's capture function from the 'capture' template.
+CREATE OR REPLACE FUNCTION sidecar._render_capture(p_tracked_id int)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_render_capture$
+DECLARE
+    r_tracked  record;
+    v_body     text;
+    v_log_cols text;
+    v_src_cols text;
+BEGIN
+    SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+    SELECT body INTO STRICT v_body FROM sidecar.templates WHERE name = 'capture';
+    SELECT string_agg(format('%I', c.log_column), ', ' ORDER BY a.attnum),
+           string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum)
+      INTO v_log_cols, v_src_cols
+    FROM sidecar.columns c
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
+    WHERE c.tracked_id = p_tracked_id AND NOT c.retired;
+
+    v_body := replace(v_body, '@FUNC@', format('sidecar.%I', 'capture_' || p_tracked_id));
+    v_body := replace(v_body, '@TRACKED_ID@', p_tracked_id::text);
+    v_body := replace(v_body, '@LOG@', format('sidecar.%I', r_tracked.log_table));
+    v_body := replace(v_body, '@LOG_COLS@', v_log_cols);
+    v_body := replace(v_body, '@SRC_COLS@', v_src_cols);
+    v_body := replace(v_body, '@SHAPE@', format('%L', r_tracked.shape));
+    v_body := replace(v_body, '@TAGGED_ONLY@', (r_tracked.capture = 'tagged')::text);
+    EXECUTE v_body;
+END
+$_render_capture$;
+
+-- The INSERT a capture function runs when its table's shape changed since it
+-- was rendered (run with EXECUTE inside the trigger, where the transition
+-- tables are visible; $1 is the statement id).
+CREATE OR REPLACE FUNCTION sidecar._capture_sql(p_tracked_id int, p_op text)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $_capture_sql$
+DECLARE
+    r_tracked  record;
+    v_log_cols text;
+    v_src_cols text;
+    v_select   text;
+BEGIN
+    SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+    SELECT string_agg(format('%I', c.log_column), ', ' ORDER BY a.attnum),
+           string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum)
+      INTO v_log_cols, v_src_cols
+    FROM sidecar.columns c
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
+    WHERE c.tracked_id = p_tracked_id AND NOT c.retired;
+
+    v_select := CASE p_op
+        WHEN 'INSERT' THEN format('SELECT $1, %L, %s FROM sidecar_new', 'N', v_src_cols)
+        WHEN 'DELETE' THEN format('SELECT $1, %L, %s FROM sidecar_old', 'O', v_src_cols)
+        ELSE format('SELECT $1, %L, %s FROM sidecar_old UNION ALL SELECT $1, %L, %s FROM sidecar_new',
+                    'O', v_src_cols, 'N', v_src_cols)
+    END;
+    RETURN format('INSERT INTO sidecar.%I (_stmt, _kind, %s) %s', r_tracked.log_table, v_log_cols, v_select);
+END
+$_capture_sql$;
+
+-- The error a paused automation's write gets, or NULL when it may go on.
+CREATE OR REPLACE FUNCTION sidecar._pause_message(p_automation text, p_tracked_id int)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $_pause_message$
+    SELECT CASE p.scope
+        WHEN 'table' THEN format('sidecar: table %s is paused for automations since %s by %s: %s',
+                                 (SELECT t.relid::text FROM sidecar.tracked t WHERE t.tracked_id = p_tracked_id),
+                                 to_char(p.paused_at, 'YYYY-MM-DD HH24:MI:SS TZ'), p.paused_by, p.reason)
+        ELSE format('sidecar: automation %s is paused since %s by %s: %s',
+                    CASE WHEN p.target = '*' THEN '"*" (every automation)' ELSE quote_ident(p.target) END,
+                    to_char(p.paused_at, 'YYYY-MM-DD HH24:MI:SS TZ'), p.paused_by, p.reason)
+    END
+    FROM sidecar.pauses p
+    WHERE (p.scope = 'automation' AND p.target IN (p_automation, '*'))
+       OR (p.scope = 'table' AND p.target = p_tracked_id::text)
+    ORDER BY p.scope, p.target = '*'
+    LIMIT 1
+$_pause_message$;
+
+-- Called by every capture trigger once per statement that changed rows:
+-- checks the gate, registers the run and action on first sight (cached for
+-- the rest of the transaction in two settings), records the statement and
+-- returns its id (negated when the table's shape changed).
+CREATE OR REPLACE FUNCTION sidecar._begin_statement(p_tracked_id int, p_relid oid, p_op text, p_shape text)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_begin_statement$
+DECLARE
+    v_run_text   text := coalesce(current_setting('sidecar.run_id', true), '');
+    v_txid       bigint := txid_current();
+    v_run        uuid;
+    v_action     bigint;
+    v_automation text;
+    v_key        text;
+    v_cached     text;
+    v_message    text;
+    v_stmt       bigint := nextval('sidecar.stmt_seq');
+    v_dynamic    boolean := false;
+BEGIN
+    IF v_run_text <> '' THEN
+        v_key := v_txid || '/' || v_run_text || '/' || coalesce(current_setting('sidecar.action', true), '');
+        IF current_setting('sidecar._ctx_key', true) = v_key THEN
+            v_cached := current_setting('sidecar._ctx_val', true);
+            v_action := split_part(v_cached, ':', 1)::bigint;
+            v_automation := nullif(substr(v_cached, strpos(v_cached, ':') + 1), '');
+            v_run := v_run_text::uuid;
+        ELSE
+            -- Checked by pattern, not by catching the cast error: an
+            -- exception block would open a subtransaction on the write path.
+            IF v_run_text !~ '^\{?[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\}?$' THEN
+                RAISE EXCEPTION 'sidecar: sidecar.run_id % is not a run id', quote_literal(v_run_text)
+                    USING ERRCODE = 'SC003',
+                          HINT = 'Set it to the uuid returned by sidecar.start_run(), or RESET sidecar.run_id.';
+            END IF;
+            v_run := v_run_text::uuid;
+            -- A run id first seen in a write is registered on the spot.
+            INSERT INTO sidecar.runs (run_id, automation, backend_pid, backend_start)
+            SELECT v_run,
+                   coalesce(nullif(current_setting('sidecar.automation', true), ''),
+                            nullif(current_setting('application_name', true), ''), 'unknown'),
+                   pg_backend_pid(),
+                   (SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid())
+            ON CONFLICT (run_id) DO NOTHING;
+            -- An undo run is the operator's repair: the gate never stops it.
+            SELECT CASE WHEN undo_of IS NULL THEN automation END INTO v_automation
+            FROM sidecar.runs WHERE run_id = v_run;
+
+            v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || v_txid);
+            SELECT action_id INTO v_action FROM sidecar.actions WHERE run_id = v_run AND key = v_key;
+            IF v_action IS NULL THEN
+                INSERT INTO sidecar.actions (run_id, key) VALUES (v_run, v_key)
+                ON CONFLICT (run_id, key) DO NOTHING
+                RETURNING action_id INTO v_action;
+                IF v_action IS NULL THEN  -- another session of the same run made it
+                    SELECT action_id INTO v_action FROM sidecar.actions WHERE run_id = v_run AND key = v_key;
+                END IF;
+            END IF;
+            PERFORM set_config('sidecar._ctx_key',
+                               v_txid || '/' || v_run_text || '/' || coalesce(current_setting('sidecar.action', true), ''),
+                               true);
+            PERFORM set_config('sidecar._ctx_val', v_action || ':' || coalesce(v_automation, ''), true);
+        END IF;
+
+        -- The gate: read on every statement, so a pause stops the next write
+        -- of sessions that are already open.
+        IF v_automation IS NOT NULL THEN
+            v_message := sidecar._pause_message(v_automation, p_tracked_id);
+        END IF;
+        IF v_message IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'SC001', MESSAGE = v_message,
+                  HINT = 'Nothing of this statement was written. An operator resumes with: sidecar resume '
+                         || quote_ident(v_automation);
+        END IF;
+    END IF;
+
+    IF sidecar._shape(p_relid) IS DISTINCT FROM p_shape THEN
+        -- One session at a time re-syncs a table's history columns.
+        PERFORM pg_advisory_xact_lock(hashtext('sidecar._sync_columns'), p_tracked_id);
+        IF sidecar._shape(p_relid) IS DISTINCT FROM (SELECT shape FROM sidecar.tracked WHERE tracked_id = p_tracked_id) THEN
+            PERFORM sidecar._sync_columns(p_tracked_id);
+            PERFORM sidecar._render_capture(p_tracked_id);
+        END IF;
+        v_dynamic := true;
+    END IF;
+
+    INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
+    VALUES (v_stmt, p_tracked_id, left(p_op, 1), v_run, v_action, v_txid, session_user, statement_timestamp());
+    RETURN CASE WHEN v_dynamic THEN -v_stmt ELSE v_stmt END;
+END
+$_begin_statement$;
+
+CREATE OR REPLACE FUNCTION sidecar._refuse_truncate()
+RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $_refuse_truncate$
+BEGIN
+    IF coalesce(current_setting('sidecar.run_id', true), '') <> '' THEN
+        RAISE EXCEPTION 'sidecar: TRUNCATE of tracked table %.% by a run is refused: it cannot be undone row by row',
+                        quote_ident(TG_TABLE_SCHEMA), quote_ident(TG_TABLE_NAME)
+            USING ERRCODE = 'SC002', HINT = 'Use DELETE, which is captured and can be undone.';
+    END IF;
+    RETURN NULL;
+END
+$_refuse_truncate$;
+
+CREATE OR REPLACE FUNCTION sidecar._log_event(p_kind text, p_run uuid, p_summary text, p_detail jsonb DEFAULT '{}')
+RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_log_event$
+    INSERT INTO sidecar.events (kind, run_id, summary, detail)
+    VALUES (p_kind, p_run, p_summary, coalesce(p_detail, '{}'))
+    RETURNING event_id
+$_log_event$;
+
+-- Remove sidecar's triggers from a table (those it has).
+CREATE OR REPLACE FUNCTION sidecar._drop_triggers(p_table regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $_drop_triggers$
+DECLARE
+    v_trigger name;
+BEGIN
+    FOR v_trigger IN
+        SELECT t.tgname FROM pg_catalog.pg_trigger t
+        WHERE t.tgrelid = p_table AND NOT t.tgisinternal AND t.tgname LIKE 'sidecar\_%'
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, p_table);
+    END LOOP;
+END
+$_drop_triggers$;
+
+-- Start tracking a table: history table, capture function and triggers.
+-- Tracking a tracked table again updates its options.
+CREATE OR REPLACE FUNCTION sidecar.track(p_table regclass, p_capture text DEFAULT 'tagged',
+                                         p_label_column name DEFAULT NULL,
+                                         p_display_name text DEFAULT NULL)
+RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $track$
+DECLARE
+    v_relkind  "char";
+    v_pk       name[];
+    v_id       int;
+    v_log      name;
+    v_func     text;
+BEGIN
+    SELECT c.relkind INTO v_relkind FROM pg_catalog.pg_class c WHERE c.oid = p_table;
+    IF v_relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'sidecar: % is not a table; only tables and partitioned tables can be tracked', p_table
+            USING ERRCODE = 'SC004';
+    END IF;
+    IF p_table::oid IN (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = 'sidecar'::regnamespace) THEN
+        RAISE EXCEPTION 'sidecar: % belongs to sidecar itself and cannot be tracked', p_table USING ERRCODE = 'SC004';
+    END IF;
+    IF p_capture NOT IN ('tagged', 'all') THEN
+        RAISE EXCEPTION 'sidecar: capture mode % is not known; use tagged or all', quote_literal(p_capture)
+            USING ERRCODE = 'SC004';
+    END IF;
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
+    FROM pg_catalog.pg_constraint con
+    CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+    WHERE con.conrelid = p_table AND con.contype = 'p';
+    IF v_pk IS NULL THEN
+        RAISE EXCEPTION 'sidecar: table % has no primary key, so its rows cannot be told apart for undo', p_table
+            USING ERRCODE = 'SC004',
+                  HINT = format('Add one (ALTER TABLE %s ADD PRIMARY KEY (...)), then track it again.', p_table);
+    END IF;
+    IF p_label_column IS NOT NULL AND NOT EXISTS (
+        SELECT FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = p_table AND a.attname = p_label_column AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'sidecar: table % has no column %', p_table, quote_ident(p_label_column)
+            USING ERRCODE = 'SC004', HINT = 'Name an existing column with --label-column.';
+    END IF;
+
+    SELECT tracked_id INTO v_id FROM sidecar.tracked WHERE relid = p_table;
+    IF v_id IS NULL THEN
+        INSERT INTO sidecar.tracked (relid, capture, pk_columns, label_column, display_name, log_table, shape)
+        VALUES (p_table, p_capture, v_pk, p_label_column, p_display_name, '-', '')
+        RETURNING tracked_id INTO v_id;
+        v_log := left((SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = p_table), 48) || '_log_' || v_id;
+        UPDATE sidecar.tracked SET log_table = v_log WHERE tracked_id = v_id;
+        EXECUTE format('CREATE TABLE sidecar.%I (_stmt bigint NOT NULL, _kind "char" NOT NULL)', v_log);
+        -- History is appended in statement order: a BRIN index finds a run's
+        -- rows at almost no cost to the write.
+        EXECUTE format('CREATE INDEX %I ON sidecar.%I USING brin (_stmt)', v_log || '_stmt', v_log);
+        EXECUTE format('COMMENT ON TABLE sidecar.%I IS %L', v_log,
+                       format('sidecar history of %s: row images by statement (_kind O = before, N = after)', p_table));
+        PERFORM sidecar._log_event('track', NULL, format('Started tracking %s', p_table),
+                                   jsonb_build_object('table', p_table::text, 'capture', p_capture));
+    ELSE
+        UPDATE sidecar.tracked
+        SET capture = p_capture, pk_columns = v_pk, active = true,
+            label_column = coalesce(p_label_column, label_column),
+            display_name = coalesce(p_display_name, display_name)
+        WHERE tracked_id = v_id;
+    END IF;
+
+    PERFORM sidecar._sync_columns(v_id);
+    PERFORM sidecar._render_capture(v_id);
+
+    v_func := format('sidecar.%I', 'capture_' || v_id);
+    PERFORM sidecar._drop_triggers(p_table);
+    EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS sidecar_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_func);
+    EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS sidecar_old NEW TABLE AS sidecar_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_func);
+    EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS sidecar_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_func);
+    EXECUTE format('CREATE TRIGGER sidecar_refuse_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION sidecar._refuse_truncate()', p_table);
+    RETURN v_id;
+END
+$track$;
+
+-- Stop capturing a table. Its history stays, so past runs remain undoable.
+CREATE OR REPLACE FUNCTION sidecar.untrack(p_table regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $untrack$
+DECLARE
+    v_id int;
+BEGIN
+    SELECT tracked_id INTO v_id FROM sidecar.tracked WHERE relid = p_table AND active;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'sidecar: table % is not tracked', p_table
+            USING ERRCODE = 'SC004', HINT = 'sidecar status lists the tracked tables.';
+    END IF;
+    PERFORM sidecar._drop_triggers(p_table);
+    EXECUTE format('DROP FUNCTION IF EXISTS sidecar.%I()', 'capture_' || v_id);
+    UPDATE sidecar.tracked SET active = false WHERE tracked_id = v_id;
+    PERFORM sidecar._log_event('untrack', NULL, format('Stopped tracking %s (history kept)', p_table),
+                               jsonb_build_object('table', p_table::text));
+END
+$untrack$;
+
+-- A table's name, always schema-qualified and quoted where needed, whatever
+-- the caller's search_path: the name sidecar prints and matches on.
+CREATE OR REPLACE FUNCTION sidecar._qualname(p_table regclass)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $_qualname$
+    SELECT format('%I.%I', n.nspname, c.relname)
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = p_table
+$_qualname$;

@@ -1,0 +1,78 @@
+-- The pause gate: what operators call. The capture triggers read
+-- sidecar.pauses on every tagged statement. Re-applied by `sidecar install`
+-- whenever this file changes.
+--
+-- Pause and resume send a NOTIFY on channel 'sidecar' with a JSON payload
+-- {"event": "pause"|"resume", "scope": ..., "target": ...}.
+
+CREATE OR REPLACE FUNCTION sidecar._pause(p_scope text, p_target text, p_reason text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_pause$
+BEGIN
+    IF coalesce(btrim(p_reason), '') = '' THEN
+        RAISE EXCEPTION 'sidecar: a pause needs a reason, so that people know why' USING ERRCODE = 'SC006';
+    END IF;
+    INSERT INTO sidecar.pauses (scope, target, reason) VALUES (p_scope, p_target, p_reason)
+    ON CONFLICT (scope, target) DO UPDATE
+        SET reason = EXCLUDED.reason, paused_at = now(), paused_by = session_user;
+    PERFORM sidecar._log_event('pause', NULL,
+        format('Paused %s: %s', CASE p_scope WHEN 'table' THEN 'table ' || p_target
+                                 WHEN 'automation' THEN CASE p_target WHEN '*' THEN 'every automation'
+                                                                      ELSE p_target END END, p_reason),
+        jsonb_build_object('scope', p_scope, 'target', p_target, 'reason', p_reason));
+    PERFORM pg_notify('sidecar', jsonb_build_object('event', 'pause', 'scope', p_scope, 'target', p_target)::text);
+END
+$_pause$;
+
+CREATE OR REPLACE FUNCTION sidecar._resume(p_scope text, p_target text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_resume$
+BEGIN
+    DELETE FROM sidecar.pauses WHERE scope = p_scope AND target = p_target;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM sidecar._log_event('resume', NULL,
+        format('Resumed %s', CASE p_scope WHEN 'table' THEN 'table ' || p_target
+                              ELSE CASE p_target WHEN '*' THEN 'every automation' ELSE p_target END END),
+        jsonb_build_object('scope', p_scope, 'target', p_target));
+    PERFORM pg_notify('sidecar', jsonb_build_object('event', 'resume', 'scope', p_scope, 'target', p_target)::text);
+    RETURN true;
+END
+$_resume$;
+
+-- Pause an automation ('*': every automation). Its runs cannot start and
+-- their next write fails with SC001.
+CREATE OR REPLACE FUNCTION sidecar.pause(p_automation text, p_reason text)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $pause$
+    SELECT sidecar._pause('automation', p_automation, p_reason)
+$pause$;
+
+CREATE OR REPLACE FUNCTION sidecar.resume(p_automation text)
+RETURNS boolean LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $resume$
+    SELECT sidecar._resume('automation', p_automation)
+$resume$;
+
+-- Pause one tracked table for every automation.
+CREATE OR REPLACE FUNCTION sidecar.pause_table(p_table regclass, p_reason text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $pause_table$
+DECLARE
+    v_id int;
+BEGIN
+    SELECT tracked_id INTO v_id FROM sidecar.tracked WHERE relid = p_table AND active;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'sidecar: table % is not tracked, so its writes cannot be paused', p_table
+            USING ERRCODE = 'SC004', HINT = format('Track it first: sidecar track %s', p_table);
+    END IF;
+    PERFORM sidecar._pause('table', v_id::text, p_reason);
+END
+$pause_table$;
+
+CREATE OR REPLACE FUNCTION sidecar.resume_table(p_table regclass)
+RETURNS boolean LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $resume_table$
+    SELECT sidecar._resume('table', t.tracked_id::text) FROM sidecar.tracked t WHERE t.relid = p_table
+$resume_table$;
