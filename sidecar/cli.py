@@ -382,6 +382,11 @@ def demo(keep):
     run_demo(echo=click.echo, keep=keep)
 
 
+from .cli_review import register as _register_review  # noqa: E402
+
+_register_review(cli)
+
+
 def main() -> None:
     cli(prog_name="sidecar")
 

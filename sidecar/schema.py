@@ -90,11 +90,13 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
                 (name, body),
             )
         if report.templates:
-            # A changed template is rendered anew for every tracked table.
+            # A changed template is rendered anew for every tracked table (the
+            # hold trigger only exists on tables with rules; it knows which).
             for tracked_id, relid in conn.execute(
                 "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked WHERE active ORDER BY tracked_id"
             ).fetchall():
                 conn.execute("SELECT sidecar._render_capture(%s)", (tracked_id,))
+                conn.execute("SELECT sidecar._render_hold(%s)", (tracked_id,))
                 report.rerendered.append(relid)
         # Grants are re-applied every time: new functions start executable by PUBLIC.
         conn.execute(resources.privileges())

@@ -10,6 +10,9 @@
 -- The type a history column gets for a table column: the same type, except
 -- that domains are stored as their base type (their checks apply to the live
 -- table, not to history).
+-- Functions of earlier releases (an upgrade must not leave them behind).
+DROP FUNCTION IF EXISTS sidecar._pause_message(text, int);
+
 CREATE OR REPLACE FUNCTION sidecar._log_type(p_type oid, p_typmod int)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $_log_type$
@@ -111,9 +114,39 @@ BEGIN
         END IF;
     END LOOP;
 
-    UPDATE sidecar.tracked SET shape = sidecar._shape(relid) WHERE tracked_id = p_tracked_id;
+    -- The key's column names follow a rename too (kept as they were when the
+    -- table has no primary key any more: old history still needs them).
+    UPDATE sidecar.tracked
+    SET shape = sidecar._shape(relid),
+        pk_columns = coalesce((SELECT array_agg(a.attname ORDER BY k.ord)
+                               FROM pg_catalog.pg_constraint con
+                               CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+                               JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+                               WHERE con.conrelid = relid AND con.contype = 'p'), pk_columns)
+    WHERE tracked_id = p_tracked_id;
 END
 $_sync_columns$;
+
+-- Bring a table's history columns (and its capture function, while tracked)
+-- in line with the table's shape now. The capture trigger does this on the
+-- table's next captured write; an undo calls it first, so that it matches
+-- history to columns renamed, dropped or retyped since and not written yet.
+CREATE OR REPLACE FUNCTION sidecar._sync_shape(p_tracked_id int)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_sync_shape$
+DECLARE
+    r_tracked record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('sidecar._sync_columns'), p_tracked_id);
+    SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+    IF sidecar._shape(r_tracked.relid) IS DISTINCT FROM r_tracked.shape THEN
+        PERFORM sidecar._sync_columns(p_tracked_id);
+        IF r_tracked.active THEN
+            PERFORM sidecar._render_capture(p_tracked_id);
+        END IF;
+    END IF;
+END
+$_sync_shape$;
 
 -- (Re)create a tracked table's capture function from the 'capture' template.
 CREATE OR REPLACE FUNCTION sidecar._render_capture(p_tracked_id int)
@@ -175,97 +208,108 @@ BEGIN
 END
 $_capture_sql$;
 
--- The error a paused automation's write gets, or NULL when it may go on.
-CREATE OR REPLACE FUNCTION sidecar._pause_message(p_automation text, p_tracked_id int)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $_pause_message$
-    SELECT CASE p.scope
-        WHEN 'table' THEN format('sidecar: table %s is paused for automations since %s by %s: %s',
-                                 (SELECT t.relid::text FROM sidecar.tracked t WHERE t.tracked_id = p_tracked_id),
-                                 to_char(p.paused_at, 'YYYY-MM-DD HH24:MI:SS TZ'), p.paused_by, p.reason)
-        ELSE format('sidecar: automation %s is paused since %s by %s: %s',
-                    CASE WHEN p.target = '*' THEN '"*" (every automation)' ELSE quote_ident(p.target) END,
-                    to_char(p.paused_at, 'YYYY-MM-DD HH24:MI:SS TZ'), p.paused_by, p.reason)
-    END
-    FROM sidecar.pauses p
+-- The gate: raise SC001 when the automation, every automation ('*') or the
+-- table is paused, with the way out that fits the pause. p_what says what
+-- was refused (a write, or starting a run).
+CREATE OR REPLACE FUNCTION sidecar._gate(p_automation text, p_tracked_id int, p_what text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $_gate$
+DECLARE
+    r_pause  record;
+    v_table  text;
+BEGIN
+    SELECT p.* INTO r_pause FROM sidecar.pauses p
     WHERE (p.scope = 'automation' AND p.target IN (p_automation, '*'))
        OR (p.scope = 'table' AND p.target = p_tracked_id::text)
     ORDER BY p.scope, p.target = '*'
-    LIMIT 1
-$_pause_message$;
+    LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF r_pause.scope = 'table' THEN
+        v_table := (SELECT sidecar._qualname(t.relid) FROM sidecar.tracked t WHERE t.tracked_id = p_tracked_id);
+        RAISE EXCEPTION 'sidecar: table % is paused for automations since % by %: %', v_table,
+                        to_char(r_pause.paused_at, 'YYYY-MM-DD HH24:MI:SS TZ'), r_pause.paused_by, r_pause.reason
+            USING ERRCODE = 'SC001',
+                  HINT = format('%s An operator resumes with: sidecar resume --table %s', p_what, v_table);
+    END IF;
+    RAISE EXCEPTION 'sidecar: automation % is paused since % by %: %',
+                    CASE WHEN r_pause.target = '*' THEN '"*" (every automation)' ELSE quote_ident(r_pause.target) END,
+                    to_char(r_pause.paused_at, 'YYYY-MM-DD HH24:MI:SS TZ'), r_pause.paused_by, r_pause.reason
+        USING ERRCODE = 'SC001',
+              HINT = format('%s An operator resumes with: sidecar resume %s', p_what,
+                            CASE WHEN r_pause.target = '*' THEN '''*''' ELSE quote_ident(r_pause.target) END);
+END
+$_gate$;
+
+-- The run and action a tagged write belongs to, registering either on first
+-- sight (a run id first seen in a write is registered on the spot). Read
+-- from the tables on every call: nothing is cached in a setting, which any
+-- session could forge to slip past the gate.
+CREATE OR REPLACE FUNCTION sidecar._tag(OUT run_id uuid, OUT automation text, OUT is_undo boolean,
+                                        OUT action_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_tag$
+DECLARE
+    v_run_text text := coalesce(current_setting('sidecar.run_id', true), '');
+    v_key      text;
+BEGIN
+    -- Checked by pattern, not by catching the cast error: an exception
+    -- block would open a subtransaction on the write path.
+    IF v_run_text !~ '^\{?[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\}?$' THEN
+        RAISE EXCEPTION 'sidecar: sidecar.run_id % is not a run id', quote_literal(v_run_text)
+            USING ERRCODE = 'SC003',
+                  HINT = 'Set it to the uuid returned by sidecar.start_run(), or RESET sidecar.run_id.';
+    END IF;
+    run_id := v_run_text::uuid;
+    v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
+    SELECT r.automation, r.undo_of IS NOT NULL, a.action_id INTO automation, is_undo, action_id
+    FROM sidecar.runs r LEFT JOIN sidecar.actions a ON a.run_id = r.run_id AND a.key = v_key
+    WHERE r.run_id = _tag.run_id;
+    IF automation IS NULL THEN
+        INSERT INTO sidecar.runs (run_id, automation, lineage, backend_pid, backend_start)
+        SELECT _tag.run_id,
+               coalesce(nullif(current_setting('sidecar.automation', true), ''),
+                        nullif(current_setting('application_name', true), ''), 'unknown'),
+               _tag.run_id, pg_backend_pid(),
+               (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_backend_pid())
+        ON CONFLICT ON CONSTRAINT runs_pkey DO NOTHING;
+        SELECT r.automation, r.undo_of IS NOT NULL INTO automation, is_undo
+        FROM sidecar.runs r WHERE r.run_id = _tag.run_id;
+    END IF;
+    IF action_id IS NULL THEN
+        INSERT INTO sidecar.actions AS a (run_id, key) VALUES (_tag.run_id, v_key)
+        ON CONFLICT ON CONSTRAINT actions_run_id_key_key DO NOTHING
+        RETURNING a.action_id INTO action_id;
+        IF action_id IS NULL THEN  -- another session of the same run made it
+            SELECT a.action_id INTO action_id FROM sidecar.actions a WHERE a.run_id = _tag.run_id AND a.key = v_key;
+        END IF;
+    END IF;
+END
+$_tag$;
 
 -- Called by every capture trigger once per statement that changed rows:
--- checks the gate, registers the run and action on first sight (cached for
--- the rest of the transaction in two settings), records the statement and
--- returns its id (negated when the table's shape changed).
+-- checks the gate, registers the run and action on first sight, records the
+-- statement and returns its id (negated when the table's shape changed).
 CREATE OR REPLACE FUNCTION sidecar._begin_statement(p_tracked_id int, p_relid oid, p_op text, p_shape text)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_begin_statement$
 DECLARE
-    v_run_text   text := coalesce(current_setting('sidecar.run_id', true), '');
-    v_txid       bigint := txid_current();
-    v_run        uuid;
-    v_action     bigint;
-    v_automation text;
-    v_key        text;
-    v_cached     text;
-    v_message    text;
-    v_stmt       bigint := nextval('sidecar.stmt_seq');
-    v_dynamic    boolean := false;
+    r_tag      record;
+    v_run      uuid;
+    v_action   bigint;
+    v_stmt     bigint := nextval('sidecar.stmt_seq');
+    v_dynamic  boolean := false;
 BEGIN
-    IF v_run_text <> '' THEN
-        v_key := v_txid || '/' || v_run_text || '/' || coalesce(current_setting('sidecar.action', true), '');
-        IF current_setting('sidecar._ctx_key', true) = v_key THEN
-            v_cached := current_setting('sidecar._ctx_val', true);
-            v_action := split_part(v_cached, ':', 1)::bigint;
-            v_automation := nullif(substr(v_cached, strpos(v_cached, ':') + 1), '');
-            v_run := v_run_text::uuid;
-        ELSE
-            -- Checked by pattern, not by catching the cast error: an
-            -- exception block would open a subtransaction on the write path.
-            IF v_run_text !~ '^\{?[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\}?$' THEN
-                RAISE EXCEPTION 'sidecar: sidecar.run_id % is not a run id', quote_literal(v_run_text)
-                    USING ERRCODE = 'SC003',
-                          HINT = 'Set it to the uuid returned by sidecar.start_run(), or RESET sidecar.run_id.';
-            END IF;
-            v_run := v_run_text::uuid;
-            -- A run id first seen in a write is registered on the spot.
-            INSERT INTO sidecar.runs (run_id, automation, backend_pid, backend_start)
-            SELECT v_run,
-                   coalesce(nullif(current_setting('sidecar.automation', true), ''),
-                            nullif(current_setting('application_name', true), ''), 'unknown'),
-                   pg_backend_pid(),
-                   (SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid())
-            ON CONFLICT (run_id) DO NOTHING;
-            -- An undo run is the operator's repair: the gate never stops it.
-            SELECT CASE WHEN undo_of IS NULL THEN automation END INTO v_automation
-            FROM sidecar.runs WHERE run_id = v_run;
-
-            v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || v_txid);
-            SELECT action_id INTO v_action FROM sidecar.actions WHERE run_id = v_run AND key = v_key;
-            IF v_action IS NULL THEN
-                INSERT INTO sidecar.actions (run_id, key) VALUES (v_run, v_key)
-                ON CONFLICT (run_id, key) DO NOTHING
-                RETURNING action_id INTO v_action;
-                IF v_action IS NULL THEN  -- another session of the same run made it
-                    SELECT action_id INTO v_action FROM sidecar.actions WHERE run_id = v_run AND key = v_key;
-                END IF;
-            END IF;
-            PERFORM set_config('sidecar._ctx_key',
-                               v_txid || '/' || v_run_text || '/' || coalesce(current_setting('sidecar.action', true), ''),
-                               true);
-            PERFORM set_config('sidecar._ctx_val', v_action || ':' || coalesce(v_automation, ''), true);
-        END IF;
-
-        -- The gate: read on every statement, so a pause stops the next write
-        -- of sessions that are already open.
-        IF v_automation IS NOT NULL THEN
-            v_message := sidecar._pause_message(v_automation, p_tracked_id);
-        END IF;
-        IF v_message IS NOT NULL THEN
-            RAISE EXCEPTION USING ERRCODE = 'SC001', MESSAGE = v_message,
-                  HINT = 'Nothing of this statement was written. An operator resumes with: sidecar resume '
-                         || quote_ident(v_automation);
+    IF coalesce(current_setting('sidecar.run_id', true), '') <> '' THEN
+        r_tag := sidecar._tag();
+        v_run := r_tag.run_id;
+        v_action := r_tag.action_id;
+        -- The gate is read on every statement, so a pause stops the next
+        -- write of sessions that are already open. An undo run is the
+        -- operator's repair: the gate never stops it.
+        IF NOT r_tag.is_undo THEN
+            PERFORM sidecar._gate(r_tag.automation, p_tracked_id, 'Nothing of this statement was written.');
         END IF;
     END IF;
 
@@ -280,7 +324,8 @@ BEGIN
     END IF;
 
     INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-    VALUES (v_stmt, p_tracked_id, left(p_op, 1), v_run, v_action, v_txid, session_user, statement_timestamp());
+    VALUES (v_stmt, p_tracked_id, left(p_op, 1), v_run, v_action, txid_current(), session_user,
+            statement_timestamp());
     RETURN CASE WHEN v_dynamic THEN -v_stmt ELSE v_stmt END;
 END
 $_begin_statement$;
@@ -335,6 +380,7 @@ DECLARE
     v_id       int;
     v_log      name;
     v_func     text;
+    v_role     name;
 BEGIN
     SELECT c.relkind INTO v_relkind FROM pg_catalog.pg_class c WHERE c.oid = p_table;
     IF v_relkind NOT IN ('r', 'p') THEN
@@ -378,6 +424,16 @@ BEGIN
         EXECUTE format('CREATE INDEX %I ON sidecar.%I USING brin (_stmt)', v_log || '_stmt', v_log);
         EXECUTE format('COMMENT ON TABLE sidecar.%I IS %L', v_log,
                        format('sidecar history of %s: row images by statement (_kind O = before, N = after)', p_table));
+        -- privileges.sql grants the operator roles SELECT on the tables that
+        -- exist at install time; a history table made later needs the same,
+        -- or viewers and undoers cannot read the history of this table.
+        FOR v_role IN
+            SELECT r.rolname FROM pg_catalog.pg_roles r
+            WHERE r.rolname IN ('sidecar_viewer', 'sidecar_pauser', 'sidecar_undoer',
+                                'sidecar_approver', 'sidecar_rerunner')
+        LOOP
+            EXECUTE format('GRANT SELECT ON sidecar.%I TO %I', v_log, v_role);
+        END LOOP;
         PERFORM sidecar._log_event('track', NULL, format('Started tracking %s', p_table),
                                    jsonb_build_object('table', p_table::text, 'capture', p_capture));
     ELSE
@@ -402,6 +458,8 @@ BEGIN
                    'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_func);
     EXECUTE format('CREATE TRIGGER sidecar_refuse_truncate BEFORE TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION sidecar._refuse_truncate()', p_table);
+    -- The hold trigger (fn_review.sql) comes back with the table's rules.
+    PERFORM sidecar._render_hold(v_id);
     RETURN v_id;
 END
 $track$;

@@ -8,7 +8,6 @@ RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_
 AS $start_run$
 DECLARE
     v_run      uuid := gen_random_uuid();
-    v_message  text;
 BEGIN
     IF coalesce(btrim(p_automation), '') = '' THEN
         RAISE EXCEPTION 'sidecar: start_run needs the automation''s name' USING ERRCODE = 'SC005',
@@ -18,11 +17,7 @@ BEGIN
         RAISE EXCEPTION 'sidecar: run metadata must be a JSON object, not %', jsonb_typeof(p_meta)
             USING ERRCODE = 'SC005';
     END IF;
-    v_message := sidecar._pause_message(p_automation, NULL);
-    IF v_message IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'SC001', MESSAGE = v_message,
-              HINT = 'No run was started. An operator resumes with: sidecar resume ' || quote_ident(p_automation);
-    END IF;
+    PERFORM sidecar._gate(p_automation, NULL, 'No run was started.');
     INSERT INTO sidecar.runs (run_id, automation, meta, lineage, backend_pid, backend_start)
     VALUES (v_run, p_automation, coalesce(p_meta, '{}'), v_run, pg_backend_pid(),
             (SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()));

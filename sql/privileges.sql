@@ -66,7 +66,8 @@ BEGIN
     END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_undoer') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_undoer;
-        GRANT EXECUTE ON FUNCTION sidecar._undo_begin(uuid, jsonb), sidecar._undo_finish(uuid, text, jsonb)
+        GRANT EXECUTE ON FUNCTION sidecar._undo_begin(uuid, jsonb), sidecar._undo_finish(uuid, text, jsonb),
+                                  sidecar._sync_shape(int)
         TO sidecar_undoer;
     END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_rerunner') THEN
@@ -77,6 +78,9 @@ BEGIN
     END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_approver') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_approver;
+        GRANT EXECUTE ON FUNCTION sidecar.approve(bigint, text), sidecar.approve_action(uuid, text, text),
+                                  sidecar.reject(bigint, text), sidecar.reject_action(uuid, text, text)
+        TO sidecar_approver;
     END IF;
 END
 $grants$;

@@ -1,0 +1,554 @@
+-- Hold rules and the review queue: rendering a table's hold trigger, holding
+-- a row, and the operator's decisions. Re-applied by `sidecar install`
+-- whenever this file changes (CREATE OR REPLACE only).
+--
+-- SQLSTATEs raised here (listed in the README):
+--   SC020 rule refused (table not tracked, bad options, predicate that does
+--         not compile against the table)
+--   SC021 review decision refused (unknown item, already decided, no reason)
+--   SC022 approval conflict: the row changed since it was held. Raised and
+--         caught inside sidecar._approve, which then applies nothing and
+--         returns the conflicts; callers see a result, not this error.
+--
+-- NOTIFY on channel 'sidecar', JSON payloads:
+--   {"event": "held", "pending_id", "run_id", "action", "table", "op", "key", "rule_id", "reason"}
+--   {"event": "approved" | "rejected" | "conflict", "pending_ids", "run_ids", "why"}
+--
+-- Privileges: the hold path (_hold, the rendered hold_N, _hold_reset) and the
+-- decisions (approve*, reject*) are SECURITY DEFINER, so automations need no
+-- grant on sidecar.pending and approvers none on the tables. add_rule,
+-- drop_rule and _render_hold are deliberately SECURITY INVOKER, like
+-- sidecar.track(): a rule's predicate is compiled into a definer function,
+-- so only a role that may write sidecar.rules and create functions in the
+-- sidecar schema (its owner) can add one. The predicate is validated by the
+-- sidecar library (sidecar/rules.py, sqlglot) before it gets here; add_rule
+-- also compiles it against the table and refuses the dollar-quote tag.
+
+-- The transaction-local setting that counts a 'rows' rule's rows in the
+-- current statement.
+CREATE OR REPLACE FUNCTION sidecar._hold_counter(p_rule_id int)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $_hold_counter$
+    SELECT 'sidecar._hold_rows_' || p_rule_id
+$_hold_counter$;
+
+-- BEFORE STATEMENT trigger of a table with 'rows' rules: each tagged
+-- statement starts counting from 0. Trigger arguments: the rules' ids.
+--
+-- Why a counter and not the statement's transition table: the rows must be
+-- held BEFORE they land, and only row triggers can stop a row. So "more than
+-- N rows in one statement" means: the first N rows of the statement land,
+-- and every row past the N-th is held for review. No statement of a held
+-- automation writes more than N rows unreviewed; the operator sees the rest
+-- in the queue (approve or reject them as one action) and can undo the
+-- first N with `sidecar undo RUN --action KEY`. A nested statement on the
+-- same table (a trigger writing back to it) restarts the count: it can only
+-- hold more, never less, than the outer statement alone would.
+CREATE OR REPLACE FUNCTION sidecar._hold_reset()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_hold_reset$
+DECLARE
+    v_i int;
+BEGIN
+    IF coalesce(current_setting('sidecar.run_id', true), '') = '' THEN
+        RETURN NULL;
+    END IF;
+    FOR v_i IN 0 .. TG_NARGS - 1 LOOP
+        PERFORM set_config(sidecar._hold_counter(TG_ARGV[v_i]::int), '0', true);
+    END LOOP;
+    RETURN NULL;
+END
+$_hold_reset$;
+
+-- (Re)create a table's hold function and triggers from its active rules, or
+-- remove them when it has none. Returns whether the table now holds.
+CREATE OR REPLACE FUNCTION sidecar._render_hold(p_tracked_id int)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $_render_hold$
+DECLARE
+    r_tracked  record;
+    r_rule     record;
+    v_func     text := format('sidecar.%I', 'hold_' || p_tracked_id);
+    v_checks   text := '';
+    v_check    text;
+    v_counted  text[] := '{}';
+    v_body     text;
+BEGIN
+    SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+    EXECUTE format('DROP TRIGGER IF EXISTS sidecar_hold_row ON %s', r_tracked.relid);
+    EXECUTE format('DROP TRIGGER IF EXISTS sidecar_hold_statement ON %s', r_tracked.relid);
+    IF NOT r_tracked.active
+       OR NOT EXISTS (SELECT FROM sidecar.rules WHERE tracked_id = p_tracked_id AND active) THEN
+        EXECUTE format('DROP FUNCTION IF EXISTS %s()', v_func);
+        RETURN false;
+    END IF;
+
+    FOR r_rule IN
+        SELECT * FROM sidecar.rules WHERE tracked_id = p_tracked_id AND active ORDER BY rule_id
+    LOOP
+        IF r_rule.kind = 'row' THEN
+            v_check := format('    IF (%s) THEN v_rules := v_rules || %s; END IF;',
+                              r_rule.predicate, r_rule.rule_id);
+        ELSE
+            v_check := format(
+                E'v_rows := coalesce(nullif(current_setting(%1$L, true), %2$L), %3$L)::bigint + 1;\n'
+                '    PERFORM set_config(%1$L, v_rows::text, true);\n'
+                '    IF v_rows > %4$s THEN v_rules := v_rules || %5$s; END IF;',
+                sidecar._hold_counter(r_rule.rule_id), '', '0', r_rule.max_rows, r_rule.rule_id);
+            IF r_rule.predicate IS NOT NULL THEN
+                v_check := format(E'    IF (%s) THEN\n        %s\n    END IF;', r_rule.predicate,
+                                  replace(v_check, E'\n    ', E'\n        '));
+            ELSE
+                v_check := '    ' || v_check;
+            END IF;
+            v_counted := v_counted || r_rule.rule_id::text;
+        END IF;
+        v_checks := v_checks || format(E'    -- rule %s\n', r_rule.rule_id) || v_check || E'\n';
+    END LOOP;
+
+    -- A predicate is an expression inside the function's dollar quotes: the
+    -- closing tag must not appear in it (sidecar/rules.py refuses it first).
+    IF position('$hold$' IN v_checks) > 0 THEN
+        RAISE EXCEPTION 'sidecar: a hold rule of % contains the text $hold$, which cannot be compiled', r_tracked.relid
+            USING ERRCODE = 'SC020';
+    END IF;
+
+    SELECT body INTO STRICT v_body FROM sidecar.templates WHERE name = 'hold';
+    v_body := replace(v_body, '@FUNC@', v_func);
+    v_body := replace(v_body, '@TRACKED_ID@', p_tracked_id::text);
+    v_body := replace(v_body, '@CHECKS@', rtrim(v_checks, E'\n'));
+    EXECUTE v_body;
+
+    EXECUTE format('CREATE TRIGGER sidecar_hold_row BEFORE INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION %s()', r_tracked.relid, v_func);
+    IF cardinality(v_counted) > 0 THEN
+        EXECUTE format('CREATE TRIGGER sidecar_hold_statement BEFORE INSERT OR UPDATE OR DELETE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION sidecar._hold_reset(%s)',
+                       r_tracked.relid,
+                       (SELECT string_agg(format('%L', c), ', ') FROM unnest(v_counted) AS c));
+    END IF;
+    RETURN true;
+END
+$_render_hold$;
+
+-- Add a hold rule to a tracked table and compile it into the table's hold
+-- trigger. p_predicate is an expression over NEW."col" / OLD."col" as
+-- validated by the sidecar library. Returns the rule id.
+CREATE OR REPLACE FUNCTION sidecar.add_rule(p_table regclass, p_predicate text, p_reason text,
+                                            p_automation text DEFAULT NULL, p_max_rows int DEFAULT NULL)
+RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $add_rule$
+DECLARE
+    v_tracked  int;
+    v_rule     int;
+BEGIN
+    SELECT tracked_id INTO v_tracked FROM sidecar.tracked WHERE relid = p_table AND active;
+    IF v_tracked IS NULL THEN
+        RAISE EXCEPTION 'sidecar: table % is not tracked, so its writes cannot be held', p_table
+            USING ERRCODE = 'SC020', HINT = format('Track it first: sidecar track %s', p_table);
+    END IF;
+    IF coalesce(btrim(p_reason), '') = '' THEN
+        RAISE EXCEPTION 'sidecar: a hold rule needs a reason: reviewers read it next to each held change'
+            USING ERRCODE = 'SC020';
+    END IF;
+    IF p_predicate IS NULL AND p_max_rows IS NULL THEN
+        RAISE EXCEPTION 'sidecar: a hold rule needs a predicate (--when) or a row limit (--max-rows)'
+            USING ERRCODE = 'SC020';
+    END IF;
+    IF p_max_rows < 0 THEN
+        RAISE EXCEPTION 'sidecar: --max-rows must be 0 or more, not %', p_max_rows USING ERRCODE = 'SC020';
+    END IF;
+    IF p_automation IS NOT NULL AND btrim(p_automation) = '' THEN
+        RAISE EXCEPTION 'sidecar: --automation needs a name' USING ERRCODE = 'SC020';
+    END IF;
+    IF p_predicate IS NOT NULL THEN
+        -- Compile the predicate against the table's row type without running
+        -- it: unknown columns, type errors and non-boolean results fail here,
+        -- not in an automation's write.
+        BEGIN
+            EXECUTE format('SELECT CASE WHEN (%s) THEN 1 END FROM %s AS new, %s AS old WHERE false',
+                           p_predicate, p_table, p_table);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'sidecar: predicate does not compile against %: %', p_table, SQLERRM
+                USING ERRCODE = 'SC020';
+        END;
+    END IF;
+
+    INSERT INTO sidecar.rules (tracked_id, kind, predicate, max_rows, automation, reason)
+    VALUES (v_tracked, CASE WHEN p_max_rows IS NULL THEN 'row' ELSE 'rows' END, p_predicate, p_max_rows,
+            nullif(btrim(p_automation), ''), p_reason)
+    RETURNING rule_id INTO v_rule;
+    PERFORM sidecar._render_hold(v_tracked);
+    PERFORM sidecar._log_event('rule', NULL,
+        format('Added hold rule %s on %s: %s', v_rule, sidecar._qualname(p_table), p_reason),
+        jsonb_build_object('rule_id', v_rule, 'table', sidecar._qualname(p_table), 'predicate', p_predicate,
+                           'max_rows', p_max_rows, 'automation', p_automation));
+    RETURN v_rule;
+END
+$add_rule$;
+
+-- Drop a hold rule: writes stop being held by it at once. Items it held stay
+-- in the queue. Returns the table it was on.
+CREATE OR REPLACE FUNCTION sidecar.drop_rule(p_rule_id int)
+RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $drop_rule$
+DECLARE
+    r_rule record;
+BEGIN
+    SELECT r.*, sidecar._qualname(t.relid) AS table_name INTO r_rule
+    FROM sidecar.rules r JOIN sidecar.tracked t USING (tracked_id)
+    WHERE r.rule_id = p_rule_id AND r.active
+    FOR UPDATE OF r;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'sidecar: there is no active hold rule %', p_rule_id
+            USING ERRCODE = 'SC020', HINT = 'sidecar rule list shows the rules.';
+    END IF;
+    UPDATE sidecar.rules SET active = false WHERE rule_id = p_rule_id;
+    PERFORM sidecar._render_hold(r_rule.tracked_id);
+    PERFORM sidecar._log_event('rule', NULL,
+        format('Dropped hold rule %s on %s (%s)', p_rule_id, r_rule.table_name, r_rule.reason),
+        jsonb_build_object('rule_id', p_rule_id, 'table', r_rule.table_name));
+    RETURN r_rule.table_name;
+END
+$drop_rule$;
+
+-- Called by a hold trigger for a tagged row that matched rules p_rules (in
+-- rule order): true when the row is held (recorded in sidecar.pending, the
+-- trigger skips it), false when it may land. Nothing here is read from a
+-- setting the session could forge, except the run id the write is tagged
+-- with anyway.
+CREATE OR REPLACE FUNCTION sidecar._hold(p_tracked_id int, p_rules int[], p_op text, p_old jsonb, p_new jsonb)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_hold$
+DECLARE
+    v_approving  text := coalesce(current_setting('sidecar._approving', true), '');
+    v_run        uuid;
+    r_run        record;
+    r_rule       record;
+    v_action_key text;
+    v_action     bigint;
+    v_key        jsonb;
+    v_table      text;
+    v_pending    bigint;
+BEGIN
+    -- An approval applies what an operator reviewed: sidecar._approve marks
+    -- the item with this transaction's id, which no session can forge.
+    IF v_approving ~ '^[0-9]{1,18}$' AND EXISTS (
+        SELECT FROM sidecar.pending WHERE pending_id = v_approving::bigint AND applied_txid = txid_current()) THEN
+        RETURN false;
+    END IF;
+    -- The run and action, registered on first sight: when every row of a
+    -- statement is held, capture never sees the statement.
+    r_run := sidecar._tag();
+    -- An undo run is the operator's repair: never held.
+    IF r_run.is_undo THEN
+        RETURN false;
+    END IF;
+
+    SELECT r.rule_id, r.reason INTO r_rule
+    FROM sidecar.rules r
+    WHERE r.rule_id = ANY (p_rules) AND r.active AND r.tracked_id = p_tracked_id
+      AND (r.automation IS NULL OR r.automation = r_run.automation)
+    ORDER BY array_position(p_rules, r.rule_id)
+    LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+
+    -- The gate holds for held writes too: a paused automation's write fails.
+    PERFORM sidecar._gate(r_run.automation, p_tracked_id, 'Nothing of this statement was written.');
+    v_run := r_run.run_id;
+    v_action := r_run.action_id;
+    v_action_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
+
+    SELECT jsonb_object_agg(c, coalesce(p_old, p_new) -> c::text ORDER BY o), sidecar._qualname(t.relid)
+      INTO v_key, v_table
+    FROM sidecar.tracked t CROSS JOIN LATERAL unnest(t.pk_columns) WITH ORDINALITY AS k(c, o)
+    WHERE t.tracked_id = p_tracked_id
+    GROUP BY t.relid;
+
+    INSERT INTO sidecar.pending (run_id, action_id, tracked_id, op, key, old_row, new_row, rule_id, reason)
+    VALUES (v_run, v_action, p_tracked_id, left(p_op, 1), v_key, p_old, p_new, r_rule.rule_id, r_rule.reason)
+    RETURNING pending_id INTO v_pending;
+
+    PERFORM pg_notify('sidecar', jsonb_build_object(
+        'event', 'held', 'pending_id', v_pending, 'run_id', v_run, 'action', left(v_action_key, 200),
+        'table', v_table, 'op', left(p_op, 1),
+        'key', CASE WHEN length(v_key::text) <= 1000 THEN v_key END,
+        'rule_id', r_rule.rule_id, 'reason', left(r_rule.reason, 200))::text);
+    RETURN true;
+END
+$_hold$;
+
+-- Apply one held item (in sidecar._approve, with the original run and action
+-- set): NULL when applied, else the conflict as JSON
+-- {"pending_id", "kind": "exists"|"gone"|"changed", "columns", "now"}.
+CREATE OR REPLACE FUNCTION sidecar._apply_pending(p_pending_id bigint)
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_apply_pending$
+DECLARE
+    r_item     record;
+    v_match    text;
+    v_compare  text;
+    v_cols     text;
+    v_vals     text;
+    v_set      text;
+    v_now      jsonb;
+    v_changed  text[];
+    v_rows     bigint;
+BEGIN
+    SELECT p.*, t.relid, t.pk_columns INTO STRICT r_item
+    FROM sidecar.pending p JOIN sidecar.tracked t USING (tracked_id)
+    WHERE p.pending_id = p_pending_id;
+
+    -- Key values and images are typed by the table's own row type: text
+    -- forms (time zones, float digits) of the held session do not matter.
+    SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND ') INTO v_match FROM unnest(r_item.pk_columns) AS c;
+
+    IF r_item.op = 'I' THEN
+        EXECUTE format('SELECT to_jsonb(t) FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) k WHERE %2$s '
+                       'FOR UPDATE OF t', r_item.relid, v_match)
+            INTO v_now USING r_item.key;
+        IF v_now IS NOT NULL THEN
+            RETURN jsonb_build_object('pending_id', p_pending_id, 'kind', 'exists', 'now', v_now);
+        END IF;
+    ELSE
+        -- Compared as text within this one session, so types without an
+        -- equality operator (json, point) compare too.
+        SELECT coalesce(string_agg(format('CASE WHEN t.%1$I::text IS DISTINCT FROM o.%1$I::text THEN %1$L END',
+                                          a.attname), ', ' ORDER BY a.attnum), '')
+          INTO v_compare
+        FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = r_item.relid AND a.attnum > 0 AND NOT a.attisdropped AND r_item.old_row ? a.attname;
+        EXECUTE format('SELECT to_jsonb(t), array_remove(ARRAY[%3$s]::text[], NULL) '
+                       'FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) k, jsonb_populate_record(NULL::%1$s, $2) o '
+                       'WHERE %2$s FOR UPDATE OF t', r_item.relid, v_match, v_compare)
+            INTO v_now, v_changed USING r_item.key, r_item.old_row;
+        IF v_now IS NULL THEN
+            RETURN jsonb_build_object('pending_id', p_pending_id, 'kind', 'gone');
+        END IF;
+        IF cardinality(v_changed) > 0 THEN
+            RETURN jsonb_build_object('pending_id', p_pending_id, 'kind', 'changed', 'columns', to_jsonb(v_changed),
+                                      'now', (SELECT jsonb_object_agg(c, v_now -> c) FROM unnest(v_changed) AS c));
+        END IF;
+    END IF;
+
+    -- Generated columns are the table's to compute; a column added since the
+    -- row was held is left to its default (insert) or as it is (update).
+    IF r_item.op = 'I' THEN
+        SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum),
+               string_agg(format('n.%I', a.attname), ', ' ORDER BY a.attnum)
+          INTO v_cols, v_vals
+        FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = r_item.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+          AND r_item.new_row ? a.attname;
+        BEGIN
+            EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM jsonb_populate_record(NULL::%s, $1) n',
+                           r_item.relid, v_cols, v_vals, r_item.relid)
+                USING r_item.new_row;
+        EXCEPTION WHEN unique_violation THEN
+            RETURN jsonb_build_object('pending_id', p_pending_id, 'kind', 'exists', 'detail', SQLERRM);
+        END;
+    ELSIF r_item.op = 'U' THEN
+        -- GENERATED ALWAYS identity columns cannot be set by an UPDATE (nor
+        -- could the automation's statement have changed them).
+        SELECT string_agg(format('%1$I = n.%1$I', a.attname), ', ' ORDER BY a.attnum) INTO v_set
+        FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = r_item.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+          AND a.attidentity <> 'a' AND r_item.new_row ? a.attname;
+        EXECUTE format('UPDATE %1$s t SET %2$s FROM jsonb_populate_record(NULL::%1$s, $1) n, '
+                       'jsonb_populate_record(NULL::%1$s, $2) k WHERE %3$s',
+                       r_item.relid, v_set, v_match)
+            USING r_item.new_row, r_item.key;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        IF v_rows <> 1 THEN
+            RETURN jsonb_build_object('pending_id', p_pending_id, 'kind', 'gone');
+        END IF;
+    ELSE
+        EXECUTE format('DELETE FROM %1$s t USING jsonb_populate_record(NULL::%1$s, $1) k WHERE %2$s',
+                       r_item.relid, v_match)
+            USING r_item.key;
+    END IF;
+    RETURN NULL;
+END
+$_apply_pending$;
+
+-- Lock the open items p_ids for a decision; refuses unknown or decided ones.
+CREATE OR REPLACE FUNCTION sidecar._lock_open(p_ids bigint[])
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_lock_open$
+DECLARE
+    r_item record;
+    v_found int := 0;
+BEGIN
+    IF coalesce(cardinality(p_ids), 0) = 0 THEN
+        RAISE EXCEPTION 'sidecar: no held change to decide on' USING ERRCODE = 'SC021';
+    END IF;
+    FOR r_item IN
+        SELECT pending_id, status, decided_by, decided_at FROM sidecar.pending
+        WHERE pending_id = ANY (p_ids) ORDER BY pending_id FOR UPDATE
+    LOOP
+        v_found := v_found + 1;
+        IF r_item.status NOT IN ('pending', 'conflict') THEN
+            RAISE EXCEPTION 'sidecar: held change % was already % by % at %', r_item.pending_id, r_item.status,
+                            r_item.decided_by, to_char(r_item.decided_at, 'YYYY-MM-DD HH24:MI:SS TZ')
+                USING ERRCODE = 'SC021', HINT = 'sidecar queue lists the changes still waiting.';
+        END IF;
+    END LOOP;
+    IF v_found < cardinality(p_ids) THEN
+        RAISE EXCEPTION 'sidecar: there is no held change %',
+                        (SELECT min(i) FROM unnest(p_ids) AS i
+                         WHERE NOT EXISTS (SELECT FROM sidecar.pending p WHERE p.pending_id = i))
+            USING ERRCODE = 'SC021', HINT = 'sidecar queue lists the held changes and their ids.';
+    END IF;
+END
+$_lock_open$;
+
+-- The open items of one action of a run, in the order they were held.
+CREATE OR REPLACE FUNCTION sidecar._open_of_action(p_run uuid, p_action text)
+RETURNS bigint[] LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_open_of_action$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    SELECT array_agg(p.pending_id ORDER BY p.pending_id) INTO v_ids
+    FROM sidecar.pending p JOIN sidecar.actions a USING (action_id)
+    WHERE p.run_id = p_run AND a.key = p_action AND p.status IN ('pending', 'conflict');
+    IF v_ids IS NULL THEN
+        RAISE EXCEPTION 'sidecar: action % of run % has no held change waiting', quote_literal(p_action), p_run
+            USING ERRCODE = 'SC021', HINT = 'sidecar queue lists the held changes by run and action.';
+    END IF;
+    RETURN v_ids;
+END
+$_open_of_action$;
+
+-- Approve held items together: all are applied, each under its original run
+-- and action (so `sidecar undo` of that run reverses it), or none is. Returns
+-- {"applied": [ids], "conflicts": [...]}; items that conflict are marked
+-- 'conflict' and stay in the queue.
+CREATE OR REPLACE FUNCTION sidecar._approve(p_ids bigint[], p_why text, p_what text)
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_approve$
+DECLARE
+    v_run_was     text := coalesce(current_setting('sidecar.run_id', true), '');
+    v_action_was  text := coalesce(current_setting('sidecar.action', true), '');
+    r_item        record;
+    v_conflict    jsonb;
+    v_conflicts   jsonb := '[]';
+    v_runs        jsonb;
+BEGIN
+    PERFORM sidecar._lock_open(p_ids);
+    SELECT jsonb_agg(DISTINCT run_id) INTO v_runs FROM sidecar.pending WHERE pending_id = ANY (p_ids);
+    BEGIN
+        FOR r_item IN
+            SELECT p.pending_id, p.run_id, a.key AS action_key
+            FROM sidecar.pending p JOIN sidecar.actions a USING (action_id)
+            WHERE p.pending_id = ANY (p_ids) ORDER BY p.pending_id
+        LOOP
+            UPDATE sidecar.pending SET applied_txid = txid_current() WHERE pending_id = r_item.pending_id;
+            PERFORM set_config('sidecar._approving', r_item.pending_id::text, true);
+            PERFORM set_config('sidecar.run_id', r_item.run_id::text, true);
+            PERFORM set_config('sidecar.action', r_item.action_key, true);
+            v_conflict := sidecar._apply_pending(r_item.pending_id);
+            IF v_conflict IS NOT NULL THEN
+                v_conflicts := v_conflicts || v_conflict;
+            END IF;
+        END LOOP;
+        IF jsonb_array_length(v_conflicts) > 0 THEN
+            RAISE EXCEPTION 'sidecar: approval conflict' USING ERRCODE = 'SC022';
+        END IF;
+    EXCEPTION WHEN SQLSTATE 'SC022' THEN
+        -- Everything the block did is rolled back (settings included).
+        UPDATE sidecar.pending SET status = 'conflict'
+        WHERE pending_id IN (SELECT (c ->> 'pending_id')::bigint FROM jsonb_array_elements(v_conflicts) AS c);
+        PERFORM sidecar._log_event('approve-refused',
+            CASE WHEN jsonb_array_length(v_runs) = 1 THEN (v_runs ->> 0)::uuid END,
+            format('Approval of %s refused: %s changed since held; nothing was applied', p_what,
+                   CASE jsonb_array_length(v_conflicts) WHEN 1 THEN 'the row' ELSE jsonb_array_length(v_conflicts) || ' rows' END),
+            jsonb_build_object('pending_ids', to_jsonb(p_ids), 'conflicts', v_conflicts, 'why', p_why));
+        PERFORM pg_notify('sidecar', jsonb_build_object('event', 'conflict', 'pending_ids', to_jsonb(p_ids),
+                                                        'run_ids', v_runs)::text);
+        RETURN jsonb_build_object('applied', '[]'::jsonb, 'conflicts', v_conflicts);
+    END;
+
+    PERFORM set_config('sidecar._approving', '', true);
+    PERFORM set_config('sidecar.run_id', v_run_was, true);
+    PERFORM set_config('sidecar.action', v_action_was, true);
+    UPDATE sidecar.pending
+    SET status = 'approved', decided_by = session_user, decided_at = now(), decided_why = p_why
+    WHERE pending_id = ANY (p_ids);
+    PERFORM sidecar._log_event('approve',
+        CASE WHEN jsonb_array_length(v_runs) = 1 THEN (v_runs ->> 0)::uuid END,
+        format('Approved %s%s', p_what, coalesce(': ' || nullif(btrim(p_why), ''), '')),
+        jsonb_build_object('pending_ids', to_jsonb(p_ids), 'why', p_why));
+    PERFORM pg_notify('sidecar', jsonb_build_object('event', 'approved', 'pending_ids', to_jsonb(p_ids),
+                                                    'run_ids', v_runs, 'why', left(p_why, 200))::text);
+    RETURN jsonb_build_object('applied', to_jsonb(p_ids), 'conflicts', '[]'::jsonb);
+END
+$_approve$;
+
+CREATE OR REPLACE FUNCTION sidecar._reject(p_ids bigint[], p_why text, p_what text)
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_reject$
+DECLARE
+    v_runs jsonb;
+BEGIN
+    IF coalesce(btrim(p_why), '') = '' THEN
+        RAISE EXCEPTION 'sidecar: a rejection needs a reason, so that the automation''s owner knows why'
+            USING ERRCODE = 'SC021';
+    END IF;
+    PERFORM sidecar._lock_open(p_ids);
+    SELECT jsonb_agg(DISTINCT run_id) INTO v_runs FROM sidecar.pending WHERE pending_id = ANY (p_ids);
+    UPDATE sidecar.pending
+    SET status = 'rejected', decided_by = session_user, decided_at = now(), decided_why = p_why
+    WHERE pending_id = ANY (p_ids);
+    PERFORM sidecar._log_event('reject',
+        CASE WHEN jsonb_array_length(v_runs) = 1 THEN (v_runs ->> 0)::uuid END,
+        format('Rejected %s: %s', p_what, p_why),
+        jsonb_build_object('pending_ids', to_jsonb(p_ids), 'why', p_why));
+    PERFORM pg_notify('sidecar', jsonb_build_object('event', 'rejected', 'pending_ids', to_jsonb(p_ids),
+                                                    'run_ids', v_runs, 'why', left(p_why, 200))::text);
+    RETURN jsonb_build_object('rejected', to_jsonb(p_ids));
+END
+$_reject$;
+
+-- A held item as the event trail names it:
+-- held change 12 (update of public.invoices {"id": 17}; rule: refund over limit).
+CREATE OR REPLACE FUNCTION sidecar._pending_label(p_pending_id bigint)
+RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_pending_label$
+    SELECT format('held change %s (%s %s %s; rule: %s)', p.pending_id,
+                  CASE p.op WHEN 'I' THEN 'insert into' WHEN 'U' THEN 'update of' ELSE 'delete from' END,
+                  sidecar._qualname(t.relid), p.key, p.reason)
+    FROM sidecar.pending p JOIN sidecar.tracked t USING (tracked_id)
+    WHERE p.pending_id = p_pending_id
+$_pending_label$;
+
+-- What an operator calls. approve* return {"applied": [...], "conflicts": [...]}.
+CREATE OR REPLACE FUNCTION sidecar.approve(p_pending_id bigint, p_why text DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $approve$
+    SELECT sidecar._approve(ARRAY[p_pending_id], p_why,
+                            coalesce(sidecar._pending_label(p_pending_id), format('held change %s', p_pending_id)))
+$approve$;
+
+CREATE OR REPLACE FUNCTION sidecar.approve_action(p_run uuid, p_action text, p_why text DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $approve_action$
+    SELECT sidecar._approve(sidecar._open_of_action(p_run, p_action), p_why,
+                            format('the held changes of action %s', p_action))
+$approve_action$;
+
+CREATE OR REPLACE FUNCTION sidecar.reject(p_pending_id bigint, p_why text)
+RETURNS jsonb LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $reject$
+    SELECT sidecar._reject(ARRAY[p_pending_id], p_why,
+                           coalesce(sidecar._pending_label(p_pending_id), format('held change %s', p_pending_id)))
+$reject$;
+
+CREATE OR REPLACE FUNCTION sidecar.reject_action(p_run uuid, p_action text, p_why text)
+RETURNS jsonb LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $reject_action$
+    SELECT sidecar._reject(sidecar._open_of_action(p_run, p_action), p_why,
+                           format('the held changes of action %s', p_action))
+$reject_action$;
