@@ -91,6 +91,9 @@ def conflict_lines(conflicts, total: int, forced: bool = False) -> list[str]:
     lines = []
     for c in conflicts:
         label = row_label(c.table, c.key, c.now or c.run_left, c.label_column, c.display_name)
+        if c.reason:
+            lines.append(f"  conflict: {label}: {c.reason}; left as it is")
+            continue
         if c.now is None:
             now = "the row is gone"
         elif c.run_left is None:

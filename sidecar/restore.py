@@ -75,6 +75,7 @@ class Conflict:
     changed_by_run: uuid.UUID | None
     label_column: str | None = None
     display_name: str | None = None
+    reason: str | None = None  # set when the conflict is not a later change of the row itself
 
 
 @dataclass
@@ -140,6 +141,9 @@ class Planner:
             (scope.run_id, action_ids, action_ids),
         )
         conn.execute("ANALYZE _sc_stmts")
+        # Columns renamed, dropped or retyped since the table's last captured
+        # write: sync its history first, or images and table would not line up.
+        conn.execute("SELECT sidecar._sync_shape(tracked_id) FROM (SELECT DISTINCT tracked_id FROM _sc_stmts) s")
         rows = conn.execute(
             """
             SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column,
@@ -219,7 +223,7 @@ class Planner:
                 )
         # Keys are compared as text, so a key given on the command line matches any key type.
         values = sql.SQL(", ").join(
-            sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(str(k[c])) for c in pk)) for k in keys
+            sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(_text(k[c])) for c in pk)) for k in keys
         )
         texts = sql.SQL(", ").join(sql.SQL("{}.{}::text").format(_q(alias), _q(c)) for c in pk)
         return sql.SQL("({}) IN ({})").format(texts, values)
@@ -249,6 +253,26 @@ class Planner:
                 (*plan.info.stmt_range, plan.info.tracked_id),
             )
             self.conn.execute(sql.SQL("ANALYZE {}").format(_tmp(prefix, plan)))
+
+    def _check_rows_found(self, plan: TablePlan) -> None:
+        """A --row the scope never changed is bad input: say so rather than undo nothing and exit 0."""
+        keys = [k for t, k in self.scope.rows if t == plan.table]
+        if not keys:
+            return
+        pk = plan.info.pk_columns
+        found = {
+            tuple(r) for r in self.conn.execute(
+                sql.SQL("SELECT {} FROM {}").format(
+                    sql.SQL(", ").join(sql.SQL("{}::text").format(_q(c)) for c in pk), _tmp("first", plan))
+            )
+        }
+        for k in keys:
+            if tuple(_text(k[c]) for c in pk) not in found:
+                key = ", ".join(f"{c} {_text(k[c])}" for c in pk)
+                raise UsageError(
+                    f"run {self.scope.run_id} changed no row of {plan.table} with {key}; "
+                    f"sidecar show {self.scope.run_id} lists the rows it changed"
+                )
 
     def _match(self, left: str, right: str, plan: TablePlan) -> sql.Composable:
         """True when the two images hold the same values in every restored column."""
@@ -316,12 +340,65 @@ class Planner:
                 )
             )
         conn.execute(sql.SQL("ANALYZE {}").format(_tmp("plan", plan)))
+        self._count(plan)
+
+    def _count(self, plan: TablePlan) -> None:
+        conn = self.conn
         plan.counts = dict(
             conn.execute(sql.SQL("SELECT step, count(*) FROM {} GROUP BY step").format(_tmp("plan", plan))).fetchall()
         )
+        if plan.counts.get("orphan"):
+            plan.counts["conflict"] = plan.counts.get("conflict", 0) + plan.counts["orphan"]
         forced = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE forced").format(_tmp("plan", plan))).fetchone()[0]
         if forced:
             plan.counts["forced"] = forced
+
+    def _mark_orphans(self, order: list[TablePlan]) -> None:
+        """Mark 'orphan' the rows to put back or restore whose old values refer to a row that is gone.
+
+        A person may have deleted, since the run, the row a restored row would
+        refer to (the run moved a ticket to another customer, then someone
+        deleted the old customer). Restoring it would break the foreign key and
+        fail the whole undo: it is a conflict instead, even with --force.
+        A parent counts as there when it exists now or this undo puts it back;
+        an orphan put back no more orphans its own children, so this repeats.
+        """
+        by_table = {p.table: p for p in order}
+        checks = []
+        for plan in order:
+            if not (plan.counts.get("insert") or plan.counts.get("update")):
+                continue
+            for parent, child_cols, parent_cols in self._foreign_keys(plan, pointing_at=False):
+                if any(c not in {col.name for col in plan.columns} for c in child_cols):
+                    continue  # a key column the undo does not restore: left as it is, so still valid
+                refers = sql.SQL(" AND ").join(
+                    sql.SQL("par.{} = f.{}").format(_q(pc), _q(cc)) for cc, pc in zip(child_cols, parent_cols))
+                put_back = sql.SQL("false")
+                parent_plan = by_table.get(parent)
+                if parent_plan is not None and parent_plan.counts.get("insert"):
+                    put_back = sql.SQL(
+                        "EXISTS (SELECT FROM {pp} pp JOIN {pf} par ON {ppf} WHERE pp.step = 'insert' AND {refers})"
+                    ).format(pp=_tmp("plan", parent_plan), pf=_tmp("first", parent_plan),
+                             ppf=self._key_join("pp", "par", parent_plan), refers=refers)
+                checks.append(sql.SQL(
+                    "UPDATE {plan} p SET step = 'orphan', forced = false FROM {first} f "
+                    "WHERE {pf} AND p.step IN ('insert', 'update') AND {all_set} "
+                    "AND NOT EXISTS (SELECT FROM {parent} par WHERE {refers}) AND NOT {put_back}"
+                ).format(
+                    plan=_tmp("plan", plan), first=_tmp("first", plan), pf=self._key_join("p", "f", plan),
+                    all_set=sql.SQL(" AND ").join(sql.SQL("f.{} IS NOT NULL").format(_q(c)) for c in child_cols),
+                    parent=sql.Identifier(*_split(parent)), refers=refers, put_back=put_back,
+                ))
+        if self._until_stable(checks):
+            for plan in order:
+                self._count(plan)
+
+    def _until_stable(self, updates: list[sql.Composable]) -> bool:
+        """Run the updates again and again until none changes a row; True when any did."""
+        changed = False
+        while updates and sum(self.conn.execute(u).rowcount for u in updates):
+            changed = True
+        return changed
 
     def plan(self, *, lock_timeout: str | None = None) -> None:
         if lock_timeout:
@@ -331,8 +408,10 @@ class Planner:
             return
         for plan in self.tables:
             self._build_images(plan)
+            self._check_rows_found(plan)
         for plan in self.ordered():
             self._lock_and_classify(plan, lock_timeout)
+        self._mark_orphans(self.ordered())
 
     # -- order -------------------------------------------------------------
     def ordered(self) -> list[TablePlan]:
@@ -375,6 +454,7 @@ class Planner:
                 done[plan.table]["insert"] = self._insert(plan)
             for plan in order:
                 done[plan.table]["update"] = self._update(plan)
+            self._keep_referenced(order)
             for plan in reversed(order):
                 done[plan.table]["delete"] = self._delete(plan)
         return done
@@ -420,74 +500,104 @@ class Planner:
         )
         return cur.rowcount
 
-    def _delete(self, plan: TablePlan) -> int:
-        if not plan.counts.get("delete"):
-            return 0
-        # A row still referenced (by a row a person kept, say) is not deleted:
-        # it is reported as a conflict instead of failing the whole undo.
-        refs = self.conn.execute(
+    def _foreign_keys(self, plan: TablePlan, *, pointing_at: bool) -> list[tuple[str, list[str], list[str]]]:
+        """Foreign keys pointing at this table (pointing_at) or from it:
+        (the other table, referencing columns, referenced columns)."""
+        return self.conn.execute(
             """
-            SELECT sidecar._qualname(c.conrelid),
+            SELECT sidecar._qualname(CASE WHEN %(at)s THEN c.conrelid ELSE c.confrelid END),
                    array_agg(ca.attname::text ORDER BY k.ord), array_agg(pa.attname::text ORDER BY k.ord)
             FROM pg_constraint c
             CROSS JOIN LATERAL unnest(c.conkey, c.confkey) WITH ORDINALITY AS k(ck, pk, ord)
             JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = k.ck
             JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = k.pk
-            WHERE c.contype = 'f' AND c.confrelid = %s::regclass AND c.conparentid = 0
-            GROUP BY c.oid, c.conrelid
+            WHERE c.contype = 'f' AND c.conparentid = 0
+              AND CASE WHEN %(at)s THEN c.confrelid ELSE c.conrelid END = %(t)s::regclass
+            GROUP BY c.oid, c.conrelid, c.confrelid
             """,
-            (plan.table,),
+            {"at": pointing_at, "t": plan.table},
         ).fetchall()
-        guards = [
-            sql.SQL("NOT EXISTS (SELECT FROM {child} ch WHERE {on})").format(
-                child=sql.Identifier(*_split(child)),
-                on=sql.SQL(" AND ").join(
-                    sql.SQL("ch.{} = cur.{}").format(_q(cc), _q(pc)) for cc, pc in zip(child_cols, parent_cols)
-                ),
-            )
-            for child, child_cols, parent_cols in refs
-        ]
+
+    def _keep_referenced(self, order: list[TablePlan]) -> None:
+        """Mark 'kept' the rows to delete that a row which stays still references.
+
+        A row still referenced (by a row a person added since, say) is not
+        deleted: it is reported as a conflict instead of failing the whole undo.
+        Rows that are themselves being deleted do not count as references, so a
+        self-referencing table (a new manager and the hire under them) or a
+        cycle of deferrable keys is deleted whole. Keeping one row can keep the
+        rows it references, so this repeats until nothing changes.
+        """
+        by_table = {p.table: p for p in order}
+        checks = []
+        for plan in order:
+            if not plan.counts.get("delete"):
+                continue
+            for child, child_cols, parent_cols in self._foreign_keys(plan, pointing_at=True):
+                child_plan = by_table.get(child)
+                leaving = sql.SQL("true")
+                if child_plan is not None and child_plan.counts.get("delete"):
+                    leaving = sql.SQL("NOT EXISTS (SELECT FROM {cp} cp WHERE {on} AND cp.step = 'delete')").format(
+                        cp=_tmp("plan", child_plan),
+                        on=sql.SQL(" AND ").join(
+                            sql.SQL("cp.{c} = ch.{c}").format(c=_q(c)) for c in child_plan.info.pk_columns),
+                    )
+                checks.append(sql.SQL(
+                    "UPDATE {plan} p SET step = 'kept' FROM {t} cur WHERE {pcur} AND p.step = 'delete' "
+                    "AND EXISTS (SELECT FROM {child} ch WHERE {on} AND {leaving})"
+                ).format(
+                    plan=_tmp("plan", plan), t=sql.Identifier(*_split(plan.table)),
+                    pcur=self._key_join("p", "cur", plan), child=sql.Identifier(*_split(child)),
+                    on=sql.SQL(" AND ").join(
+                        sql.SQL("ch.{} = cur.{}").format(_q(cc), _q(pc)) for cc, pc in zip(child_cols, parent_cols)),
+                    leaving=leaving,
+                ))
+        self._until_stable(checks)
+
+    def _delete(self, plan: TablePlan) -> int:
+        if not plan.counts.get("delete"):
+            return 0
         cur = self.conn.execute(
-            sql.SQL("DELETE FROM {t} AS cur USING {plan} p WHERE {pcur} AND p.step = 'delete' AND {guards}").format(
+            sql.SQL("DELETE FROM {t} AS cur USING {plan} p WHERE {pcur} AND p.step = 'delete'").format(
                 t=sql.Identifier(*_split(plan.table)), plan=_tmp("plan", plan), pcur=self._key_join("p", "cur", plan),
-                guards=sql.SQL(" AND ").join(guards) if guards else sql.SQL("true"),
             )
         )
         kept = plan.counts["delete"] - cur.rowcount
-        if kept:
-            self.notes.append(
-                f"{plan.table}: {kept} row(s) added by the run are still referenced by rows changed since; "
-                "they were kept (conflict)"
-            )
+        if kept:  # listed as conflicts by conflicts(kept=True)
             plan.counts["conflict"] = plan.counts.get("conflict", 0) + kept
+            plan.counts["kept"] = kept
         return cur.rowcount
 
     # -- reading the plan --------------------------------------------------
-    def conflicts(self, limit: int = CONFLICTS_LISTED) -> list[Conflict]:
+    def conflicts(self, limit: int = CONFLICTS_LISTED, *, kept: bool = False) -> list[Conflict]:
+        """The conflicting rows; with kept, the rows apply() kept because rows changed since refer to them."""
         out: list[Conflict] = []
         for plan in self.tables:
-            if not (plan.counts.get("conflict") or plan.counts.get("forced")) or len(out) >= limit:
+            found = plan.counts.get("kept") if kept else (plan.counts.get("conflict") or plan.counts.get("forced"))
+            if not found or len(out) >= limit:
                 continue
             pk = plan.info.pk_columns
             rows = self.conn.execute(
                 sql.SQL(
                     """
                     SELECT to_jsonb(p) - 'step' - 'forced', CASE WHEN l._kind = 'N' THEN to_jsonb(l) - '_kind' END,
-                           (SELECT to_jsonb(cur) FROM {t} cur WHERE {pcur})
+                           (SELECT to_jsonb(cur) FROM {t} cur WHERE {pcur}), p.step
                     FROM {plan} p JOIN {last} l ON {pl}
-                    WHERE p.step = 'conflict' OR p.forced ORDER BY {pkp} LIMIT %s
+                    WHERE {which} ORDER BY {pkp} LIMIT %s
                     """
                 ).format(
+                    which=sql.SQL("p.step = 'kept'" if kept else "p.step IN ('conflict', 'orphan') OR p.forced"),
                     t=sql.Identifier(*_split(plan.table)), plan=_tmp("plan", plan), last=_tmp("last", plan),
                     pcur=self._key_join("p", "cur", plan), pl=self._key_join("p", "l", plan),
                     pkp=sql.SQL(", ").join(sql.SQL("p.{}").format(_q(c)) for c in pk),
                 ),
                 (limit - len(out),),
             ).fetchall()
-            for key, left, now in rows:
+            for key, left, now, step in rows:
                 out.append(
                     Conflict(plan.table, {c: key.get(c) for c in pk}, left, now,
-                             self._later_run(plan, key), plan.info.label_column, plan.info.display_name)
+                             None if step in _REASONS else self._later_run(plan, key), plan.info.label_column,
+                             plan.info.display_name, _REASONS.get(step))
                 )
         return out
 
@@ -523,6 +633,13 @@ class Planner:
             cur.execute(query, params)
             for first, last, fk, lk in cur:
                 yield {c: first.get(c) for c in pk}, (first if fk == "O" else None), (last if lk == "N" else None)
+
+
+# Conflicts that are not a later change of the row itself, by plan step.
+_REASONS = {
+    "kept": "added by the run, and rows changed since still refer to it",
+    "orphan": "a row it referred to before the run was deleted since, so it cannot be restored as it was",
+}
 
 
 def _text(v: Any) -> str:
@@ -603,7 +720,9 @@ class _user_triggers_disabled:
 
 def parse_row(spec: str) -> tuple[str, dict[str, Any] | str]:
     """`tickets:42` or `order_items:{"order_id":1,"line":2}` -> (table, key)."""
-    table, sep, key = spec.rpartition(":") if not spec.rstrip().endswith("}") else _split_json_row(spec)
+    # A JSON key is recognised by its opening brace: splitting at the last ':'
+    # would cut a malformed key such as tickets:{"id": 42 inside the JSON.
+    table, sep, key = _split_json_row(spec) if ":{" in spec else spec.rpartition(":")
     if not sep or not table or key == "":
         raise UsageError(f'--row {spec!r} is not TABLE:KEY; for example tickets:42 or order_items:{{"order_id":1,"line":2}}')
     key = key.strip()
@@ -701,6 +820,9 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
             ) from None
         conflicts = planner.conflicts()
         counts = planner.apply()
+        # Rows kept because rows changed since refer to them are conflicts too,
+        # known only once applied: list them with the others.
+        conflicts += planner.conflicts(CONFLICTS_LISTED - len(conflicts), kept=True)
         conflict_count = sum(p.counts.get("conflict", 0) + p.counts.get("forced", 0) for p in planner.tables)
         for plan in planner.tables:
             counts[plan.table]["conflict"] = plan.counts.get("conflict", 0)

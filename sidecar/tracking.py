@@ -37,6 +37,12 @@ def regclass(conn: psycopg.Connection, table: str) -> str:
     """The table's canonical (quoted, qualified when needed) name, or a UsageError."""
     try:
         row = conn.execute("SELECT sidecar._qualname(to_regclass(%s))", (table,)).fetchone()
+    except psycopg.errors.InvalidName:
+        # to_regclass raises (not NULL) on text that is no name at all, such as
+        # an unquoted `Order Items`: say which name and how to quote it.
+        raise UsageError(
+            f"{table!r} is not a valid table name; mixed-case names and names with spaces go in "
+            'double quotes, e.g. \'"Order Items"\'') from None
     except psycopg.Error as exc:
         _raise_clean(exc)
     if row is None or row[0] is None:
@@ -54,13 +60,20 @@ def track(
     capture: str = "tagged",
     label_column: str | None = None,
     display_name: str | None = None,
+    owner: str | None = None,
+    risk: str | None = None,
+    kind: str | None = None,
 ) -> TrackedTable:
+    """Track TABLE; owner, risk (low|medium|high) and kind (draft|final) fill its inventory entry
+    (None leaves a field as it was, owner '' clears it)."""
     name = regclass(conn, table)
     try:
         with conn.transaction():
             conn.execute(
                 "SELECT sidecar.track(%s::regclass, %s, %s, %s)", (name, capture, label_column, display_name)
             )
+            if owner is not None or risk is not None or kind is not None:
+                conn.execute("SELECT sidecar.set_table_info(%s::regclass, %s, %s, %s)", (name, owner, risk, kind))
     except psycopg.Error as exc:
         _raise_clean(exc)
     return get(conn, name)
