@@ -387,6 +387,11 @@ from .cli_review import register as _register_review  # noqa: E402
 _register_review(cli)
 
 
+from .console.cli import register as _register_console  # noqa: E402
+
+_register_console(cli)
+
+
 def main() -> None:
     cli(prog_name="sidecar")
 

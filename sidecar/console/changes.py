@@ -1,0 +1,168 @@
+"""A run's changes and actions one page at a time, for runs of 100,000 changes.
+
+`sidecar.history.changes` streams a run's changes in order, which suits the
+CLI; a web page wants page 1,200 of them without reading the first 1,199. Here
+the page is chosen in SQL (where the changed rows' images are, ordered by
+statement), and only that page's images are read back, as `history.Change`
+objects that `sidecar.describe` puts in plain language.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from ..history import Change, TableInfo, _clean, tables_of_run
+
+
+@dataclass
+class ActionRow:
+    action_id: int
+    key: str
+    started_at: datetime
+    rows: int = 0
+
+
+def _slots(info: TableInfo, run_id: uuid.UUID, action_id: int | None) -> sql.Composable:
+    """One row per change of the table: where its after-image (or a delete's before-image) is."""
+    return sql.SQL(
+        """
+        SELECT l._stmt, {tid}::int AS tracked_id, l.ctid
+        FROM sidecar.{log} l JOIN sidecar.statements s ON s.stmt_id = l._stmt
+        WHERE l._stmt BETWEEN {lo} AND {hi} AND s.run_id = {run}
+          AND ({action}::bigint IS NULL OR s.action_id = {action})
+          AND (l._kind = 'N' OR s.op = 'D')
+        """
+    ).format(tid=sql.Literal(info.tracked_id), log=sql.Identifier(info.log_table),
+             lo=sql.Literal(info.stmt_range[0]), hi=sql.Literal(info.stmt_range[1]),
+             run=sql.SQL("{}::uuid").format(sql.Literal(str(run_id))), action=sql.Literal(action_id))
+
+
+def _union(tables: list[TableInfo], run_id: uuid.UUID, action_id: int | None) -> sql.Composable:
+    return sql.SQL(" UNION ALL ").join(_slots(t, run_id, action_id) for t in tables)
+
+
+def count(conn: psycopg.Connection, run_id: uuid.UUID, action_id: int | None = None) -> int:
+    """How many changes page() pages through."""
+    tables = tables_of_run(conn, run_id, [action_id] if action_id else None)
+    if not tables:
+        return 0
+    return conn.execute(sql.SQL("SELECT count(*) FROM ({}) q").format(_union(tables, run_id, action_id))).fetchone()[0]
+
+
+def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None = None,
+         offset: int = 0, limit: int = 50) -> list[Change]:
+    """The changes offset .. offset+limit of the run (or of one action), in statement order.
+
+    A row of a bulk UPDATE that wrote the values it already had is listed too
+    (before == after): telling it apart for every row would cost a join over the
+    whole run, so only the page's rows are compared, by whoever shows them.
+    """
+    tables = tables_of_run(conn, run_id, [action_id] if action_id else None)
+    if not tables:
+        return []
+    slots = conn.execute(
+        sql.SQL("SELECT _stmt, tracked_id, ctid::text FROM ({}) q ORDER BY _stmt, tracked_id, ctid OFFSET %s LIMIT %s")
+        .format(_union(tables, run_id, action_id)),
+        (offset, limit),
+    ).fetchall()
+    if not slots:
+        return []
+    statements = {
+        stmt: (op, key or "", at) for stmt, op, key, at in conn.execute(
+            "SELECT s.stmt_id, s.op, a.key, s.at FROM sidecar.statements s "
+            "LEFT JOIN sidecar.actions a ON a.action_id = s.action_id WHERE s.stmt_id = ANY(%s)",
+            (sorted({s for s, _, _ in slots}),),
+        )
+    }
+    by_id = {t.tracked_id: t for t in tables}
+    images: dict[tuple[int, str], dict] = {}  # (tracked_id, ctid) -> image
+    befores: dict[tuple[int, int, str], dict] = {}  # (tracked_id, stmt, key) -> before-image of an update
+    for tracked_id in sorted({t for _, t, _ in slots}):
+        info = by_id[tracked_id]
+        tids = [c for _, t, c in slots if t == tracked_id]
+        log = sql.Identifier(info.log_table)
+        for tid, image in conn.execute(
+            sql.SQL("SELECT l.ctid::text, to_jsonb(l) FROM sidecar.{} l WHERE l.ctid = ANY(%s::text[]::tid[])").format(log),
+            (tids,),
+        ):
+            images[(tracked_id, tid)] = _clean(image)
+        updates = sorted({s for s, t, _ in slots if t == tracked_id and statements[s][0] == "U"})
+        if not updates:
+            continue
+        for stmt, image in conn.execute(
+            sql.SQL(
+                "SELECT o._stmt, to_jsonb(o) FROM sidecar.{log} o "
+                "WHERE o._kind = 'O' AND o._stmt = ANY(%s) AND o._stmt BETWEEN %s AND %s "
+                "AND ({o_pk}) IN (SELECT {n_pk} FROM sidecar.{log} n WHERE n.ctid = ANY(%s::text[]::tid[]))"
+            ).format(log=log, o_pk=sql.SQL(", ").join(sql.SQL("o.") + sql.Identifier(c) for c in info.pk_columns),
+                     n_pk=sql.SQL(", ").join(sql.SQL("n.") + sql.Identifier(c) for c in info.pk_columns)),
+            (updates, min(updates), max(updates), tids),
+        ):
+            image = _clean(image)
+            befores[(tracked_id, stmt, _canonical({c: image.get(c) for c in info.pk_columns}))] = image
+    out = []
+    for stmt, tracked_id, tid in slots:
+        info = by_id[tracked_id]
+        image = images.get((tracked_id, tid))
+        if image is None:
+            continue  # purged meanwhile
+        key = {c: image.get(c) for c in info.pk_columns}
+        op, action, at = statements[stmt]
+        before = after = None
+        if op == "D":
+            before = image
+        else:
+            after = image
+            if op == "U":
+                before = befores.get((tracked_id, stmt, _canonical(key)))
+                if before is None:
+                    op = "I"  # an update that moved the row to a new key
+        out.append(Change(info.table, tracked_id, op, key, before, after, stmt, action, at,
+                          info.label_column, info.display_name))
+    return out
+
+
+def _canonical(key: dict) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def actions(conn: psycopg.Connection, run_id: uuid.UUID, *, offset: int = 0,
+            limit: int = 50) -> tuple[list[ActionRow], int]:
+    """The run's actions that wrote rows, with rows written per action, and how many there are."""
+    found = conn.execute(
+        "SELECT a.action_id, a.key, a.started_at, count(*) OVER () FROM sidecar.actions a "
+        "WHERE a.run_id = %s AND EXISTS (SELECT FROM sidecar.statements s WHERE s.action_id = a.action_id) "
+        "ORDER BY a.action_id OFFSET %s LIMIT %s",
+        (run_id, offset, limit),
+    ).fetchall()
+    if not found:
+        total = 0 if offset == 0 else conn.execute(
+            "SELECT count(*) FROM sidecar.actions a WHERE a.run_id = %s "
+            "AND EXISTS (SELECT FROM sidecar.statements s WHERE s.action_id = a.action_id)", (run_id,)
+        ).fetchone()[0]
+        return [], total
+    rows = [ActionRow(a, k, at) for a, k, at, _ in found]
+    ids = [r.action_id for r in rows]
+    by_id = {r.action_id: r for r in rows}
+    for info in tables_of_run(conn, run_id, ids):
+        for action_id, n in conn.execute(
+            sql.SQL(
+                "SELECT s.action_id, count(*) FROM sidecar.{log} l JOIN sidecar.statements s ON s.stmt_id = l._stmt "
+                "WHERE l._stmt BETWEEN %s AND %s AND s.action_id = ANY(%s) AND (l._kind = 'N' OR s.op = 'D') "
+                "GROUP BY 1"
+            ).format(log=sql.Identifier(info.log_table)),
+            (*info.stmt_range, ids),
+        ):
+            by_id[action_id].rows += n
+    return rows, found[0][3]
+
+
+def action_id_of(conn: psycopg.Connection, run_id: uuid.UUID, key: str) -> int | None:
+    row = conn.execute("SELECT action_id FROM sidecar.actions WHERE run_id = %s AND key = %s", (run_id, key)).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,51 @@
+"""The review queue as the console shows it: held writes (sidecar.review), a page at a time."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from .. import review
+from ..describe import plural
+
+OPEN = ("pending", "conflict")
+
+
+def items(conn: psycopg.Connection, *, open_only: bool = True, offset: int = 0,
+          limit: int = 50) -> tuple[list[review.HeldChange], int]:
+    """A page of held changes (oldest first, as `sidecar queue` lists them) and how many there are."""
+    where = " WHERE NOT %(open)s OR p.status = ANY(%(states)s)"
+    params = {"open": open_only, "states": list(OPEN)}
+    total = conn.execute("SELECT count(*) FROM sidecar.pending p" + where, params).fetchone()[0]
+    rows = conn.execute(review._SELECT + where + " ORDER BY p.pending_id OFFSET %(o)s LIMIT %(n)s",
+                        {**params, "o": offset, "n": limit}).fetchall()
+    return [review._to_item(r) for r in rows], total
+
+
+def columns(item: review.HeldChange) -> list[tuple[str, object, object]]:
+    """(column, now, proposed) for the side-by-side view of a held change."""
+    if item.op == "U":
+        return [(c, item.old_row.get(c), item.new_row.get(c)) for c in item.changed_columns]
+    image = item.new_row if item.op == "I" else item.old_row
+    return [(c, (item.old_row or {}).get(c), (item.new_row or {}).get(c)) for c in image or {}]
+
+
+def open_count_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> int:
+    return conn.execute("SELECT count(*) FROM sidecar.pending WHERE run_id = %s AND status = ANY(%s)",
+                        (run_id, list(OPEN))).fetchone()[0]
+
+
+def approve(conn: psycopg.Connection, pending_id: int) -> tuple[str, str]:
+    """(kind, message) for the flash: approved, or refused because the row changed since."""
+    decision = review.approve(conn, pending_id)
+    if decision.refused:
+        return "error", ("Not approved, nothing was applied: " + "; ".join(c.text for c in decision.conflicts)
+                         + ". It stays in the queue; reject it, or approve it again once you have checked.")
+    return "ok", "Approved: " + "; ".join(i.change for i in decision.items) + "."
+
+
+def reject(conn: psycopg.Connection, pending_id: int, why: str) -> tuple[str, str]:
+    decision = review.reject(conn, pending_id, why=why)
+    return "ok", f"Rejected {plural(len(decision.items), 'held change')}: " + "; ".join(
+        i.change for i in decision.items) + f" ({why})."
