@@ -123,16 +123,23 @@ def uninstall(dsn, yes, keep_history):
               help="tagged: only writes of runs; all: untagged writes too.")
 @click.option("--label-column", help="Column that names a row for people, e.g. name.")
 @click.option("--display-name", help="What people call a row of this table, e.g. ticket.")
+@click.option("--owner", metavar="NAME", help="Inventory: the team or person who answers for this table.")
+@click.option("--risk", type=click.Choice(["low", "medium", "high"]), help="Inventory: harm a bad write does.")
+@click.option("--kind", type=click.Choice(["draft", "final"]), help="Inventory: drafts people review, or final records.")
 @handles_errors
-def track(dsn, tables, capture, label_column, display_name):
+def track(dsn, tables, capture, label_column, display_name, owner, risk, kind):
     """Capture writes to TABLES (schema-qualified, '"Mixed Case"' quoted).
 
     Example: sidecar track tickets customers --label-column name
+    Example: sidecar track invoices --owner billing-team --risk high --kind final
     """
+    inventory = ", ".join(f"{k} {v}" for k, v in (("owner", owner), ("risk", risk), ("kind", kind)) if v)
     with _connect(dsn) as conn:
         for table in tables:
-            t = tracking.track(conn, table, capture=capture, label_column=label_column, display_name=display_name)
-            click.echo(f"tracking {t.table} (capture {t.capture}, key {', '.join(t.pk_columns)})")
+            t = tracking.track(conn, table, capture=capture, label_column=label_column, display_name=display_name,
+                               owner=owner, risk=risk, kind=kind)
+            click.echo(f"tracking {t.table} (capture {t.capture}, key {', '.join(t.pk_columns)}"
+                       + (f"; {inventory}" if inventory else "") + ")")
 
 
 @cli.command()
@@ -383,13 +390,17 @@ def demo(keep):
 
 
 from .cli_review import register as _register_review  # noqa: E402
-
 _register_review(cli)
 
 
 from .console.cli import register as _register_console  # noqa: E402
 
 _register_console(cli)
+
+
+from .cli_inventory import register as _register_inventory  # noqa: E402
+
+_register_inventory(cli)
 
 
 def main() -> None:

@@ -95,6 +95,7 @@ def run_demo(echo: Callable[[str], None] = print, keep: bool = False) -> str | N
             conn.execute("CREATE DATABASE support")
         story = _Story(cluster.dsn_for("support"), echo)
         story.tell()
+        _launch_drill(story)
         if keep:
             _detach(cluster)
             kept = True
@@ -265,3 +266,35 @@ def _naive_match(subject: str, customers: list[tuple[int, str]]) -> tuple[int, s
         if name.split()[0] == first_word:
             return customer_id, name
     raise LookupError(subject)
+
+
+HAND_NOTES = [
+    (41, 1, "Refund A-1009 approved by Dana"),
+    (42, 3, "NS-2291 double charge: refund issued"),
+    (43, 3, "Billing address updated, waiting on customer"),
+    (44, 3, "VAT number added to NS-2304"),
+    (45, 4, "Switched to annual billing from next cycle"),
+]
+
+
+def _launch_drill(story: _Story) -> None:
+    """The last chapter: before billing-bot writes billing notes again, the team runs the launch drill."""
+    story.heading("Before billing-bot writes billing notes again: inventory, owners and the launch drill")
+    story.say("While the matcher was being fixed, the billing team wrote the notes by hand:")
+    with story.connect("billing-team") as conn:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO billing_notes (ticket_id, customer_id, note) VALUES (%s, %s, %s)", HAND_NOTES)
+    for ticket_id, _, note in HAND_NOTES:
+        story.say(f"  ticket #{ticket_id}: {note}")
+    story.say("")
+    story.say("The team names an owner for billing notes, marks them high-risk final records, and looks at")
+    story.say("what the bot touches and who can stop it, restore it and rerun it.")
+    story.sidecar("track", "billing_notes", "--owner", "billing-team", "--risk", "high", "--kind", "final")
+    story.sidecar("inventory")
+    story.sidecar("owners", "--automation", AUTOMATION)
+    story.say("")
+    story.say("On this throwaway server only the superuser holds those duties; on a real database the DBA grants")
+    story.say("sidecar_pauser, sidecar_undoer and sidecar_rerunner to the people on call.")
+    story.say("")
+    story.say("The launch drill runs the checklist on a scratch copy of billing_notes (the live rows are not touched):")
+    story.sidecar("drill", "--table", "billing_notes", "--automation", AUTOMATION)

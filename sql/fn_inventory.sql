@@ -1,0 +1,136 @@
+-- The table inventory and the failure drill's bookkeeping. Re-applied by
+-- `sidecar install` whenever this file changes (CREATE OR REPLACE only).
+--
+-- SQLSTATE SC004 (shared with tracking): bad inventory options, table not
+-- tracked. Neither function is granted to anyone: the sidecar schema's owner
+-- (who tracks tables) sets the inventory and runs drills.
+
+-- Record who owns a tracked table, how risky a bad write to it is and what
+-- kind of records it holds. NULL leaves a field as it is; '' clears owner.
+--   p_table  the tracked table
+--   p_owner  team or person who answers for the table
+--   p_risk   low | medium | high
+--   p_kind   draft | final
+-- Returns the tracked_id; logs an 'inventory' event.
+CREATE OR REPLACE FUNCTION sidecar.set_table_info(p_table regclass, p_owner text DEFAULT NULL,
+                                                  p_risk text DEFAULT NULL, p_kind text DEFAULT NULL)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $set_table_info$
+DECLARE
+    v_id    int;
+    r_after record;
+BEGIN
+    SELECT tracked_id INTO v_id FROM sidecar.tracked WHERE relid = p_table AND active;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'sidecar: table % is not tracked, so it has no inventory entry', p_table
+            USING ERRCODE = 'SC004', HINT = format('Track it first: sidecar track %s', p_table);
+    END IF;
+    IF p_risk IS NOT NULL AND p_risk NOT IN ('low', 'medium', 'high') THEN
+        RAISE EXCEPTION 'sidecar: risk % is not known; use low, medium or high', quote_literal(p_risk)
+            USING ERRCODE = 'SC004';
+    END IF;
+    IF p_kind IS NOT NULL AND p_kind NOT IN ('draft', 'final') THEN
+        RAISE EXCEPTION 'sidecar: kind % is not known; use draft or final', quote_literal(p_kind)
+            USING ERRCODE = 'SC004';
+    END IF;
+    UPDATE sidecar.tracked
+    SET owner = CASE WHEN p_owner IS NULL THEN owner ELSE nullif(btrim(p_owner), '') END,
+        risk = coalesce(p_risk, risk),
+        kind = coalesce(p_kind, kind)
+    WHERE tracked_id = v_id
+    RETURNING owner, risk, kind INTO r_after;
+    PERFORM sidecar._log_event('inventory', NULL,
+        format('Inventory of %s: owner %s, risk %s, kind %s', sidecar._qualname(p_table),
+               coalesce(r_after.owner, 'not set'), coalesce(r_after.risk, 'not set'),
+               coalesce(r_after.kind, 'not set')),
+        jsonb_build_object('table', sidecar._qualname(p_table), 'owner', r_after.owner,
+                           'risk', r_after.risk, 'kind', r_after.kind));
+    RETURN v_id;
+END
+$set_table_info$;
+
+-- Remove everything a failure drill left in the sidecar schema for its
+-- scratch copy: the copy's tracking (triggers, capture function, history
+-- table), the drill's runs (automation 'sidecar-drill', their undos and
+-- reruns), their statements, actions, steps, pauses and events. Called by
+-- the drill before it drops its scratch schema, so `sidecar runs` and the
+-- event trail never show drill runs or name a dropped table. Refuses any
+-- table outside a sidecar_drill_* schema.
+--   p_tracked_id  the copy's sidecar.tracked row
+--   p_drill       the drill's id (its scratch schema's name, in runs.meta)
+-- Returns {"runs": n, "events": n}.
+CREATE OR REPLACE FUNCTION sidecar._drill_cleanup(p_tracked_id int, p_drill text)
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_drill_cleanup$
+DECLARE
+    r_tracked  record;
+    v_schema   name;
+    v_name     text;
+    v_runs     uuid[];
+    v_events   bigint;
+BEGIN
+    SELECT * INTO r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+    IF NOT FOUND THEN
+        RETURN jsonb_build_object('runs', 0, 'events', 0);
+    END IF;
+    SELECT n.nspname INTO v_schema
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = r_tracked.relid;
+    IF v_schema IS NOT NULL AND v_schema NOT LIKE 'sidecar\_drill\_%' THEN
+        RAISE EXCEPTION 'sidecar: % is not a drill''s scratch copy; refusing to remove its history',
+                        r_tracked.relid USING ERRCODE = 'SC004';
+    END IF;
+    v_name := sidecar._qualname(r_tracked.relid);
+
+    WITH RECURSIVE drill_runs(run_id) AS (
+        SELECT r.run_id FROM sidecar.runs r
+        WHERE r.automation IN ('sidecar-drill', 'sidecar undo')
+          AND (r.meta ->> 'drill' = p_drill
+               OR r.run_id IN (SELECT s.run_id FROM sidecar.statements s WHERE s.tracked_id = p_tracked_id))
+        UNION
+        SELECT r.run_id FROM sidecar.runs r JOIN drill_runs d ON r.undo_of = d.run_id OR r.rerun_of = d.run_id
+        WHERE r.automation IN ('sidecar-drill', 'sidecar undo')
+    )
+    SELECT coalesce(array_agg(run_id), '{}') INTO v_runs FROM drill_runs;
+
+    IF v_name IS NOT NULL AND r_tracked.active THEN
+        PERFORM sidecar.untrack(r_tracked.relid);
+    END IF;
+    EXECUTE format('DROP FUNCTION IF EXISTS sidecar.%I()', 'capture_' || p_tracked_id);
+    EXECUTE format('DROP FUNCTION IF EXISTS sidecar.%I()', 'hold_' || p_tracked_id);
+
+    DELETE FROM sidecar.events e
+    WHERE e.run_id = ANY (v_runs)
+       OR (v_name IS NOT NULL AND e.detail ->> 'table' = v_name)
+       OR (e.kind IN ('pause', 'resume') AND e.detail ->> 'scope' = 'automation'
+           AND e.detail ->> 'target' = 'sidecar-drill')
+       OR (e.kind IN ('pause', 'resume') AND e.detail ->> 'scope' = 'table'
+           AND e.detail ->> 'target' = p_tracked_id::text);
+    GET DIAGNOSTICS v_events = ROW_COUNT;
+
+    IF to_regclass('sidecar.pending') IS NOT NULL THEN
+        EXECUTE 'DELETE FROM sidecar.pending WHERE run_id = ANY ($1) OR tracked_id = $2'
+            USING v_runs, p_tracked_id;
+    END IF;
+    IF to_regclass('sidecar.rules') IS NOT NULL THEN
+        EXECUTE 'DELETE FROM sidecar.rules WHERE tracked_id = $1' USING p_tracked_id;
+    END IF;
+    DELETE FROM sidecar.steps WHERE run_id = ANY (v_runs);
+    DELETE FROM sidecar.step_plan WHERE run_id = ANY (v_runs);
+    DELETE FROM sidecar.step_failures WHERE run_id = ANY (v_runs);
+    DELETE FROM sidecar.step_blocks WHERE run_id = ANY (v_runs);
+    DELETE FROM sidecar.statements WHERE run_id = ANY (v_runs) OR tracked_id = p_tracked_id;
+    DELETE FROM sidecar.actions WHERE run_id = ANY (v_runs);
+    -- The runs refer to each other (undo_of, rerun_of, undone_by): one statement removes them all.
+    DELETE FROM sidecar.runs WHERE run_id = ANY (v_runs);
+    DELETE FROM sidecar.pauses
+    WHERE (scope = 'automation' AND target = 'sidecar-drill')
+       OR (scope = 'table' AND target = p_tracked_id::text);
+    EXECUTE format('DROP TABLE IF EXISTS sidecar.%I', r_tracked.log_table);
+    DELETE FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+    RETURN jsonb_build_object('runs', cardinality(v_runs), 'events', v_events);
+END
+$_drill_cleanup$;
+
+REVOKE EXECUTE ON FUNCTION sidecar.set_table_info(regclass, text, text, text),
+                           sidecar._drill_cleanup(int, text) FROM PUBLIC;
