@@ -65,17 +65,14 @@ def _clean(image: dict[str, Any] | None) -> dict[str, Any] | None:
     """A history row as {column: value}: bookkeeping dropped, retired columns under their old name."""
     if image is None:
         return None
-    out = {}
+    out = {k: v for k, v in image.items() if k not in ("_stmt", "_kind") and "~" not in k}
     for k, v in image.items():
-        if k in ("_stmt", "_kind"):
-            continue
-        if "~" in k:
-            if v is None:
-                continue
-            k = k.split("~", 1)[0]
-            out.setdefault(k, v)
-            continue
-        out[k] = v
+        # A retired column (dropped or retyped since) holds what was captured
+        # before the change; the current column is empty for those statements.
+        if "~" in k and v is not None:
+            name = k.split("~", 1)[0]
+            if out.get(name) is None:
+                out[name] = v
     return out
 
 

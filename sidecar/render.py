@@ -155,7 +155,12 @@ def preview(planner, result, per_table: int = 50) -> str:
                     lines.append(f"  {verb} {label} (added by the run)")
             if n > per_table:
                 lines.append(f"  … and {plural(n - per_table, 'more row')} to {verb}")
-    lines += conflict_lines(result.conflicts, result.conflict_count, result.forced)
+        # Each table's conflicts under its own heading.
+        lines += conflict_lines([c for c in result.conflicts if c.table == info.table], 0, result.forced)
+    listed = {info.table for info in (p.info for p in planner.ordered())}
+    lines += conflict_lines([c for c in result.conflicts if c.table not in listed], 0, result.forced)
+    if result.conflict_count > len(result.conflicts):
+        lines.append(f"  … and {plural(result.conflict_count - len(result.conflicts), 'more conflict')}")
     for note in result.notes:
         lines.append(f"  note: {note}")
     total = sum(sum(c.get(s, 0) for s in ("insert", "update", "delete")) for c in result.tables.values())

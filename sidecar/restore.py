@@ -117,6 +117,9 @@ class Planner:
         self.force = force
         self.tables: list[TablePlan] = []
         self.notes: list[str] = []
+        # What the undo cannot restore (columns dropped or retyped since): said,
+        # and the rest is restored only with force.
+        self.lost: list[str] = []
 
     # -- scope -------------------------------------------------------------
     def _select_statements(self) -> None:
@@ -198,16 +201,31 @@ class Planner:
                 f"table {info.table}: key column {missing_pk[0]} was dropped, renamed away or retyped since the run; "
                 "its rows cannot be matched, so this table cannot be undone"
             )
-        for name in skipped:
-            self.notes.append(f"{info.table}: column {name} was added or retyped after the run; left as it is")
-        gone = self.conn.execute(
-            "SELECT split_part(log_column, '~', 1) FROM sidecar.columns c WHERE tracked_id = %s AND retired "
-            "AND NOT EXISTS (SELECT FROM sidecar.columns a WHERE a.tracked_id = c.tracked_id "
-            "AND a.attnum = c.attnum AND NOT a.retired AND a.since_stmt <= %s)",
-            (info.tracked_id, info.stmt_range[0]),
+        # History columns the run filled that no longer match a column of the
+        # table: retired because the column was dropped or retyped since.
+        changed = self.conn.execute(
+            """
+            SELECT split_part(c.log_column, '~', 1), c.type_name, format_type(a.atttypid, a.atttypmod)
+            FROM sidecar.columns c
+            LEFT JOIN pg_attribute a ON a.attrelid = %s::regclass AND a.attnum = c.attnum AND NOT a.attisdropped
+            WHERE c.tracked_id = %s AND c.retired AND c.since_stmt <= %s
+              AND (c.retired_stmt IS NULL OR c.retired_stmt > %s)
+            ORDER BY c.attnum
+            """,
+            (info.table, info.tracked_id, info.stmt_range[1], info.stmt_range[0]),
         ).fetchall()
-        for (name,) in gone:
-            self.notes.append(f"{info.table}: column {name} was dropped since the run; its old values are ignored")
+        retyped = set()
+        for name, old_type, new_type in changed:
+            if new_type is None:
+                self.lost.append(f"{info.table}: column {name} was dropped since the run; its old values cannot "
+                                 "be put back")
+            else:
+                retyped.add(name)
+                self.lost.append(f"{info.table}: column {name} was retyped since the run ({old_type} -> {new_type}); "
+                                 "its old values are left as they are now")
+        for name in skipped:
+            if name not in retyped:
+                self.notes.append(f"{info.table}: column {name} was added since the run started; left as it is")
         return TablePlan(info, columns, skipped)
 
     # -- plan --------------------------------------------------------------
@@ -780,13 +798,23 @@ def _session_settings(conn: psycopg.Connection) -> None:
 def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> tuple[Planner, UndoResult]:
     """Plan the undo and report it; nothing changes. Use inside conn.transaction(force_rollback=True)."""
     _session_settings(conn)
+    if scope.kind == "run":
+        undone = conn.execute(
+            "SELECT r.undone_by, u.started_at FROM sidecar.runs r JOIN sidecar.runs u ON u.run_id = r.undone_by "
+            "WHERE r.run_id = %s AND u.undone_by IS NULL", (scope.run_id,)).fetchone()
+        if undone:
+            raise UsageError(
+                f"run {scope.run_id} was already undone by run {undone[0]} at {undone[1]:%Y-%m-%d %H:%M:%S %Z}; "
+                f"to put its changes back, undo that run: sidecar undo {str(undone[0])[:8]}")
     planner = Planner(conn, scope, force=force)
     planner.plan()
+    notes = planner.notes + [
+        lost + ("" if force else " (undo needs --force to restore the rest)") for lost in planner.lost]
     result = UndoResult(
         scope.run_id, scope.kind, None,
         {p.table: dict(p.counts) for p in planner.ordered()},
         planner.conflicts(), sum(p.counts.get("conflict", 0) + p.counts.get("forced", 0) for p in planner.tables),
-        planner.notes, applied=False, forced=force,
+        notes, applied=False, forced=force,
     )
     return planner, result
 
@@ -818,6 +846,10 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
                 f"undo gave up waiting {lock_timeout} for a lock held by another session; nothing was changed. "
                 "Try again later, or raise --lock-timeout"
             ) from None
+        if planner.lost and not force:
+            raise UsageError(
+                "; ".join(planner.lost) + ". Nothing was changed: add --force to restore everything else")
+        planner.notes.extend(planner.lost)
         conflicts = planner.conflicts()
         counts = planner.apply()
         # Rows kept because rows changed since refer to them are conflicts too,

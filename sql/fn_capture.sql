@@ -72,7 +72,8 @@ BEGIN
                          WHERE tracked_id = p_tracked_id AND retired);
         EXECUTE format('ALTER TABLE sidecar.%I RENAME COLUMN %I TO %I',
                        r_tracked.log_table, v_map.log_column, v_retired);
-        UPDATE sidecar.columns SET log_column = v_retired, retired = true
+        UPDATE sidecar.columns SET log_column = v_retired, retired = true,
+                                   retired_stmt = nextval('sidecar.stmt_seq')
         WHERE tracked_id = p_tracked_id AND log_column = v_map.log_column;
     END LOOP;
 
@@ -298,7 +299,7 @@ DECLARE
     r_tag      record;
     v_run      uuid;
     v_action   bigint;
-    v_stmt     bigint := nextval('sidecar.stmt_seq');
+    v_stmt     bigint;
     v_dynamic  boolean := false;
 BEGIN
     IF coalesce(current_setting('sidecar.run_id', true), '') <> '' THEN
@@ -323,6 +324,9 @@ BEGIN
         v_dynamic := true;
     END IF;
 
+    -- Taken after any re-sync: a history column added by the sync (its
+    -- since_stmt) is older than the statement that fills it first.
+    v_stmt := nextval('sidecar.stmt_seq');
     INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
     VALUES (v_stmt, p_tracked_id, left(p_op, 1), v_run, v_action, txid_current(), session_user,
             statement_timestamp());

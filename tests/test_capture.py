@@ -264,7 +264,9 @@ def test_schema_change_never_fails_the_app_and_capture_follows(tickets, run_bot,
     # Both runs still undo.
     undo(tickets, again)
     undo(tickets, run_id)
-    undo(tickets, before_change)
+    # The run before the change filled a column since dropped or retyped: that
+    # part cannot come back as it was, so the rest is restored with force.
+    undo(tickets, before_change, force=True)
     assert tickets.execute("SELECT count(*) FROM tickets").fetchone()[0] == 3
 
 
@@ -281,7 +283,7 @@ def test_a_run_spanning_a_schema_change_is_undone(tickets, bot):
     assert snapshot(tickets, "tickets", "id") == [
         "(41,open,1,)", '(42,"needs review",1,refunded)', "(43,open,2,)"]
     assert result.conflicts == []
-    assert "public.tickets: column note was added or retyped after the run; left as it is" in result.notes
+    assert "public.tickets: column note was added since the run started; left as it is" in result.notes
 
 
 # -- values survive the round trip byte for byte --------------------------------------------

@@ -464,7 +464,7 @@ def test_a_column_added_since_the_run_is_left_alone(support, cli, run_bot):
 
     assert result.exit_code == 0, result.output
     assert support.execute("SELECT status, priority FROM tickets WHERE id = 42").fetchone() == ("needs review", 1)
-    assert "note: public.tickets: column priority was added or retyped after the run; left as it is" in result.stdout
+    assert "note: public.tickets: column priority was added since the run started; left as it is" in result.stdout
 
 
 def test_a_column_dropped_since_the_run_is_ignored_and_said(support, cli, run_bot):
@@ -472,11 +472,17 @@ def test_a_column_dropped_since_the_run_is_ignored_and_said(support, cli, run_bo
     run_id = run_bot("UPDATE tickets SET status = 'resolved', note = 'bot was here' WHERE id = 42")
     support.execute("ALTER TABLE tickets DROP COLUMN note")
 
-    result = cli("undo", str(run_id), "--yes")
+    refused = cli("undo", str(run_id), "--yes")
 
+    # The run's values of the dropped column cannot come back: said, and nothing done without --force.
+    assert refused.exit_code == 2
+    assert "column note was dropped since the run; its old values cannot be put back" in refused.output
+    assert "add --force" in refused.output
+    assert _status(support, 42) == "resolved"
+    result = cli("undo", str(run_id), "--yes", "--force")
     assert result.exit_code == 0, result.output
     assert _status(support, 42) == "needs review"
-    assert "note: public.tickets: column note was dropped since the run; its old values are ignored" in result.stdout
+    assert "note: public.tickets: column note was dropped since the run; its old values cannot be put back" in result.stdout
 
 
 def test_a_renamed_column_is_still_restored(support, cli, run_bot):
