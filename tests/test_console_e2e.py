@@ -4,6 +4,7 @@ held change. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
@@ -122,8 +123,9 @@ def test_operator_undoes_the_bad_run_and_pauses_the_bot(operator_scene, browser_
     expect(page.locator("time").first).not_to_contain_text("UTC")
     expect(page.get_by_text("customer_id of tickets #42 from empty to 2").first).to_be_visible()
     expect(page.get_by_text("match-billing v3")).to_be_visible()
-    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS_SCREENSHOT), full_page=False)
+    page.screenshot(path=str(ARTIFACTS / "run-page.png"), full_page=False)
+    if os.environ.get("SIDECAR_UPDATE_DOCS"):  # refresh the README's screenshot on purpose only
+        page.screenshot(path=str(DOCS_SCREENSHOT), full_page=False)
 
     # Preview: rows to restore, and the agent's edit as a conflict; nothing changed yet.
     page.get_by_role("link", name="Undo this run…").click()
