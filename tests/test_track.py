@@ -53,7 +53,9 @@ def test_unquoted_mixed_case_name_is_refused_with_a_hint(sc, cli):
     sc.execute('CREATE TABLE "Order Items" (id int PRIMARY KEY)')
     result = cli("track", "Order Items")
     assert result.exit_code == 2
-    assert "'Order Items' is not a valid table name" in result.stderr
+    # PostgreSQL up to 17 calls it no name at all; 18's to_regclass just finds no such table.
+    assert "Order Items" in result.stderr and ("is not a valid table name" in result.stderr
+                                               or "does not exist" in result.stderr)
     assert 'double quotes, e.g. \'"Order Items"\'' in result.stderr
 
 
