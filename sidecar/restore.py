@@ -150,12 +150,16 @@ class Planner:
         rows = conn.execute(
             """
             SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column,
-                   t.display_name, min(s.stmt_id), max(s.stmt_id)
+                   t.display_name, min(s.stmt_id), max(s.stmt_id),
+                   EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) AS present
             FROM _sc_stmts s JOIN sidecar.tracked t USING (tracked_id)
-            GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 2
+            GROUP BY 1, 2, 3, 4, 5, 6, t.relid ORDER BY 2
             """
         ).fetchall()
-        infos = [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows]
+        for r in rows:
+            if not r[8]:
+                self.lost.append(f"table {r[1]} was dropped since the run; its rows cannot be put back")
+        infos = [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows if r[8]]
         if scope.rows:
             wanted = {t for t, _ in scope.rows}
             known = {i.table for i in infos}

@@ -140,6 +140,9 @@ DECLARE
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('sidecar._sync_columns'), p_tracked_id);
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = r_tracked.relid) THEN
+        RETURN;  -- the table was dropped: its history stays as it is
+    END IF;
     IF sidecar._shape(r_tracked.relid) IS DISTINCT FROM r_tracked.shape THEN
         PERFORM sidecar._sync_columns(p_tracked_id);
         IF r_tracked.active THEN
@@ -489,11 +492,16 @@ END
 $untrack$;
 
 -- A table's name, always schema-qualified and quoted where needed, whatever
--- the caller's search_path: the name sidecar prints and matches on.
+-- the caller's search_path: the name sidecar prints and matches on. A tracked
+-- table dropped since is named from its history table.
 CREATE OR REPLACE FUNCTION sidecar._qualname(p_table regclass)
 RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $_qualname$
-    SELECT format('%I.%I', n.nspname, c.relname)
-    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = p_table
+    SELECT coalesce(
+        (SELECT format('%I.%I', n.nspname, c.relname)
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = p_table),
+        (SELECT format('(dropped table %s)', regexp_replace(t.log_table, '_log_[0-9]+$', ''))
+         FROM sidecar.tracked t WHERE t.relid = p_table),
+        format('(dropped table %s)', p_table::oid))
 $_qualname$;

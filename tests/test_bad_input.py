@@ -1,0 +1,161 @@
+"""The bad-input matrix: odd names, edge values, partitions, row security, tables gone, bad DSNs."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.fix_sidecar import snapshot, track, undo
+
+ODD_TABLE = '"Sales Ops"."Ordér ""Items"""'
+
+
+def run_sql_script(conn, script: str) -> None:
+    """Run `sidecar undo --sql` output as psql would: one transaction, statement by statement."""
+    conn.execute(script)
+
+
+def test_quoted_unicode_and_reserved_identifiers(sc, run_bot, cli):
+    sc.execute('CREATE SCHEMA "Sales Ops"')
+    sc.execute(f'CREATE TABLE {ODD_TABLE} ("select" int, "Line No" int, "naïve" text, "from" jsonb, '
+               'PRIMARY KEY ("select", "Line No"))')
+    sc.execute(f"""INSERT INTO {ODD_TABLE} VALUES (1, 1, 'café', '{{"a": 1}}'), (1, 2, 'b', NULL)""")
+    result = cli("track", ODD_TABLE)
+    assert result.exit_code == 0, result.output
+    before = snapshot(sc, ODD_TABLE)
+    run_id = run_bot(f"""UPDATE {ODD_TABLE} SET "naïve" = 'thé', "from" = '[1]' WHERE "Line No" = 1""",
+                     f"""INSERT INTO {ODD_TABLE} VALUES (2, 1, 'new', NULL)""",
+                     f"""DELETE FROM {ODD_TABLE} WHERE "Line No" = 2""")
+    shown = cli("show", str(run_id))
+    assert "naïve 'café' -> 'thé'" in shown.output
+
+    script = cli("undo", str(run_id), "--sql")
+    assert script.exit_code == 0
+    assert '"Sales Ops"."Ordér ""Items"""' in script.output
+    run_sql_script(sc, script.output)
+    assert snapshot(sc, ODD_TABLE) == before
+    assert cli("undo", str(run_id), "--preview").exit_code == 0  # nothing left but "already as before"
+
+    row = cli("undo", str(run_id), "--row", 'Sales Ops.Ordér "Items":{"select":1,"Line No":1}')
+    assert row.exit_code == 2  # unquoted: not that table, and the message says how to quote
+
+
+@pytest.mark.parametrize("kind", ["undo", "sql script"])
+def test_values_at_the_edges_come_back_exactly(sc, run_bot, cli, pg_major, kind):
+    numeric_inf = ", 'Infinity'::numeric, '-Infinity'::numeric" if pg_major >= 14 else ""
+    sc.execute(
+        "CREATE TABLE edge (id int PRIMARY KEY, f float8, f2 float8, f3 float8, n numeric, n2 numeric(30,10),"
+        " big text, arr int[], txt text[], doc jsonb, bin bytea" + (", ni numeric, nn numeric" if numeric_inf else "")
+        + ")")
+    sc.execute(
+        "INSERT INTO edge VALUES (1, 'NaN', 'Infinity', '-Infinity', 'NaN', 12345678901234567890.0123456789,"
+        " repeat('x', 1048576), '{}', '{\"\",NULL,\"a,b\"}',"
+        " '{\"a\": {\"b\": [1, 2.50, {\"c\": null}], \"d\": \"\\u00e9\"}}',"
+        " (SELECT decode(string_agg(lpad(to_hex(g), 2, '0'), ''), 'hex') FROM generate_series(1, 255) g)"
+        + numeric_inf + ")")
+    sc.execute("UPDATE edge SET n = power(10::numeric, 900) + 0.5 WHERE id = 1")
+    track(sc, "edge")
+    before = snapshot(sc, "edge")
+    run_id = run_bot("UPDATE edge SET f = 0, f2 = 1, f3 = 2, n = 3, n2 = 4, big = 'small', arr = '{1}', "
+                     "txt = NULL, doc = '{}', bin = '\\x00'" + (", ni = 0, nn = 0" if numeric_inf else ""),
+                     "INSERT INTO edge (id) VALUES (2)")
+    if kind == "undo":
+        undo(sc, run_id)
+    else:
+        run_sql_script(sc, cli("undo", str(run_id), "--sql").output)
+    assert snapshot(sc, "edge") == before
+
+
+def test_partitioned_table_capture_covers_every_partition_and_undo_lands_right(sc, run_bot):
+    sc.execute("CREATE TABLE events (id int, region text, note text, PRIMARY KEY (id, region)) "
+               "PARTITION BY LIST (region)")
+    sc.execute("CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu')")
+    sc.execute("CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us')")
+    sc.execute("INSERT INTO events VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'eu', 'c')")
+    track(sc, "events")
+    before = snapshot(sc, "events", "id")
+    run_id = run_bot("UPDATE events SET note = 'bot'",
+                     "INSERT INTO events VALUES (4, 'us', 'new')",
+                     "DELETE FROM events WHERE id = 3",
+                     "UPDATE events SET region = 'us' WHERE id = 1")  # moves the row across partitions
+    counts = sc.execute("SELECT op, count(*) FROM sidecar.statements WHERE run_id = %s GROUP BY op ORDER BY op",
+                        (run_id,)).fetchall()
+    assert counts == [("D", 1), ("I", 1), ("U", 2)]
+    undo(sc, run_id)
+    assert snapshot(sc, "events", "id") == before
+    assert sc.execute("SELECT id FROM events_eu ORDER BY id").fetchall() == [(1,), (3,)]
+    assert sc.execute("SELECT id FROM events_us ORDER BY id").fetchall() == [(2,)]
+
+
+def test_row_level_security_table(sc, dsn, run_bot):
+    role = f"bot_{uuid.uuid4().hex[:8]}"
+    sc.execute("CREATE TABLE notes (id int PRIMARY KEY, owner text, body text)")
+    sc.execute("INSERT INTO notes VALUES (1, 'bot', 'x'), (2, 'alice', 'private')")
+    sc.execute("ALTER TABLE notes ENABLE ROW LEVEL SECURITY")
+    sc.execute("CREATE POLICY own ON notes USING (owner = 'bot')")
+    sc.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        sc.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {}").format(sql.Identifier(role)))
+        track(sc, "notes")
+        before = snapshot(sc, "notes")
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        with psycopg.connect(psycopg.conninfo.make_conninfo(**dict(params, user=role)), autocommit=True) as bot:
+            # The policy hides alice's row from the bot; its UPDATE touches only its own.
+            run_id = run_bot("UPDATE notes SET body = 'bot edit'", "INSERT INTO notes VALUES (3, 'bot', 'n')",
+                             connection=bot)
+        assert sc.execute("SELECT body FROM notes WHERE id = 2").fetchone()[0] == "private"
+        undo(sc, run_id)  # the owner restores, policies do not hide rows from it
+        assert snapshot(sc, "notes") == before
+    finally:
+        sc.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        sc.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_table_renamed_after_capture_still_undoes(sc, run_bot, cli):
+    sc.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
+    sc.execute("INSERT INTO tickets VALUES (1, 'open')")
+    track(sc, "tickets")
+    run_id = run_bot("UPDATE tickets SET status = 'resolved'")
+    sc.execute("ALTER TABLE tickets RENAME TO support_tickets")
+    result = cli("undo", str(run_id), "--yes")
+    assert result.exit_code == 0, result.output
+    assert "support_tickets" in result.output
+    assert sc.execute("SELECT status FROM support_tickets").fetchone()[0] == "open"
+
+
+def test_table_dropped_after_capture_is_said_and_the_rest_undone_only_with_force(sc, run_bot, cli):
+    sc.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
+    sc.execute("CREATE TABLE scratch (id int PRIMARY KEY)")
+    sc.execute("INSERT INTO tickets VALUES (1, 'open')")
+    track(sc, "tickets", "scratch")
+    run_id = run_bot("UPDATE tickets SET status = 'resolved'", "INSERT INTO scratch VALUES (1)")
+    sc.execute("DROP TABLE scratch")
+    assert "dropped" in cli("show", str(run_id)).output
+    refused = cli("undo", str(run_id), "--yes")
+    assert refused.exit_code == 2, refused.output
+    assert "was dropped" in refused.output and "--force" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    assert sc.execute("SELECT status FROM tickets").fetchone()[0] == "resolved"
+    forced = cli("undo", str(run_id), "--yes", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert sc.execute("SELECT status FROM tickets").fetchone()[0] == "open"
+
+
+def test_a_dsn_that_does_not_connect_names_no_password(cli_no_dsn):
+    result = cli_no_dsn("runs", "--dsn", "postgresql://ops:s3cret-pw@127.0.0.1:1/app")
+    assert result.exit_code == 1
+    assert "s3cret-pw" not in result.output
+    assert "cannot connect to" in result.output and "***" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def cli_no_dsn():
+    from click.testing import CliRunner
+
+    from sidecar.cli import cli
+
+    return lambda *args: CliRunner().invoke(cli, list(args))
