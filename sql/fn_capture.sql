@@ -495,7 +495,7 @@ $untrack$;
 -- the caller's search_path: the name sidecar prints and matches on. A tracked
 -- table dropped since is named from its history table.
 CREATE OR REPLACE FUNCTION sidecar._qualname(p_table regclass)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURNS text LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp
 AS $_qualname$
     SELECT coalesce(
         (SELECT format('%I.%I', n.nspname, c.relname)
