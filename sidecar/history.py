@@ -129,27 +129,11 @@ def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
     """Rows the run changed, per table: each row once, however often it was written.
 
     The no-op rows of a bulk UPDATE (captured, see triggers/capture.sql) are
-    left out here as in changes(): `UPDATE t SET v = v` changed no row.
+    left out as in changes(): `UPDATE t SET v = v` changed no row. Counted in
+    the database (sidecar.run_counts), which keeps the count of a finished run.
     """
-    counts: dict[str, int] = {}
-    for info in tables_of_run(conn, run_id):
-        pk = sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in info.pk_columns)
-        n = conn.execute(
-            sql.SQL(
-                """
-                SELECT count(*) FROM (
-                    SELECT DISTINCT {pk} FROM sidecar.{log} l JOIN sidecar.statements s ON s.stmt_id = l._stmt
-                    WHERE l._stmt BETWEEN %s AND %s AND s.run_id = %s
-                    GROUP BY {pk}, l._stmt, s.op
-                    HAVING s.op <> 'U' OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - '_kind') > 1
-                ) changed
-                """
-            ).format(log=sql.Identifier(info.log_table), pk=pk),
-            (*info.stmt_range, run_id),
-        ).fetchone()[0]
-        if n:
-            counts[info.table] = n
-    return counts
+    counts = conn.execute("SELECT sidecar.run_counts(%s)", (run_id,)).fetchone()[0]
+    return {table: n for table, n in sorted(counts.items())}
 
 
 def actions_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[tuple[int, str, datetime]]:

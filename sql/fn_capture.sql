@@ -257,6 +257,7 @@ AS $_tag$
 DECLARE
     v_run_text text := coalesce(current_setting('sidecar.run_id', true), '');
     v_key      text;
+    v_status   text;
 BEGIN
     -- Checked by pattern, not by catching the cast error: an exception
     -- block would open a subtransaction on the write path.
@@ -267,9 +268,13 @@ BEGIN
     END IF;
     run_id := v_run_text::uuid;
     v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
-    SELECT r.automation, r.undo_of IS NOT NULL, a.action_id INTO automation, is_undo, action_id
+    SELECT r.automation, r.undo_of IS NOT NULL, a.action_id, r.status INTO automation, is_undo, action_id, v_status
     FROM sidecar.runs r LEFT JOIN sidecar.actions a ON a.run_id = r.run_id AND a.key = v_key
     WHERE r.run_id = _tag.run_id;
+    IF v_status IS DISTINCT FROM 'running' AND v_status IS NOT NULL THEN
+        -- A write tagged with a finished run: its kept counts are out of date.
+        DELETE FROM sidecar.run_counts c WHERE c.run_id = _tag.run_id;
+    END IF;
     IF automation IS NULL THEN
         INSERT INTO sidecar.runs (run_id, automation, lineage, backend_pid, backend_start)
         SELECT _tag.run_id,

@@ -36,6 +36,7 @@ BEGIN
         v_rows := v_rows + v_n;
     END LOOP;
     DELETE FROM sidecar.statements WHERE run_id = p_run;
+    DELETE FROM sidecar.run_counts WHERE run_id = p_run;
     UPDATE sidecar.runs SET purged_at = clock_timestamp() WHERE run_id = p_run;
     RETURN v_rows;
 END

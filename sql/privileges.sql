@@ -54,10 +54,19 @@ TO PUBLIC;
 
 -- The rest is granted per role, where the role exists.
 DO $grants$
+DECLARE
+    v_role text;
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_viewer') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_viewer;
     END IF;
+    -- Reading: every operator role.
+    FOR v_role IN
+        SELECT rolname FROM pg_catalog.pg_roles
+        WHERE rolname IN ('sidecar_viewer', 'sidecar_pauser', 'sidecar_undoer', 'sidecar_approver', 'sidecar_rerunner')
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION sidecar.run_counts(uuid) TO %I', v_role);
+    END LOOP;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_pauser') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_pauser;
         GRANT EXECUTE ON FUNCTION sidecar.pause(text, text), sidecar.resume(text),

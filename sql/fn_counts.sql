@@ -1,0 +1,50 @@
+-- Rows a run changed, per table. Re-applied by `sidecar install` whenever
+-- this file changes.
+
+-- {"schema.table": rows changed, ...}: each row once however often the run
+-- wrote it, no-op rows left out. Kept in sidecar.run_counts once the run
+-- has finished.
+CREATE OR REPLACE FUNCTION sidecar.run_counts(p_run uuid)
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $run_counts$
+DECLARE
+    v_counts  jsonb;
+    v_status  text;
+    r_table   record;
+    v_pk      text;
+    v_n       bigint;
+BEGIN
+    SELECT c.counts INTO v_counts FROM sidecar.run_counts c WHERE c.run_id = p_run;
+    IF FOUND THEN
+        RETURN v_counts;
+    END IF;
+    v_counts := '{}';
+    FOR r_table IN
+        SELECT t.relid, t.log_table, t.pk_columns, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi
+        FROM sidecar.statements s JOIN sidecar.tracked t USING (tracked_id)
+        WHERE s.run_id = p_run
+        GROUP BY t.tracked_id
+    LOOP
+        SELECT string_agg(format('l.%I', c), ', ') INTO v_pk FROM unnest(r_table.pk_columns) AS c;
+        -- A row counts when one of its writes changed it: any insert or
+        -- delete, or an UPDATE whose before- and after-image differ.
+        EXECUTE format(
+            'SELECT count(*) FROM (SELECT DISTINCT %1$s FROM sidecar.%2$I l '
+            'JOIN sidecar.statements s ON s.stmt_id = l._stmt '
+            'WHERE l._stmt BETWEEN $1 AND $2 AND s.run_id = $3 '
+            'GROUP BY %1$s, l._stmt, s.op '
+            'HAVING s.op <> %3$L OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - %4$L) > 1) changed',
+            v_pk, r_table.log_table, 'U', '_kind')
+            INTO v_n USING r_table.lo, r_table.hi, p_run;
+        IF v_n > 0 THEN
+            v_counts := v_counts || jsonb_build_object(sidecar._qualname(r_table.relid), v_n);
+        END IF;
+    END LOOP;
+    SELECT status INTO v_status FROM sidecar.runs WHERE run_id = p_run;
+    IF v_status IS DISTINCT FROM 'running' THEN
+        INSERT INTO sidecar.run_counts (run_id, counts) VALUES (p_run, v_counts)
+        ON CONFLICT (run_id) DO NOTHING;
+    END IF;
+    RETURN v_counts;
+END
+$run_counts$;
