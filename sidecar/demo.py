@@ -3,7 +3,11 @@
 A billing bot matches billing tickets to customers and gets the Northwind ones
 wrong; a support agent fixes one of those tickets by hand; the operator reads
 the run, previews the undo, undoes it (the agent's edit is kept, reported as a
-conflict), then pauses the bot, whose next write is refused.
+conflict). The bot's weekly check writes a note on each of ten tickets as
+steps and loses its connection half-way; a rerun does only the five left, so
+there are exactly ten notes. A hold rule keeps refunds over the limit out of
+the table until a person approves or rejects them. Then the operator pauses
+the bot, whose next write is refused.
 
 Every `$ sidecar ...` block is the real command, run in-process with
 click's CliRunner, so the text is exactly what a user sees.
@@ -11,8 +15,11 @@ click's CliRunner, so the text is exactly what a user sees.
 
 from __future__ import annotations
 
+import re
 import shlex
+import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 import psycopg
 from click.testing import CliRunner
@@ -53,6 +60,17 @@ CREATE TABLE billing_notes (
     customer_id  int NOT NULL REFERENCES customers,
     note         text NOT NULL
 );
+CREATE TABLE ticket_notes (
+    id         int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ticket_id  int NOT NULL REFERENCES tickets,
+    note       text NOT NULL
+);
+CREATE TABLE refunds (
+    id         int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ticket_id  int NOT NULL REFERENCES tickets,
+    amount     numeric(10, 2) NOT NULL,
+    status     text NOT NULL DEFAULT 'proposed'
+);
 """
 
 CUSTOMERS = [
@@ -69,7 +87,23 @@ TICKETS = [
     (43, None, "Northwind Systems: update billing address", "needs review"),
     (44, None, "Northwind Systems: VAT number missing on NS-2304", "needs review"),
     (45, 4, "Globex: switch to annual billing", "resolved"),
+    (46, 1, "Acme Corp: PO number missing on A-1013", "open"),
+    (47, 2, "Northwind Solar: card expires next month", "open"),
+    (48, 4, "Globex: credit note for a short-shipped order", "open"),
+    (49, 1, "Acme Corp: late fee on A-1011", "open"),
+    (50, 2, "Northwind Solar: duplicate billing contact", "open"),
 ]
+
+# The bot's refund proposals: (ticket, amount); the rule holds those over the limit.
+REFUND_LIMIT = 500
+REFUND_RULE = f"NEW.amount > {REFUND_LIMIT}"
+REFUND_REASON = "refund over limit"
+REFUNDS = [(41, "900.00"), (42, "1240.00"), (48, "80.00")]
+REFUND_APPROVED, REFUND_REJECTED = 41, 42
+REJECT_WHY = "NS-2291 was already refunded by the card processor"
+
+# The weekly check: one note per ticket, each ticket one step; the connection is lost at the 6th.
+NOTE_STEPS_DIE_AT = 6
 
 AGENT_EDIT = "UPDATE tickets SET customer_id = 3, status = 'waiting on customer' WHERE id = 43"
 
@@ -160,6 +194,8 @@ class _Story:
         prefix = str(run_id)[:8]
         self.operator_reads(prefix)
         self.operator_undoes(prefix)
+        self.bot_notes_tickets()
+        self.bot_proposes_refunds()
         self.operator_pauses()
 
     def create_database(self) -> None:
@@ -177,7 +213,7 @@ class _Story:
         for ticket_id, customer_id, subject, status in TICKETS:
             who = f"customer #{customer_id}" if customer_id else "no customer yet"
             self.say(f"  #{ticket_id}  {status:<13} {who:<16} {subject}")
-        self.say("billing_notes: empty")
+        self.say("billing_notes, ticket_notes, refunds: empty")
 
     def install_and_track(self) -> None:
         self.heading("The DBA installs sidecar and tracks the tables")
@@ -239,6 +275,94 @@ class _Story:
         self.say(f"  billing_notes: {notes} rows")
         self.sidecar("runs")
 
+    def bot_notes_tickets(self) -> None:
+        self.heading(f"{AUTOMATION}'s weekly check: a note on each of ten tickets, one step per ticket")
+        self.sidecar("track", "ticket_notes")
+        self.say("The bot wraps each ticket in a step (run.steps): a step commits together with its note, and")
+        self.say("a step done once in the run or its reruns is never done again.")
+        self.say("Half-way, its connection is lost (here: pg_terminate_backend, as a failover would do it).")
+        with self.connect(AUTOMATION) as bot, self.connect("demo-setup") as admin:
+            admin.autocommit = True
+            bot.autocommit = True
+            try:
+                with Run(bot, AUTOMATION, meta={"job": "weekly-check"}) as run:
+                    self._write_notes(bot, run, die_at=NOTE_STEPS_DIE_AT, killer=admin)
+            except psycopg.OperationalError as exc:
+                self.say(f"  {AUTOMATION}: connection lost: {' '.join(str(exc).split())}")
+            else:
+                raise SidecarError("the weekly check was meant to lose its connection half-way")
+            _wait_gone(admin, run.run_id)
+        self.sidecar("runs", "--automation", AUTOMATION)
+        self.say("The run is abandoned: no session holds it any more. The rerun lists what is done and what is left:")
+        output = self.sidecar("rerun", str(run.run_id)[:8], "--reason", "connection lost during the weekly check")
+        found = re.search(r"^Rerun ([0-9a-f-]{36}):", output, re.MULTILINE)
+        if not found:
+            raise SidecarError("sidecar rerun printed no rerun id")
+        rerun_id = found.group(1)
+        self.say("")
+        self.say(f"The bot runs again, attached to the rerun: "
+                 f"sidecar.Run(conn, {AUTOMATION!r}, run_id='{rerun_id[:8]}…')")
+        with self.connect(AUTOMATION) as bot:
+            bot.autocommit = True
+            with Run(bot, AUTOMATION, run_id=rerun_id) as rerun:
+                self._write_notes(bot, rerun)
+        with self.connect("demo-check") as conn:
+            notes, tickets = conn.execute("SELECT count(*), count(DISTINCT ticket_id) FROM ticket_notes").fetchone()
+        self.say(f"ticket_notes: {notes} notes on {tickets} tickets, one each (5 before the cut, 5 by the rerun)")
+        if (notes, tickets) != (len(TICKETS), len(TICKETS)):
+            raise SidecarError(f"the weekly check left {notes} notes on {tickets} tickets, not {len(TICKETS)}")
+
+    def _write_notes(self, bot: psycopg.Connection, run: Run, die_at: int | None = None,
+                     killer: psycopg.Connection | None = None) -> None:
+        tickets = bot.execute("SELECT id, status FROM tickets ORDER BY id").fetchall()
+        for n, (ticket_id, status) in enumerate(
+            run.steps(tickets, key=lambda t: f"note:ticket-{t[0]}", touches=lambda t: [("tickets", {"id": t[0]})]),
+            start=1,
+        ):
+            bot.execute("INSERT INTO ticket_notes (ticket_id, note) VALUES (%s, %s)",
+                        (ticket_id, f"Weekly check: ticket is {status}"))
+            if die_at and n == die_at:
+                killer.execute("SELECT pg_terminate_backend(%s)", (bot.info.backend_pid,))
+                self.say(f"  ticket #{ticket_id}: note written, then the connection drops before the step commits")
+                continue
+            self.say(f"  ticket #{ticket_id}: note added (step note:ticket-{ticket_id})")
+
+    def bot_proposes_refunds(self) -> None:
+        self.heading(f"Refunds over {REFUND_LIMIT} wait for a person")
+        self.say(f"{AUTOMATION} also proposes refunds. The DBA tracks the refunds table and adds a hold rule:")
+        self.sidecar("track", "refunds", "--display-name", "refund")
+        self.sidecar("rule", "add", "refunds", "--when", REFUND_RULE, "--hold", "--reason", REFUND_REASON)
+        self.say("")
+        self.say(f"{AUTOMATION} proposes three refunds. Every statement succeeds; a held row does not land:")
+        with self.connect(AUTOMATION) as bot:
+            bot.autocommit = True
+            with Run(bot, AUTOMATION, meta={"job": "refunds"}) as run:
+                for ticket_id, amount in REFUNDS:
+                    with run.action(f"refund:ticket-{ticket_id}"):
+                        cur = bot.execute("INSERT INTO refunds (ticket_id, amount) VALUES (%s, %s)",
+                                          (ticket_id, Decimal(amount)))
+                    landed = "1 row written" if cur.rowcount == 1 else "0 rows written (held for review)"
+                    self.say(f"  refund of {amount} for ticket #{ticket_id}: INSERT succeeded, {landed}")
+        self._show_refunds()
+        self.sidecar("queue")
+        with self.connect("demo-check") as conn:
+            held = dict(conn.execute(
+                "SELECT (new_row->>'ticket_id')::int, pending_id FROM sidecar.pending WHERE status = 'pending'"
+            ).fetchall())
+        self.say("")
+        self.say(f"The operator checks both: the refund for ticket #{REFUND_APPROVED} is due, "
+                 f"the one for ticket #{REFUND_REJECTED} is not.")
+        self.sidecar("approve", str(held[REFUND_APPROVED]))
+        self.sidecar("reject", str(held[REFUND_REJECTED]), "--reason", REJECT_WHY)
+        self._show_refunds()
+
+    def _show_refunds(self) -> None:
+        with self.connect("demo-check") as conn:
+            rows = conn.execute("SELECT id, ticket_id, amount, status FROM refunds ORDER BY id").fetchall()
+        self.say("refunds table:")
+        for refund_id, ticket_id, amount, status in rows:
+            self.say(f"  refund #{refund_id}  ticket #{ticket_id}  {amount:>8}  {status}")
+
     def operator_pauses(self) -> None:
         self.heading(f"The operator pauses {AUTOMATION} until its matcher is fixed")
         with self.connect(AUTOMATION) as bot:
@@ -257,6 +381,19 @@ class _Story:
             else:
                 raise SidecarError(f"the paused {AUTOMATION} could still write: the pause did not hold")
         self.sidecar("resume", AUTOMATION)
+
+
+def _wait_gone(admin: psycopg.Connection, run_id, timeout: float = 10.0) -> None:
+    """Wait until the run's session has really ended (pg_terminate_backend only signals it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not admin.execute(
+            "SELECT 1 FROM sidecar.runs r JOIN pg_stat_activity a ON a.pid = r.backend_pid WHERE r.run_id = %s",
+            (run_id,),
+        ).fetchone():
+            return
+        time.sleep(0.02)
+    raise SidecarError("the bot's terminated session did not end")
 
 
 def _naive_match(subject: str, customers: list[tuple[int, str]]) -> tuple[int, str]:

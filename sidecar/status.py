@@ -1,14 +1,60 @@
-"""`sidecar status`: tracked tables, automations and their pause state, recent runs."""
+"""`sidecar status`: tracked tables, automations and their pause state, recent runs.
+
+For each automation: the held changes waiting for review (how many; for a paused
+automation the first few, in the queue's plain language), and for a paused one
+its runs in flight (running, or abandoned by a session that is gone) with what
+each wrote last.
+"""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 
-from . import gate, render, runs, schema, tracking
+from . import describe, gate, history, render, review, runs, schema, tracking
 from .describe import plural
 from .errors import SidecarError
+
+HELD_SHOWN = 3  # held changes listed per paused automation; `sidecar queue` has them all
+
+
+@dataclass
+class InFlight:
+    """A run of a paused automation that has not finished."""
+
+    run_id: uuid.UUID
+    state: str  # running | abandoned (no live session holds it)
+    started_at: datetime
+    last_write_at: datetime | None = None
+    last_write: str | None = None  # the last statement's first row, in plain language
+    last_write_rows: int = 0
+
+    @property
+    def text(self) -> str:
+        how = "still running" if self.state == "running" else f"{self.state} (no live session)"
+        head = f"run {str(self.run_id)[:8]} {how}"
+        if self.last_write_at is None:
+            return f"{head}, started {render.when(self.started_at)}, no write yet"
+        line = f"{head}, last write {render.when(self.last_write_at)}"
+        if self.last_write:
+            line += f": {self.last_write}"
+            if self.last_write_rows > 1:
+                line += f" (and {plural(self.last_write_rows - 1, 'more row')})"
+        return line
+
+
+@dataclass
+class HeldItem:
+    """A held change waiting for review, as `sidecar queue` words it."""
+
+    pending_id: int
+    run_id: uuid.UUID
+    action: str
+    status: str
+    text: str
 
 
 @dataclass
@@ -19,7 +65,9 @@ class AutomationState:
     running: int
     last_run: str | None
     paused: gate.Pause | None = None
-    in_flight: list[str] = field(default_factory=list)
+    in_flight: list[InFlight] = field(default_factory=list)
+    pending: int = 0  # held changes waiting for review
+    held: list[HeldItem] = field(default_factory=list)  # the first few, for a paused automation
 
 
 @dataclass
@@ -49,10 +97,18 @@ class StatusReport:
                          f"by {everything.paused_by}: {everything.reason}")
         for a in self.automations:
             line = f"  {a.name:<20} {a.state:<8} {plural(a.runs, 'run')}, last {a.last_run or '-'}"
+            if a.pending:
+                line += f"; {plural(a.pending, 'held change')} to review"
             if a.paused:
                 line += f"\n    paused since {render.when(a.paused.paused_at)} by {a.paused.paused_by}: {a.paused.reason}"
             for r in a.in_flight:
-                line += f"\n    still running: {r}"
+                line += f"\n    {r.text}"
+            if a.held:
+                line += "\n    waiting for review (sidecar approve ID | sidecar reject ID --reason TEXT):"
+                for item in a.held:
+                    line += f"\n      #{item.pending_id}  {item.text}"
+                if a.pending > len(a.held):
+                    line += f"\n      … and {a.pending - len(a.held)} more: sidecar queue"
             lines.append(line)
         if not self.automations:
             lines.append("  none yet")
@@ -77,21 +133,21 @@ def gather(conn: psycopg.Connection) -> StatusReport:
     pauses = gate.pauses(conn)
     paused = {p.target: p for p in pauses if p.scope == "automation"}
     automations = []
+    pending = dict(conn.execute(
+        "SELECT r.automation, count(*) FROM sidecar.pending p JOIN sidecar.runs r USING (run_id) "
+        "WHERE p.status IN ('pending', 'conflict') GROUP BY r.automation"
+    ).fetchall())
     for name, n, running, last in conn.execute(
         "SELECT automation, count(*), count(*) FILTER (WHERE status = 'running'), max(started_at) "
         "FROM sidecar.runs WHERE undo_of IS NULL GROUP BY automation ORDER BY automation"
     ).fetchall():
         p = paused.get(name) or paused.get("*")
-        in_flight = []
+        a = AutomationState(name, "paused" if p else "active", n, running, render.when(last), p,
+                            pending=pending.get(name, 0))
         if p:
-            for run_id, last_write in conn.execute(
-                "SELECT r.run_id, (SELECT max(at) FROM sidecar.statements s WHERE s.run_id = r.run_id) "
-                "FROM sidecar.runs r WHERE r.automation = %s AND r.status = 'running' ORDER BY r.started_at",
-                (name,),
-            ).fetchall():
-                in_flight.append(f"run {str(run_id)[:8]}, last write {render.when(last_write)}")
-        automations.append(AutomationState(name, "paused" if p else "active", n, running,
-                                           render.when(last), p, in_flight))
+            a.in_flight = _in_flight(conn, name)
+            a.held = _held(conn, name) if a.pending else []
+        automations.append(a)
     for name, p in paused.items():
         if name != "*" and name not in {a.name for a in automations}:
             automations.append(AutomationState(name, "paused", 0, 0, None, p))
@@ -102,3 +158,40 @@ def gather(conn: psycopg.Connection) -> StatusReport:
     events = conn.execute("SELECT at, actor, summary FROM sidecar.events ORDER BY at DESC LIMIT 10").fetchall()
     return StatusReport(version, tracking.list_tracked(conn), automations, pauses,
                         runs.list_runs(conn, limit=10), events, int(history_bytes))
+
+
+def _in_flight(conn: psycopg.Connection, automation: str) -> list[InFlight]:
+    """The automation's unfinished runs, oldest first, each with its last write."""
+    found = []
+    for run_id, started_at, alive, stmt_id, action_id, at in conn.execute(
+        """
+        SELECT r.run_id, r.started_at,
+               EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
+                       AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)),
+               s.stmt_id, s.action_id, s.at
+        FROM sidecar.runs r
+        LEFT JOIN LATERAL (SELECT stmt_id, action_id, at FROM sidecar.statements
+                           WHERE run_id = r.run_id ORDER BY stmt_id DESC LIMIT 1) s ON true
+        WHERE r.automation = %s AND r.status = 'running' ORDER BY r.started_at
+        """,
+        (automation,),
+    ).fetchall():
+        run = InFlight(run_id, "running" if alive else "abandoned", started_at, at)
+        if action_id is not None:
+            # The rows of the last statement, read from its action (one step or transaction, not the whole run).
+            rows = [c for c in history.changes(conn, run_id, action_ids=[action_id]) if c.stmt_id == stmt_id]
+            if rows:
+                run.last_write, run.last_write_rows = describe.change_sentence(rows[0]), len(rows)
+        found.append(run)
+    return found
+
+
+def _held(conn: psycopg.Connection, automation: str, limit: int = HELD_SHOWN) -> list[HeldItem]:
+    """The automation's first held changes, worded as in `sidecar queue`."""
+    rows = conn.execute(
+        review._SELECT + " WHERE r.automation = %s AND p.status IN ('pending', 'conflict') "
+        "ORDER BY p.pending_id LIMIT %s",
+        (automation, limit),
+    ).fetchall()
+    items = [review._to_item(r) for r in rows]
+    return [HeldItem(i.pending_id, i.run_id, i.action, i.status, i.text) for i in items]

@@ -33,6 +33,40 @@ def test_demo_tells_the_story_and_exits_0():
     assert "ticket #42: needs review, no customer" in out
     assert re.search(r"billing-bot +\S+ \S+ +\S+ +undone +billing_notes 3, tickets 3", out)
 
+    # Steps: the weekly check dies at the 6th ticket; the run is abandoned with 5 notes.
+    assert re.search(r"billing-bot +\S+ \S+ +\S+ +abandoned +ticket_notes 5\n", out)
+    # The rerun lists what is done and what is left, and redoes only the rest.
+    for t in range(41, 46):
+        assert re.search(rf"  completed     note:ticket-{t}  \(by run [0-9a-f]{{8}}\)", out)
+    for t in range(46, 51):
+        assert f"  never started note:ticket-{t}\n" in out
+    assert re.search(r"^Rerun [0-9a-f-]{36}: note:ticket-46, note:ticket-47, note:ticket-48, "
+                     r"note:ticket-49, note:ticket-50$", out, re.MULTILINE)
+    assert out.count("note added (step note:ticket-46)") == 1
+    assert "ticket_notes: 10 notes on 10 tickets" in out
+
+    # Hold rule: two refunds over the limit are held (the statements succeed, nothing lands), one lands.
+    assert "$ sidecar rule add refunds --when 'NEW.amount > 500' --hold --reason 'refund over limit'" in out
+    assert out.count("INSERT succeeded, 0 rows written (held for review)") == 2
+    assert "refund of 80.00 for ticket #48: INSERT succeeded, 1 row written" in out
+    held = re.search(r"  #(\d+)  Add refund #1 \(ticket id 41, amount 900.00, status 'proposed'\) "
+                     r"\(rule: refund over limit\)", out)
+    assert held
+    assert re.search(r"  #\d+  Add refund #2 \(ticket id 42, amount 1240.00, status 'proposed'\) "
+                     r"\(rule: refund over limit\)", out)
+    # The operator approves one and rejects the other with a reason.
+    assert f"approved #{held.group(1)}: Add refund #1 (ticket id 41, amount 900.00, status 'proposed')" in out
+    assert re.search(r"undo with: sidecar undo [0-9a-f]{8} --action refund:ticket-41", out)
+    assert re.search(r"rejected #\d+: Add refund #2 \(ticket id 42, amount 1240.00, status 'proposed'\) "
+                     r"\(NS-2291 was already refunded by the card processor\)", out)
+    final = out.split("(NS-2291 was already refunded by the card processor)\n")[1].split("\n==")[0]
+    assert final.splitlines() == [
+        "refunds table:",
+        "  refund #1  ticket #41    900.00  proposed",
+        "  refund #3  ticket #48     80.00  proposed",
+    ]
+    assert out.index("$ sidecar queue") < out.index("$ sidecar pause")
+
     # Paused: the bot's next write is refused with the gate's error.
     assert re.search(
         r'ERROR \(SC001\): sidecar: automation "billing-bot" is paused since \S+ \S+ \S+ by \S+: '
