@@ -85,7 +85,7 @@ def changes(
         pk = [sql.Identifier(c) for c in info.pk_columns]
         query = sql.SQL(
             """
-            SELECT l._stmt, l._kind, to_jsonb(l) AS image, s.op, a.key, s.at
+            SELECT l._stmt, l._kind, row_to_json(l) AS image, s.op, a.key, s.at  -- json keeps column order
             FROM sidecar.{log} l
             JOIN sidecar.statements s ON s.stmt_id = l._stmt
             LEFT JOIN sidecar.actions a ON a.action_id = s.action_id

@@ -42,6 +42,8 @@ def run_line(r) -> str:
         extra = f"  (undo of {str(r.undo_of)[:8]})"
     if r.undone_by:
         extra += f"  (undone by {str(r.undone_by)[:8]})"
+    if r.steps_done:
+        extra += f"  ({plural(r.steps_done, 'step')} done)"
     return (f"{str(r.run_id)[:8]}  {r.automation:<16} {when(r.started_at)}  {r.started_by:<10} "
             f"{r.state:<9}  {rows}{extra}")
 
@@ -64,6 +66,8 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list) -> str:
         lines.append(f"  finished    {when(info.finished_at)}")
     for k, v in sorted(info.meta.items()):
         lines.append(f"  {k:<11} {describe.value(v, 200).strip(chr(39))}")
+    if info.steps_done:
+        lines.append(f"  steps       {info.steps_done:,} done")
     if info.undo_of:
         lines.append(f"  undo of     {info.undo_of}")
     if info.undone_by:

@@ -63,12 +63,21 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID) -> list[StepState]:
         """,
         {"run": run_id},
     ).fetchall()
+    # A step cut off with its connection could not record its failure: the
+    # first planned step not done, in a run that stopped, is the one it was on.
+    stopped = conn.execute(
+        "SELECT r.status = 'failed' OR (r.status = 'running' AND NOT EXISTS ("
+        "  SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid"
+        "  AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)))"
+        " FROM sidecar.runs r WHERE r.run_id = %s", (run_id,)).fetchone()[0]
     out = []
-    for key, _, done_by, error in rows:
+    for key, ord_, done_by, error in rows:
         if done_by:
             out.append(StepState(key, "completed", f"by run {str(done_by)[:8]}"))
         elif error:
             out.append(StepState(key, "failed", error))
+        elif stopped and ord_ is not None and not any(s.state == "failed" for s in out):
+            out.append(StepState(key, "failed", "the run stopped while on it (its session ended)"))
         else:
             out.append(StepState(key, "never started"))
     return out

@@ -642,7 +642,7 @@ class Planner:
         """(key, first image, last image) of rows with the given step."""
         pk = plan.info.pk_columns
         query = sql.SQL(
-            "SELECT to_jsonb(f) - '_kind', to_jsonb(l) - '_kind', f._kind, l._kind "
+            "SELECT row_to_json(f), row_to_json(l), f._kind, l._kind "  # json keeps the column order
             "FROM {plan} p JOIN {first} f ON {pf} JOIN {last} l ON {pl} WHERE p.step = %s ORDER BY {pkp}"
             + (" LIMIT %s" if limit else "")
         ).format(
@@ -654,6 +654,8 @@ class Planner:
         with self.conn.cursor() as cur:
             cur.execute(query, params)
             for first, last, fk, lk in cur:
+                first.pop("_kind", None)
+                last.pop("_kind", None)
                 yield {c: first.get(c) for c in pk}, (first if fk == "O" else None), (last if lk == "N" else None)
 
 

@@ -247,7 +247,7 @@ def test_run_page_in_plain_language(scene, browser):
     b = browser(scene.users["viewer"])
     page = b.get(f"/runs/{str(scene.run_id)[:8]}", follow_redirects=True).text
     assert "What started this" in page and "match-billing v3" in page and "gpt-4o-mini" in page
-    assert "Changed customer_id of tickets #42 from empty to 2" not in page  # values are shown side by side
+    assert "Changed customer_id of tickets #42 from empty to 2" in page  # columns in the table's order
     assert "status of tickets #42 from &#39;needs review&#39; to &#39;resolved&#39;" in page
     assert "match:ticket-43" in page
     assert '<time datetime="' in page and " UTC</time>" in page

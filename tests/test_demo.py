@@ -16,12 +16,12 @@ def test_demo_tells_the_story_and_exits_0():
     assert result.exit_code == 0, out
 
     # The bad run, in plain language.
-    assert re.search(r"tickets #42: status 'needs review' -> 'resolved', customer_id empty -> 2", out)
-    assert re.search(r'billing_notes #1: added \(note \'Matched to Northwind Solar', out)
+    assert re.search(r"tickets #42: customer_id empty -> 2, status 'needs review' -> 'resolved'", out)
+    assert re.search(r"billing_notes #1: added \(ticket_id 42, customer_id 2, note 'Matched to Northwind Solar", out)
     assert "prompt      match-billing v3" in out
 
     # The preview lists the rows to restore and the agent's edit as a conflict.
-    assert "restore tickets #42: status 'resolved' -> 'needs review'" in out
+    assert "restore tickets #42: customer_id 2 -> empty, status 'resolved' -> 'needs review'" in out
     conflict = ("conflict: tickets #43: changed since by someone outside any run "
                 "(status 'resolved' is now 'waiting on customer', customer_id 2 is now 3")
     assert out.count(conflict) == 2  # once in the preview, once in the undo's report
@@ -34,11 +34,12 @@ def test_demo_tells_the_story_and_exits_0():
     assert re.search(r"billing-bot +\S+ \S+ +\S+ +undone +billing_notes 3, tickets 3", out)
 
     # Steps: the weekly check dies at the 6th ticket; the run is abandoned with 5 notes.
-    assert re.search(r"billing-bot +\S+ \S+ +\S+ +abandoned +ticket_notes 5\n", out)
+    assert re.search(r"billing-bot +\S+ \S+ +\S+ +abandoned +ticket_notes 5  \(5 steps done\)\n", out)
     # The rerun lists what is done and what is left, and redoes only the rest.
     for t in range(41, 46):
         assert re.search(rf"  completed     note:ticket-{t}  \(by run [0-9a-f]{{8}}\)", out)
-    for t in range(46, 51):
+    assert "  failed        note:ticket-46  (the run stopped while on it (its session ended))" in out
+    for t in range(47, 51):
         assert f"  never started note:ticket-{t}\n" in out
     assert re.search(r"^Rerun [0-9a-f-]{36}: note:ticket-46, note:ticket-47, note:ticket-48, "
                      r"note:ticket-49, note:ticket-50$", out, re.MULTILINE)

@@ -88,7 +88,7 @@ def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None =
         tids = [c for _, t, c in slots if t == tracked_id]
         log = sql.Identifier(info.log_table)
         for tid, image in conn.execute(
-            sql.SQL("SELECT l.ctid::text, to_jsonb(l) FROM sidecar.{} l WHERE l.ctid = ANY(%s::text[]::tid[])").format(log),
+            sql.SQL("SELECT l.ctid::text, row_to_json(l) FROM sidecar.{} l WHERE l.ctid = ANY(%s::text[]::tid[])").format(log),
             (tids,),
         ):
             images[(tracked_id, tid)] = _clean(image)
