@@ -96,6 +96,7 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
                 "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked WHERE active ORDER BY tracked_id"
             ).fetchall():
                 conn.execute("SELECT sidecar._render_capture(%s)", (tracked_id,))
+                conn.execute("SELECT sidecar._create_triggers(%s)", (tracked_id,))
                 conn.execute("SELECT sidecar._render_hold(%s)", (tracked_id,))
                 report.rerendered.append(relid)
         # Grants are re-applied every time: new functions start executable by PUBLIC.

@@ -12,6 +12,7 @@
 -- table, not to history).
 -- Functions of earlier releases (an upgrade must not leave them behind).
 DROP FUNCTION IF EXISTS sidecar._pause_message(text, int);
+DROP FUNCTION IF EXISTS sidecar._begin_statement(int, oid, text, text);  -- now inline in the capture template
 
 CREATE OR REPLACE FUNCTION sidecar._log_type(p_type oid, p_typmod int)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
@@ -37,7 +38,8 @@ $_log_type$;
 CREATE OR REPLACE FUNCTION sidecar._shape(p_relid oid)
 RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $_shape$
-    SELECT coalesce(string_agg(format('%s:%I:%s:%s', a.attnum, a.attname, a.atttypid, a.atttypmod),
+    -- The same expression is inlined in triggers/capture.sql (no call on the write path).
+    SELECT coalesce(string_agg(a.attnum || ':' || a.atttypid || ':' || a.atttypmod || ':' || a.attname,
                                ',' ORDER BY a.attnum), '')
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -297,51 +299,6 @@ BEGIN
 END
 $_tag$;
 
--- Called by every capture trigger once per statement that changed rows:
--- checks the gate, registers the run and action on first sight, records the
--- statement and returns its id (negated when the table's shape changed).
-CREATE OR REPLACE FUNCTION sidecar._begin_statement(p_tracked_id int, p_relid oid, p_op text, p_shape text)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $_begin_statement$
-DECLARE
-    r_tag      record;
-    v_run      uuid;
-    v_action   bigint;
-    v_stmt     bigint;
-    v_dynamic  boolean := false;
-BEGIN
-    IF coalesce(current_setting('sidecar.run_id', true), '') <> '' THEN
-        r_tag := sidecar._tag();
-        v_run := r_tag.run_id;
-        v_action := r_tag.action_id;
-        -- The gate is read on every statement, so a pause stops the next
-        -- write of sessions that are already open. An undo run is the
-        -- operator's repair: the gate never stops it.
-        IF NOT r_tag.is_undo THEN
-            PERFORM sidecar._gate(r_tag.automation, p_tracked_id, 'Nothing of this statement was written.');
-        END IF;
-    END IF;
-
-    IF sidecar._shape(p_relid) IS DISTINCT FROM p_shape THEN
-        -- One session at a time re-syncs a table's history columns.
-        PERFORM pg_advisory_xact_lock(hashtext('sidecar._sync_columns'), p_tracked_id);
-        IF sidecar._shape(p_relid) IS DISTINCT FROM (SELECT shape FROM sidecar.tracked WHERE tracked_id = p_tracked_id) THEN
-            PERFORM sidecar._sync_columns(p_tracked_id);
-            PERFORM sidecar._render_capture(p_tracked_id);
-        END IF;
-        v_dynamic := true;
-    END IF;
-
-    -- Taken after any re-sync: a history column added by the sync (its
-    -- since_stmt) is older than the statement that fills it first.
-    v_stmt := nextval('sidecar.stmt_seq');
-    INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-    VALUES (v_stmt, p_tracked_id, left(p_op, 1), v_run, v_action, txid_current(), session_user,
-            statement_timestamp());
-    RETURN CASE WHEN v_dynamic THEN -v_stmt ELSE v_stmt END;
-END
-$_begin_statement$;
-
 CREATE OR REPLACE FUNCTION sidecar._refuse_truncate()
 RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $_refuse_truncate$
@@ -378,6 +335,42 @@ BEGIN
     END LOOP;
 END
 $_drop_triggers$;
+
+-- (Re)create a tracked table's capture and TRUNCATE triggers. For a table
+-- that captures only tagged writes, the WHEN clause skips the function call
+-- altogether for untagged statements.
+CREATE OR REPLACE FUNCTION sidecar._create_triggers(p_tracked_id int)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $_create_triggers$
+DECLARE
+    r_tracked record;
+    v_func    text := format('sidecar.%I', 'capture_' || p_tracked_id);
+    v_when    text := '';
+BEGIN
+    SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+    IF r_tracked.capture = 'tagged' THEN
+        v_when := $w$WHEN (coalesce(pg_catalog.current_setting('sidecar.run_id', true), '') <> '') $w$;
+    END IF;
+    FOR v_func IN
+        SELECT t.tgname FROM pg_catalog.pg_trigger t
+        WHERE t.tgrelid = r_tracked.relid AND NOT t.tgisinternal
+          AND t.tgname IN ('sidecar_capture_insert', 'sidecar_capture_update',
+                           'sidecar_capture_delete', 'sidecar_refuse_truncate')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_func, r_tracked.relid);
+    END LOOP;
+    v_func := format('sidecar.%I', 'capture_' || p_tracked_id);
+    EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS sidecar_new '
+                   'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+    EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS sidecar_old NEW TABLE AS sidecar_new '
+                   'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+    EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS sidecar_old '
+                   'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+    EXECUTE format('CREATE TRIGGER sidecar_refuse_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION sidecar._refuse_truncate()', r_tracked.relid);
+END
+$_create_triggers$;
 
 -- Start tracking a table: history table, capture function and triggers.
 -- Tracking a tracked table again updates its options.
@@ -459,17 +452,7 @@ BEGIN
     PERFORM sidecar._sync_columns(v_id);
     PERFORM sidecar._render_capture(v_id);
 
-    v_func := format('sidecar.%I', 'capture_' || v_id);
-    PERFORM sidecar._drop_triggers(p_table);
-    EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS sidecar_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_func);
-    EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS sidecar_old NEW TABLE AS sidecar_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_func);
-    EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS sidecar_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_func);
-    EXECUTE format('CREATE TRIGGER sidecar_refuse_truncate BEFORE TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION sidecar._refuse_truncate()', p_table);
+    PERFORM sidecar._create_triggers(v_id);
     -- The hold trigger (fn_review.sql) comes back with the table's rules.
     PERFORM sidecar._render_hold(v_id);
     RETURN v_id;

@@ -70,7 +70,7 @@ def test_bot_writes_are_captured_but_it_cannot_touch_history(sc, roles):
                       psycopg.errors.InsufficientPrivilege)
     assert isinstance(refused(bot, "SELECT sidecar._log_event('undo', NULL, 'forged')"),
                       psycopg.errors.InsufficientPrivilege)
-    assert isinstance(refused(bot, "SELECT sidecar._begin_statement(1, 'tickets'::regclass, 'UPDATE', '')"),
+    assert isinstance(refused(bot, "SELECT sidecar._tag()"),
                       psycopg.errors.InsufficientPrivilege)
     # Marking itself undone, or opening an undo/rerun, is an operator's job.
     assert isinstance(refused(bot, "SELECT sidecar._undo_begin(%s, '{\"scope\": \"run\"}')", (run.run_id,)),
