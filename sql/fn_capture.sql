@@ -154,6 +154,19 @@ BEGIN
 END
 $_sync_shape$;
 
+-- The history columns capture fills and the table columns it fills them
+-- from, quoted and in the same order.
+CREATE OR REPLACE FUNCTION sidecar._capture_columns(p_tracked_id int, OUT log_cols text, OUT src_cols text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $_capture_columns$
+    SELECT string_agg(format('%I', c.log_column), ', ' ORDER BY a.attnum),
+           string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum)
+    FROM sidecar.columns c
+    JOIN sidecar.tracked t ON t.tracked_id = c.tracked_id
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attnum = c.attnum
+    WHERE c.tracked_id = p_tracked_id AND NOT c.retired
+$_capture_columns$;
+
 -- (Re)create a tracked table's capture function from the 'capture' template.
 CREATE OR REPLACE FUNCTION sidecar._render_capture(p_tracked_id int)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -166,12 +179,7 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
     SELECT body INTO STRICT v_body FROM sidecar.templates WHERE name = 'capture';
-    SELECT string_agg(format('%I', c.log_column), ', ' ORDER BY a.attnum),
-           string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum)
-      INTO v_log_cols, v_src_cols
-    FROM sidecar.columns c
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
-    WHERE c.tracked_id = p_tracked_id AND NOT c.retired;
+    SELECT l.log_cols, l.src_cols INTO v_log_cols, v_src_cols FROM sidecar._capture_columns(p_tracked_id) l;
 
     v_body := replace(v_body, '@FUNC@', format('sidecar.%I', 'capture_' || p_tracked_id));
     v_body := replace(v_body, '@TRACKED_ID@', p_tracked_id::text);
@@ -197,12 +205,7 @@ DECLARE
     v_select   text;
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
-    SELECT string_agg(format('%I', c.log_column), ', ' ORDER BY a.attnum),
-           string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum)
-      INTO v_log_cols, v_src_cols
-    FROM sidecar.columns c
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
-    WHERE c.tracked_id = p_tracked_id AND NOT c.retired;
+    SELECT l.log_cols, l.src_cols INTO v_log_cols, v_src_cols FROM sidecar._capture_columns(p_tracked_id) l;
 
     v_select := CASE p_op
         WHEN 'INSERT' THEN format('SELECT $1, %L, %s FROM sidecar_new', 'N', v_src_cols)
