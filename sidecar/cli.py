@@ -229,12 +229,14 @@ def history_count(conn, run_id, action_id) -> int:
 @click.option("--preview", is_flag=True, help="Change nothing; list each row to restore and each conflict.")
 @click.option("--sql", "as_sql", is_flag=True, help="Print the restore SQL that would run; change nothing.")
 @click.option("--force", is_flag=True, help="Restore conflicting rows too (overwrites later edits).")
+@click.option("--cascade", is_flag=True,
+              help="First undo the later runs that wrote the same rows, newest first, in the same transaction.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--reason", help="Why, for the event trail.")
 @click.option("--lock-timeout", default="30s", show_default=True, help="How long to wait for row locks.")
 @json_option
 @handles_errors
-def undo(dsn, run_id, actions, rows, preview, as_sql, force, yes, reason, lock_timeout, as_json):
+def undo(dsn, run_id, actions, rows, preview, as_sql, force, cascade, yes, reason, lock_timeout, as_json):
     """Restore the rows RUN_ID changed to how they were before it.
 
     RUN_ID is a full run id or a unique prefix of 6+ characters.
@@ -244,8 +246,18 @@ def undo(dsn, run_id, actions, rows, preview, as_sql, force, yes, reason, lock_t
     """
     with _connect(dsn) as conn:
         scope = restore.make_scope(conn, run_id, actions, rows)
+        if cascade and (actions or rows):
+            raise UsageError("--cascade undoes whole runs; leave out --action and --row")
         if preview or as_sql or not yes:
             with conn.transaction(force_rollback=True):
+                first = []
+                if cascade:
+                    # The later runs are undone for real inside this rolled-back
+                    # transaction, so the preview below shows what would be left.
+                    from .cascade import dependents
+
+                    first = [restore.undo(conn, restore.Scope(later), force=force)
+                             for later in dependents(conn, scope.run_id)]
                 planner, planned = restore.preview(conn, scope, force=force)
                 if as_sql:
                     from .restore_sql import script
@@ -253,7 +265,8 @@ def undo(dsn, run_id, actions, rows, preview, as_sql, force, yes, reason, lock_t
                     for chunk in script(conn, planner):
                         click.echo(chunk, nl=False)
                     return
-                text = render.preview(planner, planned)
+                text = "".join(f"First, a later run that wrote the same rows:\n{render.undo_result(r, would=True)}\n"
+                               for r in first) + render.preview(planner, planned)
             if preview:
                 click.echo(render.dumps({"preview": planned}) if as_json else text)
                 return
@@ -263,9 +276,17 @@ def undo(dsn, run_id, actions, rows, preview, as_sql, force, yes, reason, lock_t
             if not click.confirm("Undo these changes?", default=False):
                 click.echo("Nothing was changed.")
                 return
-        result = restore.undo(conn, scope, force=force, reason=reason, lock_timeout=lock_timeout)
-    click.echo(render.dumps({"undo": result}) if as_json else render.undo_result(result))
-    if sum(t.get("conflict", 0) for t in result.tables.values()):
+        if cascade:
+            from .cascade import undo_cascade
+
+            results = undo_cascade(conn, scope, force=force, reason=reason, lock_timeout=lock_timeout)
+        else:
+            results = [restore.undo(conn, scope, force=force, reason=reason, lock_timeout=lock_timeout)]
+    if as_json:
+        click.echo(render.dumps({"undo": results[-1], "cascade": results[:-1]}))
+    else:
+        click.echo("\n".join(render.undo_result(r) for r in results))
+    if any(sum(t.get("conflict", 0) for t in r.tables.values()) for r in results):
         sys.exit(EXIT_CONFLICTS)
 
 

@@ -114,10 +114,11 @@ def conflict_lines(conflicts, total: int, forced: bool = False) -> list[str]:
     return lines
 
 
-def undo_result(result) -> str:
-    verb = "Undid" if result.applied else "Would undo"
+def undo_result(result, *, would: bool = False) -> str:
+    verb = "Would undo" if would or not result.applied else "Undid"
     scope = "run" if result.scope == "run" else f"{result.scope} of run"
-    lines = [f"{verb} {scope} {result.run_id}" + (f" as run {result.undo_run_id}" if result.undo_run_id else "")]
+    lines = [f"{verb} {scope} {result.run_id}"
+             + (f" as run {result.undo_run_id}" if result.undo_run_id and not would else "")]
     for table, counts in result.tables.items():
         parts = []
         for step, word in (("insert", "put back"), ("update", "restored"), ("delete", "removed")):

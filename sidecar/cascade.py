@@ -1,0 +1,76 @@
+"""`sidecar undo --cascade`: undo the later runs that wrote the same rows first.
+
+A run's rows may since have been changed by later runs (a second bot, a
+rerun). Without --cascade those rows are conflicts; with it, each such later
+run is undone too, newest first, and the original last, in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+from psycopg import sql
+
+from .restore import Scope, UndoResult, undo
+
+
+def _later_writers(conn: psycopg.Connection, run_id: uuid.UUID) -> set[uuid.UUID]:
+    """Runs that wrote a row after this run wrote it (undo runs and undone runs left out)."""
+    found: set[uuid.UUID] = set()
+    tables = conn.execute(
+        "SELECT t.log_table, t.pk_columns::text[] FROM sidecar.statements s "
+        "JOIN sidecar.tracked t USING (tracked_id) WHERE s.run_id = %s GROUP BY t.tracked_id",
+        (run_id,),
+    ).fetchall()
+    for log, pk in tables:
+        same_row = sql.SQL(" AND ").join(
+            sql.SQL("later.{c} = mine.{c}").format(c=sql.Identifier(c)) for c in pk)
+        rows = conn.execute(
+            sql.SQL(
+                """
+                SELECT DISTINCT s2.run_id
+                FROM sidecar.{log} mine
+                JOIN sidecar.statements s1 ON s1.stmt_id = mine._stmt AND s1.run_id = %(run)s
+                JOIN sidecar.{log} later ON later._stmt > mine._stmt AND {same_row}
+                JOIN sidecar.statements s2 ON s2.stmt_id = later._stmt
+                JOIN sidecar.runs r ON r.run_id = s2.run_id
+                LEFT JOIN sidecar.runs u ON u.run_id = r.undone_by
+                WHERE s2.run_id <> %(run)s AND r.undo_of IS NULL
+                  AND (r.undone_by IS NULL OR u.undone_by IS NOT NULL)
+                """
+            ).format(log=sql.Identifier(log), same_row=same_row),
+            {"run": run_id},
+        ).fetchall()
+        found.update(r[0] for r in rows)
+    return found
+
+
+def dependents(conn: psycopg.Connection, run_id: uuid.UUID) -> list[uuid.UUID]:
+    """The later runs that depend on this one, transitively, newest first."""
+    seen: set[uuid.UUID] = set()
+    todo = [run_id]
+    while todo:
+        for later in _later_writers(conn, todo.pop()):
+            if later not in seen and later != run_id:
+                seen.add(later)
+                todo.append(later)
+    if not seen:
+        return []
+    ordered = conn.execute(
+        "SELECT run_id FROM sidecar.statements WHERE run_id = ANY(%s) GROUP BY run_id ORDER BY max(stmt_id) DESC",
+        (list(seen),),
+    ).fetchall()
+    return [r[0] for r in ordered]
+
+
+def undo_cascade(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason: str | None = None,
+                 lock_timeout: str | None = None) -> list[UndoResult]:
+    """Undo the later runs that depend on this one (newest first), then this one, in one transaction."""
+    with conn.transaction():
+        results = []
+        for later in dependents(conn, scope.run_id):
+            why = f"cascade of the undo of run {str(scope.run_id)[:8]}" + (f": {reason}" if reason else "")
+            results.append(undo(conn, Scope(later), force=force, reason=why, lock_timeout=lock_timeout))
+        results.append(undo(conn, scope, force=force, reason=reason, lock_timeout=lock_timeout))
+    return results
