@@ -408,6 +408,26 @@ class ThrowawayCluster:
                 f"{proc.stdout.strip()}\n--- end of the server log ---\n{log}"
             )
 
+    def restart(self, *, crash: bool = False) -> None:
+        """Stop the server and start it again on the same data and port.
+
+        crash=True stops it the way a power cut would (`pg_ctl -m immediate`:
+        no checkpoint, recovery from WAL at the next start), for tests that
+        prove nothing committed is lost.
+        """
+        if not self._started:
+            raise ClusterError("the cluster is not running")
+        pg_ctl = str(self._bindir / "pg_ctl")
+        stop = self._run([pg_ctl, "-D", str(self.datadir), "-m", "immediate" if crash else "fast",
+                          "-w", "-t", "60", "stop"])
+        if stop.returncode != 0:
+            raise ClusterError(f"PostgreSQL did not stop:\n{stop.stdout.strip()}")
+        start = self._run([pg_ctl, "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start"],
+                          timeout=90)
+        if start.returncode != 0:
+            raise ClusterError(f"PostgreSQL did not start again:\n{start.stdout.strip()}\n"
+                               f"--- end of the server log ---\n{_tail(self.logfile)}")
+
     def _postmaster_pid(self) -> int | None:
         try:
             first = (self.datadir / "postmaster.pid").read_text().split("\n", 1)[0]
