@@ -89,3 +89,38 @@ def test_undo_waits_for_a_lock_up_to_lock_timeout_then_fails_clearly(sc, dsn, bi
     assert waited >= 1.0
     assert states(sc) == {"bot": ROWS}
     assert sc.execute("SELECT count(*) FROM sidecar.runs WHERE undo_of = %s", (big_run,)).fetchone()[0] == 0
+
+
+def test_approve_killed_while_waiting_changes_nothing_and_can_run_again(sc, dsn, run_bot, make_conn):
+    sc.execute("CREATE TABLE invoices (id int PRIMARY KEY, refund numeric NOT NULL DEFAULT 0)")
+    sc.execute("INSERT INTO invoices VALUES (17, 0)")
+    track(sc, "invoices")
+    added = subprocess.run(sidecar_cmd(dsn, "rule", "add", "invoices", "--when", "NEW.refund > 500",
+                                       "--reason", "refund over limit"), capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr
+    run_id = run_bot("UPDATE invoices SET refund = 900 WHERE id = 17")
+    pending = sc.execute("SELECT pending_id FROM sidecar.pending WHERE run_id = %s", (run_id,)).fetchone()[0]
+
+    person = make_conn(autocommit=False)
+    person.execute("SELECT * FROM invoices WHERE id = 17 FOR UPDATE")  # the approval will wait here
+    proc = subprocess.Popen(sidecar_cmd(dsn, "approve", str(pending)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    pid = None
+    while pid is None and time.monotonic() < deadline:
+        row = sc.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'sidecar' "
+                         "AND wait_event_type = 'Lock' AND datname = current_database()").fetchone()
+        pid = row[0] if row else None
+        time.sleep(0.02)
+    assert pid is not None, "the approval never waited for the row"
+    sc.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    proc.communicate(timeout=30)
+    person.rollback()
+    assert proc.returncode != 0
+    # Nothing half-done: the row as it was, the item still waiting, no capture of an approval.
+    assert sc.execute("SELECT refund FROM invoices WHERE id = 17").fetchone()[0] == 0
+    assert sc.execute("SELECT status FROM sidecar.pending WHERE pending_id = %s", (pending,)).fetchone()[0] == "pending"
+    assert sc.execute("SELECT count(*) FROM sidecar.statements WHERE run_id = %s", (run_id,)).fetchone()[0] == 0
+    again = subprocess.run(sidecar_cmd(dsn, "approve", str(pending)), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert sc.execute("SELECT refund FROM invoices WHERE id = 17").fetchone()[0] == 900
