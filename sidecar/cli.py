@@ -281,13 +281,26 @@ def undo(dsn, run_id, actions, rows, preview, as_sql, force, cascade, yes, reaso
 
             results = undo_cascade(conn, scope, force=force, reason=reason, lock_timeout=lock_timeout)
         else:
-            results = [restore.undo(conn, scope, force=force, reason=reason, lock_timeout=lock_timeout)]
+            results = [restore.undo(conn, scope, force=force, reason=reason, lock_timeout=lock_timeout,
+                                    progress=_progress_line())]
     if as_json:
         click.echo(render.dumps({"undo": results[-1], "cascade": results[:-1]}))
     else:
         click.echo("\n".join(render.undo_result(r) for r in results))
     if any(sum(t.get("conflict", 0) for t in r.tables.values()) for r in results):
         sys.exit(EXIT_CONFLICTS)
+
+
+def _progress_line():
+    """On a terminal, each step of a long undo as it starts, with the time since the first."""
+    if not sys.stderr.isatty():
+        return None
+    started = datetime.now()
+
+    def say(step: str) -> None:
+        click.echo(f"  [{(datetime.now() - started).total_seconds():6.1f}s] {step}…", err=True)
+
+    return say
 
 
 @cli.command()

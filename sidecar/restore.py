@@ -16,6 +16,7 @@ statements per table.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,10 +112,13 @@ def _table_ident(table: str) -> sql.Composable:
 class Planner:
     """Builds and applies the restore of one scope, inside the caller's transaction."""
 
-    def __init__(self, conn: psycopg.Connection, scope: Scope, *, force: bool = False):
+    def __init__(self, conn: psycopg.Connection, scope: Scope, *, force: bool = False,
+                 progress: Callable[[str], None] | None = None):
         self.conn = conn
         self.scope = scope
         self.force = force
+        # Told what is being done, step by step (a big undo is a few long statements).
+        self.progress = progress or (lambda _step: None)
         self.tables: list[TablePlan] = []
         self.notes: list[str] = []
         # What the undo cannot restore (columns dropped or retyped since): said,
@@ -429,9 +433,11 @@ class Planner:
         if not self.tables:
             return
         for plan in self.tables:
+            self.progress(f"reading the history of {plan.table}")
             self._build_images(plan)
             self._check_rows_found(plan)
         for plan in self.ordered():
+            self.progress(f"locking and checking the rows of {plan.table}")
             self._lock_and_classify(plan, lock_timeout)
         self._mark_orphans(self.ordered())
 
@@ -473,11 +479,17 @@ class Planner:
         done: dict[str, dict[str, int]] = {p.table: {} for p in order}
         with _user_triggers_disabled(conn, [p.table for p in order]):
             for plan in order:
+                if plan.counts.get("insert"):
+                    self.progress(f"putting back {plan.counts['insert']:,} rows of {plan.table}")
                 done[plan.table]["insert"] = self._insert(plan)
             for plan in order:
+                if plan.counts.get("update"):
+                    self.progress(f"restoring {plan.counts['update']:,} rows of {plan.table}")
                 done[plan.table]["update"] = self._update(plan)
             self._keep_referenced(order)
             for plan in reversed(order):
+                if plan.counts.get("delete"):
+                    self.progress(f"removing {plan.counts['delete']:,} rows of {plan.table}")
                 done[plan.table]["delete"] = self._delete(plan)
         return done
 
@@ -826,7 +838,7 @@ def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> t
 
 
 def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason: str | None = None,
-         lock_timeout: str | None = None) -> UndoResult:
+         lock_timeout: str | None = None, progress: Callable[[str], None] | None = None) -> UndoResult:
     """Restore the scope's rows to their state before the run, in one transaction.
 
     The undo is itself a run (undo_of the original), so it can be undone.
@@ -844,7 +856,7 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
                 hint = f"; {exc.diag.message_hint[0].lower()}{exc.diag.message_hint[1:]}" if exc.diag.message_hint else ""
                 raise UsageError(exc.diag.message_primary.removeprefix("sidecar: ") + hint) from None
             raise
-        planner = Planner(conn, scope, force=force)
+        planner = Planner(conn, scope, force=force, progress=progress)
         try:
             planner.plan(lock_timeout=lock_timeout)
         except psycopg.errors.LockNotAvailable:
