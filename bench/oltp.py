@@ -1,0 +1,165 @@
+"""W2 OLTP: pgbench's built-in TPC-B-like script at scale 10, 2 clients.
+
+pgbench_history gets a primary key (hid bigserial) in every leg, the
+baseline included, since sidecar tracks only tables with one. Legs:
+  untracked  no sidecar trigger on the four tables (the baseline)
+  untagged   the four tables tracked, sessions without sidecar.run_id
+  tagged     tracked, every session tagged with one run id
+             (PGOPTIONS='-c sidecar.run_id=<uuid>': no extra round trip)
+  gate       tagged, while another automation is paused (W4 on OLTP)
+Before each leg: pgbench_history emptied, VACUUM ANALYZE, CHECKPOINT; then
+`pgbench -n` (no vacuum of its own) for a fixed duration.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import conninfo
+
+from .harness import Line, Samples, checkpoint, log, reaped_cpu
+
+TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
+AUTOMATION = "bench-oltp"
+OTHER_AUTOMATION = "bench-other"
+_TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
+_DONE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+
+
+def find_pgbench(bindir: Path | None) -> str:
+    candidates = [bindir / "pgbench"] if bindir else []
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    raise SystemExit("bench: pgbench not found; install the PostgreSQL client tools or pass --skip-oltp")
+
+
+@dataclass
+class OltpBench:
+    conn: psycopg.Connection
+    dsn: str
+    pgbench: str
+    scale: int
+    clients: int
+    seconds: int
+    repeat: int
+    samples: Samples = field(default_factory=Samples)
+    cpu: Samples = field(default_factory=Samples)   # server CPU seconds per transaction
+    notes: list[str] = field(default_factory=list)
+
+    def _env(self, run_id: str | None) -> tuple[dict[str, str], list[str]]:
+        """pgbench's environment and connection arguments (a password goes in PGPASSWORD, never argv)."""
+        params = conninfo.conninfo_to_dict(self.dsn)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        password = params.pop("password", None)
+        if password:
+            env["PGPASSWORD"] = password
+        env["PGOPTIONS"] = f"-c sidecar.run_id={run_id}" if run_id else ""
+        return env, [conninfo.make_conninfo("", **params)]
+
+    def _pgbench(self, args: list[str], run_id: str | None = None, timeout: float = 900) -> str:
+        env, target = self._env(run_id)
+        proc = subprocess.run([self.pgbench, *args, *target], env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pgbench {' '.join(args)} failed:\n{proc.stderr.strip()[-1500:]}")
+        return proc.stdout + proc.stderr
+
+    def setup(self) -> None:
+        log(f"W2 setup: pgbench -i -s {self.scale}")
+        self._pgbench(["-i", "-s", str(self.scale), "-q"])
+        self.conn.execute("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
+        for t in TABLES:
+            self.conn.execute(f"ALTER TABLE {t} SET (autovacuum_enabled = false)")
+
+    def _set_tracked(self, tracked: bool) -> None:
+        c = self.conn
+        for t in TABLES:
+            active = c.execute("SELECT active FROM sidecar.tracked WHERE relid = %s::regclass", (t,)).fetchone()
+            if tracked and not (active and active[0]):
+                c.execute("SELECT sidecar.track(%s::regclass)", (t,))
+            elif not tracked and active and active[0]:
+                c.execute("SELECT sidecar.untrack(%s::regclass)", (t,))
+
+    def leg(self, mode: str) -> None:
+        c = self.conn
+        self._set_tracked(mode != "untracked")
+        c.execute("TRUNCATE pgbench_history")
+        c.execute("VACUUM ANALYZE " + ", ".join(TABLES))
+        run_id = None
+        if mode in ("tagged", "gate"):
+            run_id = str(c.execute("SELECT sidecar.start_run(%s, jsonb_build_object('leg', %s::text))",
+                                   (AUTOMATION, mode)).fetchone()[0])
+        if mode == "gate":
+            c.execute("SELECT sidecar.pause(%s, %s)", (OTHER_AUTOMATION, "bench: gate check with a pause row present"))
+        checkpoint(c)
+        cpu0 = reaped_cpu(c)
+        try:
+            out = self._pgbench(["-n", "-c", str(self.clients), "-j", str(self.clients), "-T", str(self.seconds)],
+                                run_id=run_id)
+        finally:
+            if mode == "gate":
+                c.execute("SELECT sidecar.resume(%s)", (OTHER_AUTOMATION,))
+            if run_id is not None:
+                c.execute("SELECT sidecar.finish_run('succeeded', NULL, %s)", (run_id,))
+        m, done = _TPS.search(out), _DONE.search(out)
+        if not m or not done:
+            raise RuntimeError(f"cannot read tps from pgbench output:\n{out[-1500:]}")
+        tps = float(m.group(1))
+        time.sleep(0.5)  # the postmaster reaps pgbench's backends
+        cpu1 = reaped_cpu(c)
+        per_tx = (cpu1 - cpu0) / int(done.group(1)) if cpu0 is not None and cpu1 is not None else float("nan")
+        self.cpu.add(mode, per_tx)
+        if run_id is not None:
+            captured = c.execute("SELECT count(*) FROM sidecar.statements WHERE run_id = %s", (run_id,)).fetchone()[0]
+            if captured == 0:
+                self.notes.append(f"W2 {mode}: pgbench's writes were not captured (is sidecar.run_id reaching it?)")
+        self.samples.add(mode, tps)
+        log(f"  W2 {mode:<9} {tps:9.1f} tps, {per_tx * 1e6:6.0f} us server CPU per transaction")
+
+    def run(self) -> None:
+        self.setup()
+        legs = ["untracked", "untagged", "tagged", "gate"]
+        for r in range(self.repeat):
+            order = legs[:]
+            random.Random(100 + r).shuffle(order)
+            log(f"W2 repeat {r + 1}/{self.repeat}")
+            for mode in order:
+                self.leg(mode)
+        self._set_tracked(False)
+
+    def _cpu(self, leg: str, base: str) -> float | None:
+        """Server CPU per transaction, leg against base (higher is costlier)."""
+        return self.cpu.ratio(leg, base)[0] if self.cpu.has(leg) and self.cpu.has(base) else None
+
+    def _cpu_note(self, leg: str) -> str:
+        return f", {self.cpu.median(leg) * 1e6:.0f} us CPU/tx" if self.cpu.has(leg) else ""
+
+    def lines(self, with_w4: bool) -> list[Line]:
+        s = self.samples
+        base = f"untracked {s.median('untracked'):.0f} tps"
+        what = f"pgbench TPC-B s={self.scale}, {self.clients} clients, {self.seconds}s"
+        out = [
+            Line("W2", f"{what}: TPS tagged", *s.ratio("tagged", "untracked"), unit="%", op=">=", target=0.85,
+                 baseline=base + self._cpu_note("untracked"), cpu=self._cpu("tagged", "untracked")),
+            Line("W2", f"{what}: TPS untagged", *s.ratio("untagged", "untracked"), unit="%", op=">=", target=0.97,
+                 baseline=base, cpu=self._cpu("untagged", "untracked")),
+        ]
+        if with_w4:
+            # "<= 5% over capture alone" as throughput: at least 1/1.05 of the tagged TPS.
+            out.append(Line("W4", "gate on (other automation paused), pgbench TPS vs tagged",
+                            *s.ratio("gate", "tagged"), unit="%", op=">=", target=1 / 1.05,
+                            baseline=f"tagged {s.median('tagged'):.0f} tps", cpu=self._cpu("gate", "tagged")))
+        return out
