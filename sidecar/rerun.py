@@ -45,9 +45,9 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID) -> list[StepState]:
     rows = conn.execute(
         """
         WITH lineage AS (
-            SELECT coalesce(r.lineage, r.run_id) AS root FROM sidecar.runs r WHERE r.run_id = %(run)s
+            SELECT r.lineage AS root FROM sidecar.runs r WHERE r.run_id = %(run)s
         ), runs_of AS (
-            SELECT r.run_id FROM sidecar.runs r, lineage WHERE coalesce(r.lineage, r.run_id) = lineage.root
+            SELECT r.run_id FROM sidecar.runs r, lineage WHERE r.lineage = lineage.root
         ), keys AS (
             SELECT key, min(ord) AS ord FROM sidecar.step_plan WHERE run_id IN (SELECT run_id FROM runs_of) GROUP BY key
             UNION
@@ -87,7 +87,7 @@ def _check_targets(conn: psycopg.Connection, run_id: uuid.UUID, key: str) -> lis
     """Why the step's declared rows no longer match what the run planned on (empty: they match)."""
     row = conn.execute(
         "SELECT p.targets FROM sidecar.step_plan p JOIN sidecar.runs r ON r.run_id = p.run_id "
-        "WHERE coalesce(r.lineage, r.run_id) = (SELECT coalesce(lineage, run_id) FROM sidecar.runs WHERE run_id = %s) "
+        "WHERE r.lineage = (SELECT lineage FROM sidecar.runs WHERE run_id = %s) "
         "AND p.key = %s ORDER BY r.started_at LIMIT 1",
         (run_id, key),
     ).fetchone()

@@ -7,13 +7,13 @@
 --   SC003 bad sidecar.run_id               SC004 table cannot be tracked
 --   SC005 no run active in this session
 
--- The type a history column gets for a table column: the same type, except
--- that domains are stored as their base type (their checks apply to the live
--- table, not to history).
 -- Functions of earlier releases (an upgrade must not leave them behind).
 DROP FUNCTION IF EXISTS sidecar._pause_message(text, int);
 DROP FUNCTION IF EXISTS sidecar._begin_statement(int, oid, text, text);  -- now inline in the capture template
 
+-- The type a history column gets for a table column: the same type, except
+-- that domains are stored as their base type (their checks apply to the live
+-- table, not to history).
 CREATE OR REPLACE FUNCTION sidecar._log_type(p_type oid, p_typmod int)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $_log_type$
@@ -45,6 +45,17 @@ AS $_shape$
     WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 $_shape$;
 
+-- The primary key's columns, in key order (NULL: the table has none).
+CREATE OR REPLACE FUNCTION sidecar._pk_columns(p_table regclass)
+RETURNS name[] LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $_pk_columns$
+    SELECT array_agg(a.attname ORDER BY k.ord)
+    FROM pg_catalog.pg_constraint con
+    CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+    WHERE con.conrelid = p_table AND con.contype = 'p'
+$_pk_columns$;
+
 -- Bring a history table in line with its tracked table: add columns that are
 -- new, follow renames, and retire (rename away, keep) columns that were
 -- dropped or retyped, so that no history is lost and no write fails.
@@ -55,7 +66,6 @@ DECLARE
     r_tracked  record;
     r_col      record;
     v_map      record;
-    v_type     text;
     v_retired  name;
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
@@ -96,8 +106,7 @@ BEGIN
                 WHERE tracked_id = p_tracked_id AND log_column = r_col.attname AND retired
             LOOP
                 EXECUTE format('ALTER TABLE sidecar.%I RENAME COLUMN %I TO %I',
-                               r_tracked.log_table, v_retired,
-                               left(v_retired, 40) || '~' || r_col.attnum || '~r');
+                               r_tracked.log_table, v_retired, left(v_retired, 40) || '~' || r_col.attnum || '~r');
                 UPDATE sidecar.columns SET log_column = left(v_retired, 40) || '~' || r_col.attnum || '~r'
                 WHERE tracked_id = p_tracked_id AND log_column = v_retired;
             END LOOP;
@@ -121,11 +130,7 @@ BEGIN
     -- table has no primary key any more: old history still needs them).
     UPDATE sidecar.tracked
     SET shape = sidecar._shape(relid),
-        pk_columns = coalesce((SELECT array_agg(a.attname ORDER BY k.ord)
-                               FROM pg_catalog.pg_constraint con
-                               CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
-                               JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
-                               WHERE con.conrelid = relid AND con.contype = 'p'), pk_columns)
+        pk_columns = coalesce(sidecar._pk_columns(relid), pk_columns)
     WHERE tracked_id = p_tracked_id;
 END
 $_sync_columns$;
@@ -251,6 +256,21 @@ BEGIN
 END
 $_gate$;
 
+-- Register a run id first seen in this session (set by hand, not by
+-- start_run): named after sidecar.automation, else application_name; it
+-- starts its own lineage.
+CREATE OR REPLACE FUNCTION sidecar._register_run(p_run uuid)
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_register_run$
+    INSERT INTO sidecar.runs (run_id, automation, lineage, backend_pid, backend_start)
+    SELECT p_run,
+           coalesce(nullif(current_setting('sidecar.automation', true), ''),
+                    nullif(current_setting('application_name', true), ''), 'unknown'),
+           p_run, pg_backend_pid(),
+           (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_backend_pid())
+    ON CONFLICT ON CONSTRAINT runs_pkey DO NOTHING
+$_register_run$;
+
 -- The run and action a tagged write belongs to, registering either on first
 -- sight (a run id first seen in a write is registered on the spot). Read
 -- from the tables on every call: nothing is cached in a setting, which any
@@ -281,13 +301,7 @@ BEGIN
         DELETE FROM sidecar.run_counts c WHERE c.run_id = _tag.run_id;
     END IF;
     IF automation IS NULL THEN
-        INSERT INTO sidecar.runs (run_id, automation, lineage, backend_pid, backend_start)
-        SELECT _tag.run_id,
-               coalesce(nullif(current_setting('sidecar.automation', true), ''),
-                        nullif(current_setting('application_name', true), ''), 'unknown'),
-               _tag.run_id, pg_backend_pid(),
-               (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_backend_pid())
-        ON CONFLICT ON CONSTRAINT runs_pkey DO NOTHING;
+        PERFORM sidecar._register_run(run_id);
         SELECT r.automation, r.undo_of IS NOT NULL INTO automation, is_undo
         FROM sidecar.runs r WHERE r.run_id = _tag.run_id;
     END IF;
@@ -348,21 +362,21 @@ AS $_create_triggers$
 DECLARE
     r_tracked record;
     v_func    text := format('sidecar.%I', 'capture_' || p_tracked_id);
+    v_trigger name;
     v_when    text := '';
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
     IF r_tracked.capture = 'tagged' THEN
         v_when := $w$WHEN (coalesce(pg_catalog.current_setting('sidecar.run_id', true), '') <> '') $w$;
     END IF;
-    FOR v_func IN
+    FOR v_trigger IN
         SELECT t.tgname FROM pg_catalog.pg_trigger t
         WHERE t.tgrelid = r_tracked.relid AND NOT t.tgisinternal
           AND t.tgname IN ('sidecar_capture_insert', 'sidecar_capture_update',
                            'sidecar_capture_delete', 'sidecar_refuse_truncate')
     LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', v_func, r_tracked.relid);
+        EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, r_tracked.relid);
     END LOOP;
-    v_func := format('sidecar.%I', 'capture_' || p_tracked_id);
     EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS sidecar_new '
                    'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
     EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s '
@@ -387,7 +401,6 @@ DECLARE
     v_pk       name[];
     v_id       int;
     v_log      name;
-    v_func     text;
     v_role     name;
 BEGIN
     SELECT c.relkind INTO v_relkind FROM pg_catalog.pg_class c WHERE c.oid = p_table;
@@ -402,11 +415,7 @@ BEGIN
         RAISE EXCEPTION 'sidecar: capture mode % is not known; use tagged or all', quote_literal(p_capture)
             USING ERRCODE = 'SC004';
     END IF;
-    SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
-    FROM pg_catalog.pg_constraint con
-    CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
-    WHERE con.conrelid = p_table AND con.contype = 'p';
+    v_pk := sidecar._pk_columns(p_table);
     IF v_pk IS NULL THEN
         RAISE EXCEPTION 'sidecar: table % has no primary key, so its rows cannot be told apart for undo', p_table
             USING ERRCODE = 'SC004',

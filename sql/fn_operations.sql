@@ -73,7 +73,7 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT r_orig FROM sidecar.runs WHERE run_id = p_original;
     INSERT INTO sidecar.runs (run_id, automation, meta, rerun_of, lineage)
-    VALUES (v_rerun, r_orig.automation, p_meta, p_original, coalesce(r_orig.lineage, r_orig.run_id));
+    VALUES (v_rerun, r_orig.automation, p_meta, p_original, r_orig.lineage);
     INSERT INTO sidecar.step_blocks (run_id, key, reason)
     SELECT v_rerun, b.key, b.value #>> '{}' FROM jsonb_each(coalesce(p_blocked, '{}')) b;
     PERFORM sidecar._log_event('rerun', p_original, p_summary, p_detail || jsonb_build_object('rerun', v_rerun));

@@ -100,14 +100,9 @@ BEGIN
     IF coalesce(p_key, '') = '' THEN
         RAISE EXCEPTION 'sidecar: a step needs a key, e.g. ''note:ticket-42''' USING ERRCODE = 'SC007';
     END IF;
-    SELECT coalesce(lineage, run_id) INTO v_lineage FROM sidecar.runs WHERE run_id = v_run;
+    SELECT lineage INTO v_lineage FROM sidecar.runs WHERE run_id = v_run;
     IF v_lineage IS NULL THEN
-        -- A run id set by hand and not seen yet: it starts its own lineage.
-        INSERT INTO sidecar.runs (run_id, automation, lineage, backend_pid)
-        VALUES (v_run, coalesce(nullif(current_setting('sidecar.automation', true), ''),
-                                nullif(current_setting('application_name', true), ''), 'unknown'),
-                v_run, pg_backend_pid())
-        ON CONFLICT (run_id) DO NOTHING;
+        PERFORM sidecar._register_run(v_run);  -- a run id set by hand and not seen yet
         v_lineage := v_run;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('sidecar.step:' || v_lineage), hashtext(p_key));
@@ -133,7 +128,7 @@ RETURNS TABLE (run_id uuid, completed_at timestamptz) LANGUAGE sql STABLE SECURI
 SET search_path = pg_catalog, pg_temp
 AS $step_done$
     SELECT s.run_id, s.completed_at FROM sidecar.steps s
-    WHERE s.lineage = (SELECT coalesce(r.lineage, r.run_id) FROM sidecar.runs r WHERE r.run_id = sidecar._current_run())
+    WHERE s.lineage = (SELECT r.lineage FROM sidecar.runs r WHERE r.run_id = sidecar._current_run())
       AND s.key = p_key
 $step_done$;
 
@@ -150,7 +145,7 @@ BEGIN
         RAISE EXCEPTION 'sidecar: no step is open in this transaction' USING ERRCODE = 'SC007',
               HINT = 'Call sidecar.begin_step(key) in the same transaction first.';
     END IF;
-    SELECT coalesce(lineage, run_id) INTO v_lineage FROM sidecar.runs WHERE run_id = v_run;
+    SELECT lineage INTO v_lineage FROM sidecar.runs WHERE run_id = v_run;
     -- The primary key (lineage, key) is the last guard: a second completion
     -- of one step fails, and its writes with it.
     INSERT INTO sidecar.steps (lineage, key, run_id, action_id)
