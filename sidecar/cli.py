@@ -192,16 +192,7 @@ def show(dsn, run_id, limit, as_json):
     """A run's actions and changes in plain language."""
     with _connect(dsn) as conn:
         info = runs.get(conn, run_id)
-        actions = []
-        for action_id, key, _ in history.actions_of_run(conn, info.run_id):
-            changes = list(history.changes(conn, info.run_id, action_ids=[action_id], limit=limit + 1))
-            if not changes:
-                continue  # an action whose writes changed nothing is not an action
-            more = 0
-            if len(changes) > limit:
-                changes = changes[:limit]
-                more = history_count(conn, info.run_id, action_id) - limit
-            actions.append((key, changes, more))
+        actions = history.changes_by_action(conn, info.run_id, limit=limit)
         events = conn.execute(
             "SELECT at, actor, summary FROM sidecar.events WHERE run_id = %s ORDER BY at", (info.run_id,)
         ).fetchall()
@@ -214,10 +205,6 @@ def show(dsn, run_id, limit, as_json):
         }))
     else:
         click.echo(render.show_run(info, actions, events))
-
-
-def history_count(conn, run_id, action_id) -> int:
-    return sum(1 for _ in history.changes(conn, run_id, action_ids=[action_id]))
 
 
 @cli.command()

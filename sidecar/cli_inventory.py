@@ -1,7 +1,7 @@
 """`sidecar inventory`, `sidecar owners`, `sidecar drill`: know what automations touch, who is on duty,
 and whether the team can pause, restore and explain before an automation goes live.
 
-A thin click layer over sidecar.inventory and sidecar.drill, registered on the
+A thin click layer over sidecar.inventory, sidecar.owners and sidecar.drill, registered on the
 main group by sidecar/cli.py. The shared decorators (dsn_option, json_option,
 handles_errors) come from the module that defines the group, not from an
 import of sidecar.cli (which imports this module, and may run as __main__).
@@ -56,7 +56,7 @@ def register(cli: click.Group) -> None:
 
         Example: sidecar owners --automation billing-bot
         """
-        from .inventory import owners
+        from .owners import owners
 
         with db.connect(dsn) as conn:
             report = owners(conn, automation=automation)

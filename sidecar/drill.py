@@ -25,11 +25,11 @@ fails. Afterwards the drill removes its runs, history and events
 (sidecar._drill_cleanup) and drops the scratch schema, even when a check
 failed, so ``sidecar runs`` never lists drill runs; the result stays as one
 event of kind 'drill' (``sidecar inventory`` shows the last one per table).
+The scratch copy itself is made, read and dropped by sidecar/drill_copy.py.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,18 +41,18 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from . import gate, history, inventory, restore, schema, tracking
+from . import gate, inventory, owners, restore, schema, tracking
 from . import rerun as rerun_mod
+from . import runs as runs_mod
 from .describe import plural
+from .drill_copy import SCHEMA_PREFIX, SIDECAR_TRIGGERS, ScratchCopy, remove_leftovers
+from .drill_copy import CheckFailed as _CheckFailed
 from .errors import SidecarError, UsageError
 from .runs import Run
 
 DRILL_AUTOMATION = inventory.DRILL_AUTOMATION
-SCHEMA_PREFIX = "sidecar_drill_"
 _DRILL_LOCK = 7_420_009
 _DUTIES = ("pause", "undo", "rerun", "logs")
-_SIDECAR_TRIGGERS = ("sidecar_capture_insert", "sidecar_capture_update", "sidecar_capture_delete",
-                     "sidecar_refuse_truncate")
 
 CHECKS = {
     "roles": "operators can pause, undo, rerun and read the logs",
@@ -111,16 +111,8 @@ class DrillReport:
         return "\n".join(lines)
 
 
-class _CheckFailed(Exception):
-    """A check's verdict: the message says what did not hold."""
-
-
 class _ItemFailure(Exception):
     """The drill's deliberate failure of one item."""
-
-
-class _LiveWrite(_CheckFailed):
-    pass
 
 
 def run_drill(conn: psycopg.Connection, table: str, *, automation: str | None = None, sample_rows: int = 20,
@@ -144,7 +136,7 @@ def run_drill(conn: psycopg.Connection, table: str, *, automation: str | None = 
         raise UsageError("another drill is running on this database; wait for it to finish")
     try:
         drill = _Drill(conn, name, automation, sample_rows, connect or _second_connection(conn))
-        drill.notes.extend(_remove_leftovers(conn))
+        drill.notes.extend(remove_leftovers(conn))
         report = drill.run()
         try:
             conn.execute(
@@ -173,55 +165,14 @@ def _second_connection(conn: psycopg.Connection) -> Callable[[], psycopg.Connect
     return connect
 
 
-def _remove_leftovers(conn: psycopg.Connection) -> list[str]:
-    """Scratch schemas of drills that were killed before they could clean up (none runs now: we hold the lock)."""
-    notes = []
-    for (nsp,) in conn.execute(
-        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'sidecar\\_drill\\_%' ORDER BY 1"
-    ).fetchall():
-        with conn.transaction():
-            _cleanup_schema(conn, nsp)
-        notes.append(f"removed the leftovers of an interrupted drill (schema {nsp})")
-    return notes
+class _Drill(ScratchCopy):
+    """The checks, and the drill automation's writes to the scratch copy (made by ScratchCopy)."""
 
-
-def _cleanup_schema(conn: psycopg.Connection, nsp: str) -> dict[str, int]:
-    removed = {"runs": 0, "events": 0}
-    for (tracked_id,) in conn.execute(
-        "SELECT t.tracked_id FROM sidecar.tracked t JOIN pg_class c ON c.oid = t.relid "
-        "WHERE c.relnamespace = %s::regnamespace", (sql.Identifier(nsp).as_string(conn),)
-    ).fetchall():
-        counts = conn.execute("SELECT sidecar._drill_cleanup(%s, %s)", (tracked_id, nsp)).fetchone()[0]
-        for k in removed:
-            removed[k] += counts.get(k, 0)
-    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(nsp)))
-    return removed
-
-
-def _key_match(alias: str, pk: list[str]) -> sql.Composable:
-    """(alias.k1::text, ...) = (%s, ...): keys are carried as text, whatever their type."""
-    cols = sql.SQL(", ").join(sql.SQL("{}.{}::text").format(sql.Identifier(alias), sql.Identifier(c)) for c in pk)
-    return sql.SQL("({}) = ({})").format(cols, sql.SQL(", ").join(sql.Placeholder() * len(pk)))
-
-
-class _Drill:
     def __init__(self, conn: psycopg.Connection, table: str, automation: str | None, sample_rows: int,
                  connect: Callable[[], psycopg.Connection]):
-        self.conn, self.table, self.automation = conn, table, automation
-        self.sample_rows, self.connect = sample_rows, connect
-        self.schema = SCHEMA_PREFIX + secrets.token_hex(4)
-        self.notes: list[str] = []
+        super().__init__(conn, table, sample_rows)
+        self.automation, self.connect = automation, connect
         self.bot: psycopg.Connection | None = None
-        self.copy = ""  # the copy's qualified name
-        self.copy_ident: sql.Composable = sql.SQL("")
-        self.stash_ident: sql.Composable = sql.SQL("")  # every sample row, to put rows back from
-        self.pk: list[str] = []
-        self.columns: list[str] = []
-        self.rows: list[tuple[str, ...]] = []  # keys of the copy's sample rows
-        self.items: list[tuple[str, ...]] = []  # keys of the rows the rerun check creates
-        self.editable: list[tuple[str, str, int | None]] = []  # (column, type category, max length)
-        self.live_sidecar: dict[str, str] = {}  # the live table's sidecar triggers: name -> tgenabled
-        self.tracked_id: int | None = None  # the copy's
         self.runs: dict[str, Any] = {}
 
     # -- the checklist --------------------------------------------------------
@@ -245,9 +196,7 @@ class _Drill:
         start = time.perf_counter()
         try:
             detail, passed = fn(), True
-        except _CheckFailed as exc:
-            detail, passed = str(exc), False
-        except SidecarError as exc:
+        except (_CheckFailed, SidecarError) as exc:
             detail, passed = str(exc), False
         except psycopg.Error as exc:
             message = (exc.diag.message_primary or str(exc)).removeprefix("sidecar: ")
@@ -256,8 +205,8 @@ class _Drill:
 
     def check_roles(self) -> str:
         # The launch checklist's duties; approving held writes is the review queue's (sidecar owners shows it).
-        report = inventory.owners(self.conn, automation=self.automation or "*", extra_tables=[self.table])
-        roles = [r for r in report.roles if r.role in {inventory.DUTIES[d][0] for d in _DUTIES}]
+        report = owners.owners(self.conn, automation=self.automation or "*", extra_tables=[self.table])
+        roles = [r for r in report.roles if r.role in {owners.DUTIES[d][0] for d in _DUTIES}]
         problems = [f"role {r.role} is missing" for r in roles if not r.exists]
         problems += [f"role {r.role} lacks {r.needs}" for r in roles if r.exists and r.granted is False]
         duties = {d: duty for d, duty in report.automations[0].duties.items() if d in _DUTIES}
@@ -336,15 +285,20 @@ class _Drill:
         return (f"the open session's next write was refused (SC001) {refused_after * 1000:.0f} ms after the pause; "
                 "nothing landed; writes went on after resume")
 
-    def check_record(self) -> str:
-        keys = self._present(self.rows)[:2]
+    def _damage_rows(self, check: str, n: int) -> tuple[Run, list[tuple[str, ...]], dict[tuple[str, ...], str | None]]:
+        """One run of the drill automation changing up to n sample rows, one action each: (run, keys, rows before)."""
+        keys = self._present(self.rows)[:n]
         if not keys:
             raise _CheckFailed("no sample row is left to change")
         before = {k: self._row(k) for k in keys}
-        with self._run("record") as run:
+        with self._run(check) as run:
             for i, k in enumerate(keys, 1):
-                with run.action(f"drill:record-{i}"), self._bot_tx():
+                with run.action(f"drill:{check}-{i}"), self._bot_tx():
                     self._damage(k)
+        return run, keys, before
+
+    def check_record(self) -> str:
+        run, keys, before = self._damage_rows("record", 2)
         try:
             result = restore.undo(self.conn, restore.Scope(run.run_id, rows=[(self.copy, dict(zip(self.pk, keys[0])))]),
                                   reason="failure drill: one record")
@@ -358,14 +312,7 @@ class _Drill:
                 + (f"; {self._label(keys[1])}, changed by the same run, left as it was" if len(keys) > 1 else ""))
 
     def check_batch(self) -> str:
-        keys = self._present(self.rows)[:5]
-        if not keys:
-            raise _CheckFailed("no sample row is left to change")
-        before = {k: self._row(k) for k in keys}
-        with self._run("batch") as run:
-            for i, k in enumerate(keys, 1):
-                with run.action(f"drill:batch-{i}"), self._bot_tx():
-                    self._damage(k)
+        run, keys, before = self._damage_rows("batch", 5)
         self.runs["batch"] = run.run_id
         result = restore.undo(self.conn, restore.Scope(run.run_id), reason="failure drill: a small batch")
         wrong = [self._label(k) for k in keys if self._row(k) != before[k]]
@@ -411,24 +358,20 @@ class _Drill:
         if not failed:
             raise _CheckFailed("no failed run to explain (the rerun check did not get that far)")
         missing, facts = [], []
-        started = self.conn.execute(
-            "SELECT automation, started_by, started_at, meta FROM sidecar.runs WHERE run_id = %s", (failed,)
-        ).fetchone()
-        if started and started[3].get("drill") == self.schema:
-            facts.append(f"started: {started[0]} by {started[1]} ({started[3].get('check')} check)")
+        info = runs_mod.get(self.conn, failed)  # the run, with the rows it changed per table
+        if info.meta.get("drill") == self.schema:
+            facts.append(f"started: {info.automation} by {info.started_by} ({info.meta.get('check')} check)")
         else:
             missing.append("what started it (run and its meta)")
-        changed = history.row_counts(self.conn, failed).get(self.copy)
+        changed = info.rows.get(self.copy)
         if changed:
             facts.append(f"changed: {plural(changed, 'row')}")
         else:
             missing.append(f"what it changed (no captured change: {self._capture_problem()})")
-        status, error = self.conn.execute("SELECT status, error FROM sidecar.runs WHERE run_id = %s",
-                                          (failed,)).fetchone()
         step_error = self.conn.execute(
             "SELECT key FROM sidecar.step_failures WHERE run_id = %s ORDER BY failed_at LIMIT 1", (failed,)
         ).fetchone()
-        if status == "failed" and error and step_error:
+        if info.status == "failed" and info.error and step_error:
             facts.append(f"failed: step {step_error[0]}")
         else:
             missing.append("what failed (run status, error and failed step)")
@@ -443,205 +386,6 @@ class _Drill:
         if missing:
             raise _CheckFailed("the trail does not say " + "; ".join(missing))
         return "; ".join(facts)
-
-    # -- the scratch copy -------------------------------------------------------
-    def _make_copy(self) -> str:
-        conn = self.conn
-        nsp, rel, tracked = conn.execute(
-            "SELECT n.nspname, c.relname, t.tracked_id FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "LEFT JOIN sidecar.tracked t ON t.relid = c.oid AND t.active WHERE c.oid = %s::regclass",
-            (self.table,),
-        ).fetchone()
-        live = sql.Identifier(nsp, rel)
-        self.pk = [r[0] for r in conn.execute(
-            "SELECT a.attname FROM pg_constraint con "
-            "CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord) "
-            "JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum "
-            "WHERE con.conrelid = %s::regclass AND con.contype = 'p' ORDER BY k.ord", (self.table,)
-        ).fetchall()]
-        if not self.pk:
-            raise _CheckFailed(f"{self.table} has no primary key, so sidecar cannot track it (nor a copy of it)")
-        self.columns = [r[0] for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-            "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum", (self.table,)
-        ).fetchall()]
-        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
-        pk = sql.SQL(", ").join(map(sql.Identifier, self.pk))
-        self.copy_ident = sql.Identifier(self.schema, rel)
-        self.stash_ident = sql.Identifier(self.schema, "drill_sample" if rel != "drill_sample" else "drill_sample_")
-
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
-        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(self.copy_ident, live))
-        self.copy = conn.execute("SELECT sidecar._qualname(%s::regclass)",
-                                 (self.copy_ident.as_string(conn),)).fetchone()[0]
-        # The sample goes in before any trigger exists: setting up fires none of the table's own code.
-        conn.execute(sql.SQL("INSERT INTO {c} ({cols}) OVERRIDING SYSTEM VALUE "
-                             "SELECT {cols} FROM {live} ORDER BY {pk} LIMIT %s").format(
-            c=self.copy_ident, cols=cols, live=live, pk=pk), (self.sample_rows,))
-        n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.copy_ident)).fetchone()[0]
-        if n == 0:
-            raise _CheckFailed(f"{self.table} has no rows to copy; the drill needs at least 3")
-        conn.execute(sql.SQL("CREATE TABLE {stash} AS SELECT {cols} FROM {c}").format(
-            stash=self.stash_ident, cols=cols, c=self.copy_ident))
-        key_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in self.pk)
-        by_key = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in self.pk)
-        keys = [tuple(r) for r in conn.execute(
-            sql.SQL("SELECT {} FROM {} AS t ORDER BY {}").format(key_text, self.copy_ident, by_key)).fetchall()]
-        # The rerun check's items: the last rows, set aside for the drill automation to create again.
-        n_items = 0 if n < 3 else 2 if n <= 5 else 3
-        self.rows, self.items = keys[: n - n_items], keys[n - n_items:]
-        for key in self.items:
-            conn.execute(sql.SQL("DELETE FROM {} AS t WHERE {}").format(self.copy_ident, self._where()), key)
-
-        not_copied = self._copy_foreign_keys(nsp, rel)
-        triggers = self._copy_triggers(nsp, rel)
-        self._track_copy(tracked)
-        self.editable = self._editable_columns()
-        self._compare(not_copied)
-        parts = [f"{plural(len(self.columns), 'column')}, "
-                 f"{plural(self._count_constraints(self.copy), 'constraint')}, "
-                 f"{plural(len(triggers), 'trigger')} of its own" + (f" ({', '.join(triggers)})" if triggers else ""),
-                 f"{plural(n, 'sample row')} ({len(self.items)} set aside as rerun items)"]
-        if not_copied:
-            parts.append("not copied: foreign keys to other tables (" + ", ".join(not_copied) + ")")
-            self.notes.append("foreign keys to other tables are not copied: adding them would lock those tables")
-        if not tracked:
-            parts.append(f"{self.table} is not tracked, so the copy captures nothing either")
-        return "; ".join(parts)
-
-    def _copy_foreign_keys(self, nsp: str, rel: str) -> list[str]:
-        """Self-references point at the copy (NOT VALID: the sample may lack parents); others are listed."""
-        actions = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
-        skipped = []
-        for name, self_ref, cols, refcols, upd, dele, match, deferrable, deferred, target in self.conn.execute(
-            "SELECT con.conname, con.confrelid = con.conrelid, "
-            "  (SELECT array_agg(a.attname::text ORDER BY k.o) FROM unnest(con.conkey) WITH ORDINALITY k(n, o) "
-            "   JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n), "
-            "  (SELECT array_agg(a.attname::text ORDER BY k.o) FROM unnest(con.confkey) WITH ORDINALITY k(n, o) "
-            "   JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n), "
-            "  con.confupdtype, con.confdeltype, con.confmatchtype, con.condeferrable, con.condeferred, "
-            "  sidecar._qualname(con.confrelid) "
-            "FROM pg_constraint con WHERE con.conrelid = %s::regclass AND con.contype = 'f' ORDER BY 1",
-            (self.table,),
-        ).fetchall():
-            if not self_ref:
-                skipped.append(f"{name} -> {target}")
-                continue
-            self.conn.execute(sql.SQL(
-                "ALTER TABLE {c} ADD CONSTRAINT {name} FOREIGN KEY ({cols}) REFERENCES {c} ({refcols}) "
-                "MATCH {match} ON UPDATE {upd} ON DELETE {dele} {deferrable} NOT VALID").format(
-                c=self.copy_ident, name=sql.Identifier(name),
-                cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                refcols=sql.SQL(", ").join(map(sql.Identifier, refcols)),
-                match=sql.SQL("FULL" if match == "f" else "SIMPLE"),
-                upd=sql.SQL(actions[upd]), dele=sql.SQL(actions[dele]),
-                deferrable=sql.SQL(("DEFERRABLE INITIALLY DEFERRED" if deferred else "DEFERRABLE")
-                                   if deferrable else "")))
-        return skipped
-
-    def _copy_triggers(self, nsp: str, rel: str) -> list[str]:
-        """The table's own triggers, on the copy, enabled or disabled as on the table."""
-        # pg_get_triggerdef names the table as format('%I.%I') does.
-        qualified = self.conn.execute("SELECT format('%%I.%%I', %s::text, %s::text)", (nsp, rel)).fetchone()[0]
-        live_on = f" ON {qualified} "
-        copy_on = " ON " + self.copy_ident.as_string(self.conn) + " "
-        names = []
-        for tgname, definition, enabled in self.conn.execute(
-            "SELECT tgname, pg_get_triggerdef(oid), tgenabled FROM pg_trigger "
-            "WHERE tgrelid = %s::regclass AND NOT tgisinternal ORDER BY tgname", (self.table,)
-        ).fetchall():
-            if tgname.startswith("sidecar_"):
-                self.live_sidecar[tgname] = enabled
-                continue
-            ident = sql.Identifier(tgname).as_string(self.conn)
-            head = definition.find(ident) + len(ident)
-            at = definition.find(live_on, head)
-            if at < 0:
-                raise _CheckFailed(f"cannot copy trigger {tgname}: its definition does not name {live_on.strip()}")
-            self.conn.execute(definition[:at] + copy_on + definition[at + len(live_on):])
-            self._set_enabled(tgname, enabled)
-            names.append(tgname)
-        return names
-
-    def _set_enabled(self, tgname: str, enabled: str) -> None:
-        how = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}.get(enabled)
-        if how:
-            self.conn.execute(sql.SQL("ALTER TABLE {} {} {}").format(self.copy_ident, sql.SQL(how),
-                                                                     sql.Identifier(tgname)))
-
-    def _track_copy(self, live_tracked: int | None) -> None:
-        capture, label, display = "tagged", None, None
-        if live_tracked:
-            capture, label, display = self.conn.execute(
-                "SELECT capture, label_column, display_name FROM sidecar.tracked WHERE tracked_id = %s",
-                (live_tracked,)).fetchone()
-        self.conn.execute("SELECT sidecar.track(%s::regclass, %s, %s, %s)",
-                          (self.copy, capture, label, display))
-        self.tracked_id = self.conn.execute("SELECT tracked_id FROM sidecar.tracked WHERE relid = %s::regclass",
-                                            (self.copy,)).fetchone()[0]
-        # The copy captures exactly as the table does: a capture trigger missing
-        # or disabled there is missing or disabled here.
-        for tgname in _SIDECAR_TRIGGERS:
-            state = self.live_sidecar.get(tgname)
-            if state is None:
-                self.conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                    sql.Identifier(tgname), self.copy_ident))
-            else:
-                self._set_enabled(tgname, state)
-        if any(t.startswith("sidecar_hold") for t in self.live_sidecar):
-            self.notes.append("hold rules are not copied: the drill's writes are never held for review")
-
-    def _editable_columns(self) -> list[tuple[str, str, int | None]]:
-        """Columns the drill may try to change: no key, identity, generated, unique index or foreign key.
-
-        Text first, then numbers, times and booleans; a change a check constraint
-        or trigger refuses falls through to the next column (see _damage).
-        """
-        return [tuple(r) for r in self.conn.execute(
-            """
-            SELECT a.attname, t.typcategory,
-                   CASE WHEN t.typname IN ('varchar', 'bpchar') AND a.atttypmod > 4 THEN a.atttypmod - 4 END
-            FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-            WHERE a.attrelid = %(c)s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-              AND a.attidentity = '' AND t.typcategory IN ('S', 'N', 'D', 'B') AND NOT a.attname = ANY(%(pk)s)
-              AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisunique
-                              AND a.attnum = ANY(i.indkey))
-              AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conrelid = a.attrelid
-                              AND c.contype IN ('f', 'x') AND a.attnum = ANY(c.conkey))
-            ORDER BY array_position(ARRAY['S', 'N', 'D', 'B']::"char"[], t.typcategory), a.attnum
-            """,
-            {"c": self.copy, "pk": self.pk},
-        ).fetchall()]
-
-    def _count_constraints(self, table: str) -> int:
-        return self.conn.execute(
-            "SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass "
-            "AND (contype <> 'f' OR confrelid = conrelid)",
-            (table,)).fetchone()[0] + self.conn.execute(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND attnotnull "
-            "AND NOT attisdropped", (table,)).fetchone()[0]
-
-    def _compare(self, not_copied: list[str]) -> None:
-        """The copy must look like the table: columns, constraints, triggers and their state."""
-        def shape(table: str) -> list[tuple]:
-            return self.conn.execute(
-                "SELECT attname, format_type(atttypid, atttypmod), attnotnull, attgenerated, attidentity "
-                "FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                (table,)).fetchall()
-
-        def triggers(table: str) -> list[tuple]:
-            return self.conn.execute(
-                "SELECT tgname, tgenabled, tgtype FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal "
-                "AND tgname NOT LIKE 'sidecar\\_hold%%' ORDER BY 1", (table,)).fetchall()
-
-        if shape(self.table) != shape(self.copy):
-            raise _CheckFailed("the copy's columns differ from the table's")
-        if self._count_constraints(self.table) != self._count_constraints(self.copy):
-            raise _CheckFailed("the copy's constraints differ from the table's")
-        live = [t for t in triggers(self.table) if t[0] in self.live_sidecar or not t[0].startswith("sidecar_")]
-        if live != triggers(self.copy):
-            raise _CheckFailed("the copy's triggers differ from the table's")
 
     # -- the drill automation's writes ------------------------------------------
     @contextmanager
@@ -668,14 +412,10 @@ class _Drill:
             ([self.schema, "sidecar"],),
         ).fetchall()
         if wrote:
-            raise _LiveWrite(
+            raise _CheckFailed(
                 f"the copy's triggers wrote to {', '.join(r[0] for r in wrote)} outside the scratch schema; "
                 "the drill rolled that back. Drill a table whose triggers write only to itself, "
                 "or a copy of the database")
-
-    def _where(self, alias: str = "t") -> sql.Composable:
-        """Matches the row of alias whose key is given as parameters (text)."""
-        return _key_match(alias, self.pk)
 
     def _damage(self, key: tuple[str, ...]) -> str:
         """Change one row of the copy as an automation would: edit a column, else delete the row."""
@@ -732,28 +472,8 @@ class _Drill:
                 if i == fail_at:
                     raise _ItemFailure(f"item {i} failed on purpose (failure drill)")
 
-    # -- reading the copy ------------------------------------------------------------
-    def _row(self, key: tuple[str, ...]) -> str | None:
-        # Not `t::text`: a column named t would be read instead of the row.
-        row = self.conn.execute(sql.SQL("SELECT sidecar_drill_row::text FROM {} AS sidecar_drill_row WHERE {}").format(
-            self.copy_ident, self._where("sidecar_drill_row")), key).fetchone()
-        return row[0] if row else None
-
-    def _present(self, keys: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
-        return [k for k in keys if self._row(k) is not None]
-
-    def _items_present(self) -> list[int]:
-        return [self.conn.execute(sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(
-            self.copy_ident, self._where()), k).fetchone()[0] for k in self.items]
-
-    def _label(self, key: tuple[str, ...]) -> str:
-        name = self.table.removeprefix("public.")
-        if len(key) == 1:
-            return f"{name} #{key[0]}"
-        return f"{name} (" + ", ".join(f"{c} {v}" for c, v in zip(self.pk, key)) + ")"
-
     def _capture_problem(self) -> str:
-        states = {t: self.live_sidecar.get(t) for t in _SIDECAR_TRIGGERS[:3]}
+        states = {t: self.live_sidecar.get(t) for t in SIDECAR_TRIGGERS[:3]}
         if not any(states.values()):
             return f"{self.table} is not tracked; run: sidecar track {self.table}"
         off = [t for t, s in states.items() if s in (None, "D")]
@@ -767,16 +487,4 @@ class _Drill:
     def _teardown(self) -> str:
         if self.bot is not None and not self.bot.closed:
             self.bot.close()
-        conn = self.conn
-        exists = conn.execute("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)",
-                              (self.schema,)).fetchone()[0]
-        if not exists:
-            return ""
-        try:
-            with conn.transaction():
-                removed = _cleanup_schema(conn, self.schema)
-        except psycopg.Error as exc:
-            return (f"Cleanup failed ({exc.diag.message_primary}); schema {self.schema} is left and the next "
-                    "drill removes it.")
-        return (f"Schema {self.schema} dropped; the drill's {plural(removed['runs'], 'run')} and "
-                f"{plural(removed['events'], 'event')} removed (its result is kept as one 'drill' event).")
+        return self._drop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +44,6 @@ class TableInfo:
     label_column: str | None
     display_name: str | None
     stmt_range: tuple[int, int] = (0, 0)
-    extra: dict = field(default_factory=dict)
 
 
 def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None = None) -> list[TableInfo]:
@@ -134,6 +133,22 @@ def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
     """
     counts = conn.execute("SELECT sidecar.run_counts(%s)", (run_id,)).fetchone()[0]
     return {table: n for table, n in sorted(counts.items())}
+
+
+def changes_by_action(conn: psycopg.Connection, run_id: uuid.UUID, *, limit: int) -> list[tuple[str, list[Change], int]]:
+    """(action key, its first `limit` changes, how many more) per action, in the order the actions began.
+
+    One pass over the run's history; an action whose writes changed nothing is left out.
+    """
+    shown: dict[str, list[Change]] = {key: [] for _, key, _ in actions_of_run(conn, run_id)}
+    more: dict[str, int] = dict.fromkeys(shown, 0)
+    for change in changes(conn, run_id):
+        kept = shown.setdefault(change.action, [])
+        if len(kept) < limit:
+            kept.append(change)
+        else:
+            more[change.action] = more.get(change.action, 0) + 1
+    return [(key, kept, more[key]) for key, kept in shown.items() if kept]
 
 
 def actions_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[tuple[int, str, datetime]]:

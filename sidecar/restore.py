@@ -55,6 +55,11 @@ class TablePlan:
     def suffix(self) -> str:
         return str(self.info.tracked_id)
 
+    @property
+    def ident(self) -> sql.Identifier:
+        """The table as an identifier for composed SQL."""
+        return sql.Identifier(*_split(self.info.table))
+
 
 @dataclass
 class Conflict:
@@ -91,11 +96,6 @@ def _q(name: str) -> sql.Identifier:
 
 def _tmp(prefix: str, plan: TablePlan) -> sql.Identifier:
     return sql.Identifier(f"_sc_{prefix}_{plan.suffix}")
-
-
-def _table_ident(table: str) -> sql.Composable:
-    # relid::text is already quoted and qualified as PostgreSQL prints it.
-    return sql.SQL("{}::regclass").format(sql.Literal(table))
 
 
 class Planner:
@@ -311,7 +311,7 @@ class Planner:
         # and then seen in its newest state by the classification below.
         conn.execute(
             sql.SQL("SELECT 1 FROM {t} AS cur JOIN {last} AS l ON {on} FOR UPDATE OF cur").format(
-                t=sql.Identifier(*_split(plan.table)), last=_tmp("last", plan), on=self._key_join("cur", "l", plan)
+                t=plan.ident, last=_tmp("last", plan), on=self._key_join("cur", "l", plan)
             )
         )
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_tmp("plan", plan)))
@@ -338,7 +338,7 @@ class Planner:
                 """
             ).format(
                 plan=_tmp("plan", plan), pk=pk, first=_tmp("first", plan), last=_tmp("last", plan),
-                fl=self._key_join("f", "l", plan), t=sql.Identifier(*_split(plan.table)),
+                fl=self._key_join("f", "l", plan), t=plan.ident,
                 fcur=self._key_join("f", "cur", plan),
                 cur_is_first=self._match("cur", "f", plan), cur_is_last=self._match("cur", "l", plan),
             )
@@ -350,7 +350,7 @@ class Planner:
                     "WHEN EXISTS (SELECT FROM {t} cur WHERE {fcur}) THEN 'update' ELSE 'insert' END "
                     "FROM {first} f WHERE {pf} AND p.step = 'conflict'"
                 ).format(
-                    plan=_tmp("plan", plan), t=sql.Identifier(*_split(plan.table)), first=_tmp("first", plan),
+                    plan=_tmp("plan", plan), t=plan.ident, first=_tmp("first", plan),
                     fcur=self._key_join("f", "cur", plan), pf=self._key_join("p", "f", plan),
                 )
             )
@@ -493,7 +493,7 @@ class Planner:
                 "SELECT {fcols} FROM {first} f JOIN {plan} p ON {pf} WHERE p.step = 'insert' "
                 "ON CONFLICT DO NOTHING"
             ).format(
-                t=sql.Identifier(*_split(plan.table)), cols=cols, fcols=fcols, first=_tmp("first", plan),
+                t=plan.ident, cols=cols, fcols=fcols, first=_tmp("first", plan),
                 plan=_tmp("plan", plan), pf=self._key_join("p", "f", plan),
             )
         )
@@ -517,7 +517,7 @@ class Planner:
                 "UPDATE {t} AS cur SET {sets} FROM {first} f JOIN {plan} p ON {pf} "
                 "WHERE {fcur} AND p.step = 'update'"
             ).format(
-                t=sql.Identifier(*_split(plan.table)), sets=sets, first=_tmp("first", plan),
+                t=plan.ident, sets=sets, first=_tmp("first", plan),
                 plan=_tmp("plan", plan), pf=self._key_join("p", "f", plan), fcur=self._key_join("f", "cur", plan),
             )
         )
@@ -569,7 +569,7 @@ class Planner:
                     "UPDATE {plan} p SET step = 'kept' FROM {t} cur WHERE {pcur} AND p.step = 'delete' "
                     "AND EXISTS (SELECT FROM {child} ch WHERE {on} AND {leaving})"
                 ).format(
-                    plan=_tmp("plan", plan), t=sql.Identifier(*_split(plan.table)),
+                    plan=_tmp("plan", plan), t=plan.ident,
                     pcur=self._key_join("p", "cur", plan), child=sql.Identifier(*_split(child)),
                     on=sql.SQL(" AND ").join(
                         sql.SQL("ch.{} = cur.{}").format(_q(cc), _q(pc)) for cc, pc in zip(child_cols, parent_cols)),
@@ -582,7 +582,7 @@ class Planner:
             return 0
         cur = self.conn.execute(
             sql.SQL("DELETE FROM {t} AS cur USING {plan} p WHERE {pcur} AND p.step = 'delete'").format(
-                t=sql.Identifier(*_split(plan.table)), plan=_tmp("plan", plan), pcur=self._key_join("p", "cur", plan),
+                t=plan.ident, plan=_tmp("plan", plan), pcur=self._key_join("p", "cur", plan),
             )
         )
         kept = plan.counts["delete"] - cur.rowcount
@@ -610,7 +610,7 @@ class Planner:
                     """
                 ).format(
                     which=sql.SQL("p.step = 'kept'" if kept else "p.step IN ('conflict', 'orphan') OR p.forced"),
-                    t=sql.Identifier(*_split(plan.table)), plan=_tmp("plan", plan), last=_tmp("last", plan),
+                    t=plan.ident, plan=_tmp("plan", plan), last=_tmp("last", plan),
                     pcur=self._key_join("p", "cur", plan), pl=self._key_join("p", "l", plan),
                     pkp=sql.SQL(", ").join(sql.SQL("p.{}").format(_q(c)) for c in pk),
                 ),
@@ -701,6 +701,16 @@ def _split(table: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def user_triggers(conn: psycopg.Connection, tables: list[str]) -> list[tuple[str, str]]:
+    """(table, trigger) for the tables' own enabled triggers, which an undo turns off while it restores."""
+    return conn.execute(
+        "SELECT sidecar._qualname(tgrelid), tgname FROM pg_trigger "
+        "WHERE sidecar._qualname(tgrelid) = ANY(%s) AND NOT tgisinternal AND tgenabled <> 'D' "
+        "AND tgname NOT LIKE 'sidecar\\_%%' ORDER BY 1, 2",
+        (tables,),
+    ).fetchall()
+
+
 class _user_triggers_disabled:
     """Keep the tables' own triggers from altering restored rows (needs table ownership).
 
@@ -712,13 +722,7 @@ class _user_triggers_disabled:
         self.conn, self.tables, self.disabled = conn, tables, []
 
     def __enter__(self):
-        rows = self.conn.execute(
-            "SELECT sidecar._qualname(tgrelid), tgname FROM pg_trigger "
-            "WHERE sidecar._qualname(tgrelid) = ANY(%s) AND NOT tgisinternal AND tgenabled <> 'D' "
-            "AND tgname NOT LIKE 'sidecar\\_%%' ORDER BY 1, 2",
-            (self.tables,),
-        ).fetchall()
-        for table, trigger in rows:
+        for table, trigger in user_triggers(self.conn, self.tables):
             try:
                 self.conn.execute(
                     sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(sql.Identifier(*_split(table)), _q(trigger))

@@ -16,7 +16,7 @@ from psycopg import sql
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
-from .restore import Planner, TablePlan, _q, _split, _tmp
+from .restore import Planner, TablePlan, _q, _split, _tmp, user_triggers
 
 STREAM_BATCH = 2000
 # Settings that fix the text form of values (dates, intervals, bytea, floats).
@@ -113,11 +113,7 @@ def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
     # Values are in the text forms of these settings (the planning session uses them too).
     yield "BEGIN;\n" + "".join(f"SET LOCAL {k} = '{v}';\n" for k, v in TEXT_SETTINGS.items())
     yield "SET CONSTRAINTS ALL DEFERRED;\n"
-    triggers = conn.execute(
-        "SELECT sidecar._qualname(tgrelid), tgname FROM pg_trigger WHERE sidecar._qualname(tgrelid) = ANY(%s) "
-        "AND NOT tgisinternal AND tgenabled <> 'D' AND tgname NOT LIKE 'sidecar\\_%%' ORDER BY 1, 2",
-        ([p.table for p in order],),
-    ).fetchall()
+    triggers = user_triggers(conn, [p.table for p in order])
     for table, trigger in triggers:
         yield sql.SQL("ALTER TABLE {} DISABLE TRIGGER {};\n").format(sql.Identifier(*_split(table)), _q(trigger)).as_string(conn)
 

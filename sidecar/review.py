@@ -186,19 +186,27 @@ def _items(conn: psycopg.Connection, ids: list[int]) -> list[HeldChange]:
     return [_to_item(r) for r in rows]
 
 
-def _target(conn: psycopg.Connection, pending_id: int | None, run: str | None,
-            action: str | None) -> tuple[str, tuple]:
-    """The SQL call and arguments for one item, or for every open item of one action of a run."""
+def _decide(conn: psycopg.Connection, verb: str, pending_id: int | None, run: str | None,
+            action: str | None, why: str | None) -> Any:
+    """Call sidecar.<verb> for one item, or sidecar.<verb>_action for every open item of one action
+    of a run, in its own transaction; returns its JSON result. An unknown or decided item is refused
+    by the SQL function (SC021)."""
     if (pending_id is None) == (action is None):
         raise UsageError("name one held change (ID) or one action (--action KEY --run RUN_ID)")
     if action is not None:
         if not run:
             raise UsageError("--action needs --run RUN_ID: action keys repeat across runs")
-        return "action", (runs_mod.resolve(conn, run), action)
-    if run:
+        call, args = f"sidecar.{verb}_action(%s, %s, %s)", (runs_mod.resolve(conn, run), action, why)
+    elif run:
         raise UsageError("--run goes with --action; to decide on one held change, give its ID only")
-    get(conn, pending_id)  # unknown id: a clear error before anything runs
-    return "one", (pending_id,)
+    else:
+        call, args = f"sidecar.{verb}(%s, %s)", (pending_id, why)
+    try:
+        with conn.transaction():
+            text = conn.execute(f"SELECT {call}::text", args).fetchone()[0]
+    except psycopg.Error as exc:
+        raise _sql_error(exc, verb) from None
+    return _loads(text)
 
 
 def _sql_error(exc: psycopg.Error, verb: str) -> SidecarError:
@@ -221,16 +229,7 @@ def approve(conn: psycopg.Connection, pending_id: int | None = None, *, run: str
     Refused (Decision.refused, nothing applied) when a row changed since it was
     held: those items are marked conflict and stay in the queue.
     """
-    scope, args = _target(conn, pending_id, run, action)
-    try:
-        with conn.transaction():
-            if scope == "action":
-                text = conn.execute("SELECT sidecar.approve_action(%s, %s, %s)::text", (*args, why)).fetchone()[0]
-            else:
-                text = conn.execute("SELECT sidecar.approve(%s, %s)::text", (*args, why)).fetchone()[0]
-    except psycopg.Error as exc:
-        raise _sql_error(exc, "approve") from None
-    result = _loads(text)
+    result = _decide(conn, "approve", pending_id, run, action, why)
     if result["conflicts"]:
         ids = [c["pending_id"] for c in result["conflicts"]]
         items = {i.pending_id: i for i in _items(conn, ids)}
@@ -244,14 +243,5 @@ def reject(conn: psycopg.Connection, pending_id: int | None = None, *, run: str 
     """Drop one held change, or every open one of an action; the reason goes to the event trail."""
     if not why or not why.strip():
         raise UsageError("a rejection needs --reason, so that the automation's owner knows why")
-    scope, args = _target(conn, pending_id, run, action)
-    try:
-        with conn.transaction():
-            if scope == "action":
-                text = conn.execute("SELECT sidecar.reject_action(%s, %s, %s)::text", (*args, why)).fetchone()[0]
-            else:
-                text = conn.execute("SELECT sidecar.reject(%s, %s)::text", (*args, why)).fetchone()[0]
-    except psycopg.Error as exc:
-        raise _sql_error(exc, "reject") from None
-    result = _loads(text)
+    result = _decide(conn, "reject", pending_id, run, action, why)
     return Decision("rejected", _items(conn, result["rejected"]))

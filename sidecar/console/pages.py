@@ -112,11 +112,10 @@ def runs_list(p: Page):
              " ELSE r.status = %(st)s AND r.undone_by IS NULL END)")
     total = p.conn.execute(f"SELECT count(*) FROM sidecar.runs r WHERE {where}", params).fetchone()[0]
     pager = Pager.of(p.request, total)
-    ids = p.conn.execute(
-        f"SELECT r.run_id FROM sidecar.runs r WHERE {where} ORDER BY r.started_at DESC, r.run_id "
+    found = [runs._to_info(p.conn, row) for row in p.conn.execute(
+        f"{runs._RUN_SELECT} WHERE {where} ORDER BY r.started_at DESC, r.run_id "
         "OFFSET %(o)s LIMIT %(n)s", {**params, "o": pager.offset, "n": pager.per_page},
-    ).fetchall()
-    found = [runs.get(p.conn, run_id) for run_id, in ids]
+    ).fetchall()]
     names = [n for n, in p.conn.execute("SELECT DISTINCT automation FROM sidecar.runs ORDER BY 1")]
     return p.render("runs.html", runs=found, pager=pager, names=names, states=STATES, since_choices=SINCE,
                     automation=automation, state=state, since=since, summary=_run_summary)
@@ -141,13 +140,22 @@ def _row_spec(change: Change) -> str:
     return f"{change.table}:{json.dumps(change.key, sort_keys=True, default=str)}"
 
 
-def _columns(change: Change) -> list[tuple[str, object, object]]:
+def _side_by_side(op: str, before: dict | None, after: dict | None,
+                  changed: list[str]) -> list[tuple[str, object, object]]:
     """(column, before, after) for the columns a person wants to see side by side."""
-    if change.op == "U":
-        return [(c, change.before.get(c), change.after.get(c)) for c in change.changed_columns]
-    image = change.after if change.op == "I" else change.before
-    return [(c, change.before.get(c) if change.before else None, change.after.get(c) if change.after else None)
-            for c in image]
+    if op == "U":
+        return [(c, before.get(c), after.get(c)) for c in changed]
+    before, after = before or {}, after or {}
+    return [(c, before.get(c), after.get(c)) for c in (after if op == "I" else before)]
+
+
+def _columns(change: Change) -> list[tuple[str, object, object]]:
+    return _side_by_side(change.op, change.before, change.after, change.changed_columns)
+
+
+def _held_columns(item) -> list[tuple[str, object, object]]:
+    """(column, now, proposed) for a held change."""
+    return _side_by_side(item.op, item.old_row, item.new_row, item.changed_columns)
 
 
 @dataclass
@@ -303,7 +311,7 @@ def queue_page(p: Page):
     show_all = p.request.query_params.get("show") == "all"
     pager = Pager.of(p.request, 0)
     held, pager.total = queue.items(p.conn, open_only=not show_all, offset=pager.offset, limit=pager.per_page)
-    return p.render("queue.html", items=held, pager=pager, show_all=show_all, columns=queue.columns)
+    return p.render("queue.html", items=held, pager=pager, show_all=show_all, columns=_held_columns)
 
 
 def _pending_id(p: Page) -> int:

@@ -23,14 +23,6 @@ def items(conn: psycopg.Connection, *, open_only: bool = True, offset: int = 0,
     return [review._to_item(r) for r in rows], total
 
 
-def columns(item: review.HeldChange) -> list[tuple[str, object, object]]:
-    """(column, now, proposed) for the side-by-side view of a held change."""
-    if item.op == "U":
-        return [(c, item.old_row.get(c), item.new_row.get(c)) for c in item.changed_columns]
-    image = item.new_row if item.op == "I" else item.old_row
-    return [(c, (item.old_row or {}).get(c), (item.new_row or {}).get(c)) for c in image or {}]
-
-
 def open_count_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> int:
     return conn.execute("SELECT count(*) FROM sidecar.pending WHERE run_id = %s AND status = ANY(%s)",
                         (run_id, list(OPEN))).fetchone()[0]
