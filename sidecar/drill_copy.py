@@ -79,12 +79,7 @@ class ScratchCopy:
             (self.table,),
         ).fetchone()
         live = sql.Identifier(nsp, rel)
-        self.pk = [r[0] for r in conn.execute(
-            "SELECT a.attname FROM pg_constraint con "
-            "CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord) "
-            "JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum "
-            "WHERE con.conrelid = %s::regclass AND con.contype = 'p' ORDER BY k.ord", (self.table,)
-        ).fetchall()]
+        self.pk = conn.execute("SELECT sidecar._pk_columns(%s::regclass)::text[]", (self.table,)).fetchone()[0] or []
         if not self.pk:
             raise CheckFailed(f"{self.table} has no primary key, so sidecar cannot track it (nor a copy of it)")
         self.columns = [r[0] for r in conn.execute(
