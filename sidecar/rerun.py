@@ -40,8 +40,13 @@ class RerunReport:
     exit_code: int | None = None
 
 
-def step_states(conn: psycopg.Connection, run_id: uuid.UUID) -> list[StepState]:
-    """Each step of the run's lineage: completed (by whom), failed (why), or never started."""
+def step_states(conn: psycopg.Connection, run_id: uuid.UUID, *, stopped: bool = False) -> list[StepState]:
+    """Each step of the run's lineage: completed (by whom), failed (why), or never started.
+
+    stopped: the run failed or was abandoned. A step cut off with its session
+    could not record its failure: the first planned step not done is the one
+    it was on.
+    """
     rows = conn.execute(
         """
         WITH lineage AS (
@@ -63,13 +68,6 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID) -> list[StepState]:
         """,
         {"run": run_id},
     ).fetchall()
-    # A step cut off with its connection could not record its failure: the
-    # first planned step not done, in a run that stopped, is the one it was on.
-    stopped = conn.execute(
-        "SELECT r.status = 'failed' OR (r.status = 'running' AND NOT EXISTS ("
-        "  SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid"
-        "  AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)))"
-        " FROM sidecar.runs r WHERE r.run_id = %s", (run_id,)).fetchone()[0]
     out = []
     for key, ord_, done_by, error in rows:
         if done_by:
@@ -114,7 +112,7 @@ def rerun(conn: psycopg.Connection, run_ref: str, *, steps: list[str] | None = N
             f"run {original.run_id} is still held by a live session (pid {_pid(conn, original.run_id)}); "
             "wait for it, or add --force if you are sure it is stuck"
         )
-    states = step_states(conn, original.run_id)
+    states = step_states(conn, original.run_id, stopped=original.state in ("failed", "abandoned"))
     if not states:
         raise UsageError(
             f"run {original.run_id} recorded no steps, so a rerun cannot tell what is left; "

@@ -194,11 +194,7 @@ class RunInfo:
 _RUN_SELECT = """
 SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.finished_at, r.error,
        r.undo_of, r.rerun_of,
-       (SELECT u.run_id FROM sidecar.runs u WHERE u.run_id = r.undone_by) AS undone_by,
-       coalesce((SELECT jsonb_object_agg(sidecar._qualname(t.relid), s.n)
-                 FROM (SELECT tracked_id, count(*) AS n FROM sidecar.statements
-                       WHERE run_id = r.run_id GROUP BY tracked_id) s
-                 JOIN sidecar.tracked t USING (tracked_id)), '{}') AS statements,
+       r.undone_by,
        (SELECT count(*) FROM sidecar.steps st WHERE st.run_id = r.run_id) AS steps_done,
        EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
                AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)) AS alive
@@ -213,7 +209,7 @@ def _row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
 
 
 def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
-    info = RunInfo(*row[:11], rows={}, steps_done=row[12], alive=row[13])
+    info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12])
     if with_rows:
         info.rows = _row_counts(conn, info.run_id)
     return info
