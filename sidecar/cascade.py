@@ -64,13 +64,18 @@ def dependents(conn: psycopg.Connection, run_id: uuid.UUID) -> list[uuid.UUID]:
     return [r[0] for r in ordered]
 
 
+def undo_later_runs(conn: psycopg.Connection, run_id: uuid.UUID, *, force: bool = False, reason: str | None = None,
+                    lock_timeout: str | None = None) -> list[UndoResult]:
+    """Undo the later runs that depend on this one, newest first (in the caller's transaction)."""
+    why = f"cascade of the undo of run {str(run_id)[:8]}" + (f": {reason}" if reason else "")
+    return [undo(conn, Scope(later), force=force, reason=why, lock_timeout=lock_timeout)
+            for later in dependents(conn, run_id)]
+
+
 def undo_cascade(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason: str | None = None,
                  lock_timeout: str | None = None) -> list[UndoResult]:
     """Undo the later runs that depend on this one (newest first), then this one, in one transaction."""
     with conn.transaction():
-        results = []
-        for later in dependents(conn, scope.run_id):
-            why = f"cascade of the undo of run {str(scope.run_id)[:8]}" + (f": {reason}" if reason else "")
-            results.append(undo(conn, Scope(later), force=force, reason=why, lock_timeout=lock_timeout))
+        results = undo_later_runs(conn, scope.run_id, force=force, reason=reason, lock_timeout=lock_timeout)
         results.append(undo(conn, scope, force=force, reason=reason, lock_timeout=lock_timeout))
     return results

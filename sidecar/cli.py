@@ -241,10 +241,9 @@ def undo(dsn, run_id, actions, rows, preview, as_sql, force, cascade, yes, reaso
                 if cascade:
                     # The later runs are undone for real inside this rolled-back
                     # transaction, so the preview below shows what would be left.
-                    from .cascade import dependents
+                    from .cascade import undo_later_runs
 
-                    first = [restore.undo(conn, restore.Scope(later), force=force)
-                             for later in dependents(conn, scope.run_id)]
+                    first = undo_later_runs(conn, scope.run_id, force=force)
                 planner, planned = restore.preview(conn, scope, force=force)
                 if as_sql:
                     from .restore_sql import script
