@@ -245,17 +245,32 @@ def get(conn: psycopg.Connection, run_ref: str | uuid.UUID) -> RunInfo:
     return _to_info(conn, row)
 
 
+# Runs by automation, start time and state (a run's state as RunInfo.state names it).
+_RUN_FILTER = """
+    (%(a)s::text IS NULL OR r.automation = %(a)s) AND (%(s)s::timestamptz IS NULL OR r.started_at >= %(s)s)
+    AND (%(st)s::text IS NULL OR CASE WHEN %(st)s = 'undone' THEN r.undone_by IS NOT NULL
+                                      ELSE r.status = %(st)s AND r.undone_by IS NULL END)
+"""
+
+
 def list_runs(
     conn: psycopg.Connection,
     *,
     automation: str | None = None,
     since: datetime | None = None,
+    status: str | None = None,
+    offset: int = 0,
     limit: int = 50,
 ) -> list[RunInfo]:
+    """Runs, newest first."""
     rows = conn.execute(
-        _RUN_SELECT
-        + " WHERE (%(a)s::text IS NULL OR r.automation = %(a)s) AND (%(s)s::timestamptz IS NULL OR r.started_at >= %(s)s)"
-        " ORDER BY r.started_at DESC LIMIT %(n)s",
-        {"a": automation, "s": since, "n": limit},
+        _RUN_SELECT + " WHERE " + _RUN_FILTER + " ORDER BY r.started_at DESC, r.run_id OFFSET %(o)s LIMIT %(n)s",
+        {"a": automation, "s": since, "st": status, "o": offset, "n": limit},
     ).fetchall()
     return [_to_info(conn, r) for r in rows]
+
+
+def count_runs(conn: psycopg.Connection, *, automation: str | None = None, since: datetime | None = None,
+               status: str | None = None) -> int:
+    return conn.execute("SELECT count(*) FROM sidecar.runs r WHERE " + _RUN_FILTER,
+                        {"a": automation, "s": since, "st": status}).fetchone()[0]

@@ -106,16 +106,9 @@ def runs_list(p: Page):
     automation, state, since = q.get("automation", ""), q.get("status", ""), q.get("since", "")
     if state and state not in STATES:
         raise UsageError(f"status {state!r}: choose one of {', '.join(STATES)}")
-    params = {"a": automation or None, "s": _since(since), "st": state or None}
-    where = ("(%(a)s::text IS NULL OR r.automation = %(a)s) AND (%(s)s::timestamptz IS NULL OR r.started_at >= %(s)s)"
-             " AND (%(st)s::text IS NULL OR CASE WHEN %(st)s = 'undone' THEN r.undone_by IS NOT NULL"
-             " ELSE r.status = %(st)s AND r.undone_by IS NULL END)")
-    total = p.conn.execute(f"SELECT count(*) FROM sidecar.runs r WHERE {where}", params).fetchone()[0]
-    pager = Pager.of(p.request, total)
-    found = [runs._to_info(p.conn, row) for row in p.conn.execute(
-        f"{runs._RUN_SELECT} WHERE {where} ORDER BY r.started_at DESC, r.run_id "
-        "OFFSET %(o)s LIMIT %(n)s", {**params, "o": pager.offset, "n": pager.per_page},
-    ).fetchall()]
+    filters = {"automation": automation or None, "since": _since(since), "status": state or None}
+    pager = Pager.of(p.request, runs.count_runs(p.conn, **filters))
+    found = runs.list_runs(p.conn, **filters, offset=pager.offset, limit=pager.per_page)
     names = [n for n, in p.conn.execute("SELECT DISTINCT automation FROM sidecar.runs ORDER BY 1")]
     return p.render("runs.html", runs=found, pager=pager, names=names, states=STATES, since_choices=SINCE,
                     automation=automation, state=state, since=since, summary=_run_summary)
