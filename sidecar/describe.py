@@ -22,6 +22,13 @@ def value(v: Any, limit: int = MAX_VALUE) -> str:
     return f"'{text}'" if isinstance(v, str) else text
 
 
+def changed_columns(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[str]:
+    """The columns whose value differs between two images of a row (none for an insert or delete)."""
+    if before is None or after is None:
+        return []
+    return [c for c in after if before.get(c) != after.get(c)]
+
+
 def table_name(table: str, display_name: str | None = None) -> str:
     if display_name:
         return display_name

@@ -11,6 +11,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import describe
+
 
 @dataclass
 class Change:
@@ -30,9 +32,7 @@ class Change:
 
     @property
     def changed_columns(self) -> list[str]:
-        if self.before is None or self.after is None:
-            return []
-        return [c for c in self.after if self.before.get(c) != self.after.get(c)]
+        return describe.changed_columns(self.before, self.after)
 
 
 @dataclass

@@ -69,9 +69,7 @@ class HeldChange:
 
     @property
     def changed_columns(self) -> list[str]:
-        if self.old_row is None or self.new_row is None:
-            return []
-        return [c for c in self.new_row if self.old_row.get(c) != self.new_row.get(c)]
+        return describe.changed_columns(self.old_row, self.new_row)
 
     @property
     def label(self) -> str:
