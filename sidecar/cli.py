@@ -95,6 +95,9 @@ def install(dsn, dry_run):
         click.echo(f"applied functions {name}")
     for name in report.templates:
         click.echo(f"stored trigger template {name}")
+    if report.shapes_watched:
+        click.echo("created event triggers sidecar_watch_alter and sidecar_watch_drop: "
+                   "ALTER TABLE on a tracked table updates its history columns at once")
     for table in report.rerendered:
         click.echo(f"re-rendered capture of {table}")
     click.echo("sidecar is installed.")

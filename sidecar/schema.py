@@ -18,11 +18,12 @@ class InstallReport:
     functions: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
     rerendered: list[str] = field(default_factory=list)
+    shapes_watched: bool = False  # the shape-watching event triggers were created by this install
     statements: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.migrations or self.functions or self.templates)
+        return bool(self.migrations or self.functions or self.templates or self.shapes_watched or self.rerendered)
 
 
 def installed_version(conn: psycopg.Connection) -> int | None:
@@ -89,12 +90,24 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
                 "ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body",
                 (name, body),
             )
-        if report.templates:
+        # Event triggers that keep history in step with ALTER TABLE, where
+        # this role may create them; capture then skips its shape check.
+        # A capture function rendered without the shape check while they are
+        # gone or disabled is rendered anew, with it.
+        report.shapes_watched = conn.execute("SELECT sidecar._watch_shapes_install()").fetchone()[0]
+        stale = [] if report.templates else [
+            r[0] for r in conn.execute(
+                "SELECT tracked_id FROM sidecar.tracked WHERE active AND shape_watched <> sidecar._shapes_watched()")]
+        if report.templates or stale:
             # A changed template is rendered anew for every tracked table (the
             # hold trigger only exists on tables with rules; it knows which).
             for tracked_id, relid in conn.execute(
-                "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked WHERE active ORDER BY tracked_id"
+                "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked "
+                "WHERE active AND (%s OR tracked_id = ANY(%s)) ORDER BY tracked_id",
+                (bool(report.templates), stale),
             ).fetchall():
+                # Columns changed while nothing watched and nothing wrote come first.
+                conn.execute("SELECT sidecar._sync_shape(%s)", (tracked_id,))
                 conn.execute("SELECT sidecar._render_capture(%s)", (tracked_id,))
                 conn.execute("SELECT sidecar._create_triggers(%s)", (tracked_id,))
                 conn.execute("SELECT sidecar._render_hold(%s)", (tracked_id,))
@@ -123,6 +136,9 @@ def uninstall(conn: psycopg.Connection, *, keep_history: bool = False) -> list[s
         for (relid,) in rows:
             conn.execute("SELECT sidecar.untrack(%s::regclass)", (relid,))
             untracked.append(relid)
+        # First: they would fire on the DROPs below, calling what is gone.
+        conn.execute("DROP EVENT TRIGGER IF EXISTS sidecar_watch_alter")
+        conn.execute("DROP EVENT TRIGGER IF EXISTS sidecar_watch_drop")
         if keep_history:
             conn.execute(resources.query("drop_functions"))
             conn.execute("DELETE FROM sidecar.definitions")

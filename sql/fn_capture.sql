@@ -181,6 +181,7 @@ DECLARE
     v_body     text;
     v_log_cols text;
     v_src_cols text;
+    v_watched  boolean;
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
     SELECT body INTO STRICT v_body FROM sidecar.templates WHERE name = 'capture';
@@ -193,7 +194,11 @@ BEGIN
     v_body := replace(v_body, '@SRC_COLS@', v_src_cols);
     v_body := replace(v_body, '@SHAPE@', format('%L', r_tracked.shape));
     v_body := replace(v_body, '@TAGGED_ONLY@', (r_tracked.capture = 'tagged')::text);
+    v_watched := sidecar._shapes_watched();
+    v_body := replace(v_body, '@SHAPE_WATCHED@', v_watched::text);
     EXECUTE v_body;
+    UPDATE sidecar.tracked SET shape_watched = v_watched
+    WHERE tracked_id = p_tracked_id AND shape_watched IS DISTINCT FROM v_watched;
 END
 $_render_capture$;
 
@@ -256,6 +261,17 @@ BEGIN
 END
 $_gate$;
 
+-- The gate as a condition for the capture trigger's INSERT: true when the
+-- automation may write to the table, else SC001 as _gate raises it.
+CREATE OR REPLACE FUNCTION sidecar._gate_open(p_automation text, p_tracked_id int)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $_gate_open$
+BEGIN
+    PERFORM sidecar._gate(p_automation, p_tracked_id, 'Nothing of this statement was written.');
+    RETURN true;
+END
+$_gate_open$;
+
 -- Register a run id first seen in this session (set by hand, not by
 -- start_run): named after sidecar.automation, else application_name; it
 -- starts its own lineage.
@@ -272,9 +288,10 @@ AS $_register_run$
 $_register_run$;
 
 -- The run and action a tagged write belongs to, registering either on first
--- sight (a run id first seen in a write is registered on the spot). Read
--- from the tables on every call: nothing is cached in a setting, which any
--- session could forge to slip past the gate.
+-- sight (a run id first seen in a write is registered on the spot). The
+-- capture trigger calls this for the first tagged write of a transaction or
+-- action whose run or action it did not find, and keeps the answer for the
+-- rest of the transaction.
 CREATE OR REPLACE FUNCTION sidecar._tag(OUT run_id uuid, OUT automation text, OUT is_undo boolean,
                                         OUT action_id bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -367,7 +384,9 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
     IF r_tracked.capture = 'tagged' THEN
-        v_when := $w$WHEN (coalesce(pg_catalog.current_setting('sidecar.run_id', true), '') <> '') $w$;
+        -- Evaluated once per statement: kept to one call (a null setting is
+        -- not <> '').
+        v_when := $w$WHEN (pg_catalog.current_setting('sidecar.run_id', true) <> '') $w$;
     END IF;
     FOR v_trigger IN
         SELECT t.tgname FROM pg_catalog.pg_trigger t

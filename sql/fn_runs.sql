@@ -53,5 +53,8 @@ BEGIN
         PERFORM set_config('sidecar.run_id', '', false);
         PERFORM set_config('sidecar.action', '', false);
     END IF;
+    -- The capture trigger's per-transaction note of the run: a later write
+    -- tagged with this run looks it up again (and finds it finished).
+    PERFORM set_config('sidecar._tag_for', '', true);
 END
 $finish_run$;

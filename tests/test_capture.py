@@ -245,7 +245,10 @@ def test_a_writer_without_rights_on_the_sidecar_schema_is_captured(tickets, dsn)
     ],
     ids=["add", "drop", "rename", "retype-int", "retype-text"],
 )
-def test_schema_change_never_fails_the_app_and_capture_follows(tickets, run_bot, ddl, write, expect):
+@pytest.mark.parametrize("shapes", ["watched", "checked"])
+def test_schema_change_never_fails_the_app_and_capture_follows(tickets, run_bot, ddl, write, expect, shapes):
+    if shapes == "checked":
+        _stop_watching_shapes(tickets)
     before_change = run_bot("UPDATE tickets SET status = 'triaged' WHERE id = 41")
     tickets.execute(ddl)
 
@@ -268,6 +271,35 @@ def test_schema_change_never_fails_the_app_and_capture_follows(tickets, run_bot,
     # part cannot come back as it was, so the rest is restored with force.
     undo(tickets, before_change, force=True)
     assert tickets.execute("SELECT count(*) FROM tickets").fetchone()[0] == 3
+
+
+def _stop_watching_shapes(conn):
+    """As where sidecar may not create event triggers: each captured statement checks the shape."""
+    conn.execute("ALTER EVENT TRIGGER sidecar_watch_alter DISABLE")
+    sidecar.schema.install(conn)
+    assert conn.execute("SELECT bool_or(shape_watched) FROM sidecar.tracked").fetchone()[0] is False
+
+
+def test_alter_table_syncs_history_columns_at_once_where_watched(tickets):
+    assert tickets.execute("SELECT bool_and(shape_watched) FROM sidecar.tracked").fetchone()[0] is True
+    tickets.execute("ALTER TABLE tickets ADD COLUMN priority int")
+    tickets.execute("ALTER TABLE tickets RENAME COLUMN status TO state")
+
+    columns = tickets.execute(
+        "SELECT log_column FROM sidecar.columns WHERE NOT retired ORDER BY attnum").fetchall()
+    assert [c for (c,) in columns] == ["id", "state", "customer_id", "priority"]
+
+    # Disabled, the triggers no longer watch: install renders capture with the check again.
+    _stop_watching_shapes(tickets)
+    tickets.execute("ALTER TABLE tickets ADD COLUMN due date")
+    assert tickets.execute("SELECT count(*) FROM sidecar.columns WHERE log_column = 'due'").fetchone()[0] == 0
+    # Enabled again: install renders capture without the check, after syncing what changed meanwhile.
+    tickets.execute("ALTER EVENT TRIGGER sidecar_watch_alter ENABLE")
+    sidecar.schema.install(tickets)
+    assert tickets.execute("SELECT type_name FROM sidecar.columns WHERE log_column = 'due'").fetchone()[0] == "date"
+    tickets.execute("ALTER TABLE tickets ALTER COLUMN due TYPE timestamptz")
+    assert tickets.execute("SELECT type_name FROM sidecar.columns WHERE log_column = 'due'").fetchone()[0] == (
+        "timestamp with time zone")
 
 
 def test_a_run_spanning_a_schema_change_is_undone(tickets, bot):

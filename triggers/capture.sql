@@ -3,111 +3,185 @@
 -- Rendered by sidecar._render_capture() whenever a table is tracked or its
 -- shape changes; the tokens are replaced by identifiers and literals that
 -- were quoted with format('%I') / format('%L') first:
---   @FUNC@         the function's qualified name
---   @TRACKED_ID@   sidecar.tracked.tracked_id
---   @LOG@          the table's history table
---   @LOG_COLS@     history columns, in the order of @SRC_COLS@
---   @SRC_COLS@     the tracked table's captured columns
---   @SHAPE@        the table's shape when this was rendered
---   @TAGGED_ONLY@  true: writes without sidecar.run_id are not captured
+--   @FUNC@           the function's qualified name
+--   @TRACKED_ID@     sidecar.tracked.tracked_id
+--   @LOG@            the table's history table
+--   @LOG_COLS@       history columns, in the order of @SRC_COLS@
+--   @SRC_COLS@       the tracked table's captured columns
+--   @SHAPE@          the table's shape when this was rendered
+--   @TAGGED_ONLY@    true: writes without sidecar.run_id are not captured
+--   @SHAPE_WATCHED@  true: sidecar's event trigger syncs history and renders
+--                    this function anew whenever the table's shape changes,
+--                    so no statement needs to check it
 --
 -- It fires once per statement (AFTER ... REFERENCING ... FOR EACH STATEMENT):
 -- one INSERT ... SELECT writes every typed row image of the statement, which
--- is what keeps capture within a small factor of the write itself.
+-- is what keeps capture within a small factor of the write itself. A tagged
+-- statement runs one query, which checks the gate and writes the statement
+-- row and its images; the first tagged statement of a transaction (or of an
+-- action) also looks up its run and action.
 CREATE OR REPLACE FUNCTION @FUNC@() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $capture$
 DECLARE
-    v_tagged  boolean := coalesce(current_setting('sidecar.run_id', true), '') <> '';
-    v_stmt    bigint;
-    v_rows    int;
-    r_tag     record;
-    v_run     uuid;
-    v_action  bigint;
-    v_known   boolean := false;
+    v_run_text   text := coalesce(current_setting('sidecar.run_id', true), '');
+    v_key        text;
+    v_tag_for    text;
+    v_tag        text;
+    v_run        uuid;
+    v_action     bigint;
+    v_automation text;
+    v_is_undo    boolean;
+    v_status     text;
+    v_stmt       bigint;
+    v_rows       bigint;
+    v_open       boolean;
+    r_tag        record;
 BEGIN
     -- Untagged writes cost one setting read (and no call at all where the
     -- trigger's WHEN clause already said so).
-    IF @TAGGED_ONLY@ AND NOT v_tagged THEN
+    IF @TAGGED_ONLY@ AND v_run_text = '' THEN
         RETURN NULL;
     END IF;
 
-    -- A statement that touched no row, or a one-row UPDATE that changed
-    -- nothing, is not a change. (No-op rows of bulk UPDATEs are kept here and
-    -- left out when history is read: comparing every row would cost a join.)
-    IF TG_OP = 'INSERT' THEN
-        IF NOT EXISTS (SELECT FROM sidecar_new) THEN RETURN NULL; END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        IF NOT EXISTS (SELECT FROM sidecar_old) THEN RETURN NULL; END IF;
-    ELSE
-        SELECT count(*) INTO v_rows FROM (SELECT FROM sidecar_old LIMIT 2) s;
-        IF v_rows = 0 OR (v_rows = 1 AND
-            (SELECT o::text FROM sidecar_old o) = (SELECT n::text FROM sidecar_new n)) THEN
+    IF v_run_text <> '' THEN
+        -- The run and action this write belongs to. The first tagged write of
+        -- a transaction (or of an action) reads them from the tables and
+        -- keeps them in a transaction-local setting, keyed by run id and
+        -- action key; a savepoint rolled back takes the setting with it.
+        -- A forged setting gains nothing an automation could not get by
+        -- setting sidecar.run_id: the gate guards against mistakes, and
+        -- untagged writes pass it anyway.
+        v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
+        v_tag_for := v_run_text || chr(1) || v_key;
+        IF current_setting('sidecar._tag_for', true) = v_tag_for THEN
+            v_tag := current_setting('sidecar._tag');
+            v_action := split_part(v_tag, chr(1), 1)::bigint;
+            v_is_undo := split_part(v_tag, chr(1), 2)::boolean;
+            v_automation := substr(v_tag, length(split_part(v_tag, chr(1), 1)) + length(split_part(v_tag, chr(1), 2)) + 3);
+        ELSE
+            -- Nothing is registered for a statement that changed nothing
+            -- (the INSERT below checks the same for every statement).
+            IF TG_OP = 'INSERT' THEN
+                IF NOT EXISTS (SELECT FROM sidecar_new) THEN RETURN NULL; END IF;
+            ELSIF TG_OP = 'DELETE' THEN
+                IF NOT EXISTS (SELECT FROM sidecar_old) THEN RETURN NULL; END IF;
+            ELSIF (SELECT CASE count(*) WHEN 0 THEN true
+                                        WHEN 1 THEN (SELECT o::text FROM sidecar_old o)
+                                                    = (SELECT n::text FROM sidecar_new n)
+                                        ELSE false END
+                   FROM (SELECT FROM sidecar_old LIMIT 2) two) THEN
+                RETURN NULL;
+            END IF;
+            -- A run id that is no uuid goes to sidecar._tag(), which says so;
+            -- a run or action not seen yet is registered there.
+            IF length(v_run_text) = 36 AND translate(v_run_text, '0123456789abcdefABCDEF', '') = '----'
+               AND substr(v_run_text, 9, 1) = '-' AND substr(v_run_text, 14, 1) = '-'
+               AND substr(v_run_text, 19, 1) = '-' AND substr(v_run_text, 24, 1) = '-' THEN
+                SELECT a.action_id, r.automation, r.undo_of IS NOT NULL, r.status
+                INTO v_action, v_automation, v_is_undo, v_status
+                FROM sidecar.runs r
+                LEFT JOIN sidecar.actions a ON a.run_id = r.run_id AND a.key = v_key
+                WHERE r.run_id = v_run_text::uuid;
+            END IF;
+            IF v_action IS NULL OR v_status IS DISTINCT FROM 'running' THEN
+                r_tag := sidecar._tag();
+                v_action := r_tag.action_id;
+                v_automation := r_tag.automation;
+                v_is_undo := r_tag.is_undo;
+            END IF;
+            PERFORM set_config('sidecar._tag', v_action || chr(1) || v_is_undo || chr(1) || v_automation, true);
+            PERFORM set_config('sidecar._tag_for', v_tag_for, true);
+        END IF;
+        v_run := v_run_text::uuid;
+    END IF;
+
+    -- Where no event trigger watches the table's shape: the shape as
+    -- sidecar._shape() computes it. When it changed since this function was
+    -- rendered, history is brought in line first and this statement is
+    -- captured with SQL built for the new shape.
+    IF NOT @SHAPE_WATCHED@ THEN
+        IF (SELECT coalesce(string_agg(a.attnum || ':' || a.atttypid || ':' || a.atttypmod || ':' || a.attname,
+                                       ',' ORDER BY a.attnum), '')
+            FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
+           IS DISTINCT FROM @SHAPE@ THEN
+            IF v_run IS NOT NULL AND NOT v_is_undo THEN
+                PERFORM sidecar._gate(v_automation, @TRACKED_ID@, 'Nothing of this statement was written.');
+            END IF;
+            PERFORM sidecar._sync_shape(@TRACKED_ID@);
+            -- Taken after the sync: a history column it added is older than
+            -- the first statement that fills it (sidecar.columns.since_stmt).
+            v_stmt := nextval('sidecar.stmt_seq');
+            EXECUTE sidecar._capture_sql(@TRACKED_ID@, TG_OP) USING v_stmt;
+            GET DIAGNOSTICS v_rows = ROW_COUNT;
+            IF v_rows > 0 THEN
+                INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
+                VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), v_run, v_action, txid_current(), session_user,
+                        statement_timestamp());
+            END IF;
             RETURN NULL;
         END IF;
     END IF;
 
-    -- Everything below runs once per statement, inline: a call to a function
-    -- with its own pinned search_path costs more than the lookups themselves.
-    IF v_tagged THEN
-        -- The run and action, read from the tables every time (a setting
-        -- could be forged). sidecar._tag() registers them on first sight,
-        -- and says what is wrong with a run id that is no uuid.
-        IF current_setting('sidecar.run_id') ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' THEN
-            SELECT r.run_id, r.automation, r.undo_of IS NOT NULL AS is_undo, a.action_id, r.status INTO r_tag
-            FROM sidecar.runs r LEFT JOIN sidecar.actions a ON a.run_id = r.run_id
-                 AND a.key = coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current())
-            WHERE r.run_id = current_setting('sidecar.run_id')::uuid;
-            v_known := FOUND AND r_tag.action_id IS NOT NULL AND r_tag.status = 'running';
-        END IF;
-        IF NOT v_known THEN
-            r_tag := sidecar._tag();
-        END IF;
-        v_run := r_tag.run_id;
-        v_action := r_tag.action_id;
-        -- The gate, read on every statement: a pause stops the next write of
-        -- sessions already open. An undo run is the operator's repair.
-        -- One scan of the (tiny) pauses table, no index: one relation lock
-        -- fewer of the 16 fast-path slots a transaction has. It finds a
-        -- superset of the pauses that apply; _gate reads them exactly.
-        IF NOT r_tag.is_undo AND EXISTS (
-            SELECT FROM sidecar.pauses p WHERE p.target = ANY (ARRAY[r_tag.automation, '*', '@TRACKED_ID@'])) THEN
-            PERFORM sidecar._gate(r_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
-        END IF;
-    END IF;
-
-    -- The table's shape as sidecar._shape() computes it. When it changed
-    -- since this function was rendered, history is brought in line first and
-    -- this statement is captured with SQL built for the new shape.
-    IF (SELECT coalesce(string_agg(a.attnum || ':' || a.atttypid || ':' || a.atttypmod || ':' || a.attname,
-                                   ',' ORDER BY a.attnum), '')
-        FROM pg_catalog.pg_attribute a
-        WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
-       IS DISTINCT FROM @SHAPE@ THEN
-        PERFORM sidecar._sync_shape(@TRACKED_ID@);
-        -- Taken after the sync: a history column it added is older than the
-        -- first statement that fills it (sidecar.columns.since_stmt).
-        v_stmt := nextval('sidecar.stmt_seq');
-        EXECUTE sidecar._capture_sql(@TRACKED_ID@, TG_OP) USING v_stmt;
+    -- One INSERT: the statement row, then its images, only when the
+    -- statement changed something: it touched a row, and a one-row UPDATE
+    -- changed it (no-op rows of bulk UPDATEs are kept, and left out when
+    -- history is read: comparing every row would cost a join). The gate
+    -- (a pause stops the next write of sessions already open) is checked
+    -- there too, before anything is written: one scan of the tiny pauses
+    -- table, no index (one relation lock fewer of the 16 fast-path slots a
+    -- transaction has), finding a superset of the pauses that apply, which
+    -- sidecar._gate_open() reads exactly and raises on. An undo run is the
+    -- operator's repair: never gated.
+    v_stmt := nextval('sidecar.stmt_seq');
+    v_open := v_run IS NULL OR v_is_undo;
+    IF TG_OP = 'INSERT' THEN
+        WITH s AS (
+            INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
+            SELECT v_stmt, @TRACKED_ID@, 'I', v_run, v_action, txid_current(), session_user, statement_timestamp()
+            WHERE CASE WHEN EXISTS (SELECT FROM sidecar_new)
+                       THEN v_open OR NOT EXISTS (
+                           SELECT FROM sidecar.pauses p
+                           WHERE p.target = ANY (ARRAY[v_automation, '*', '@TRACKED_ID@'])
+                             AND NOT sidecar._gate_open(v_automation, @TRACKED_ID@))
+                  END
+            RETURNING 1)
+        INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
+        SELECT v_stmt, 'N', @SRC_COLS@ FROM sidecar_new WHERE EXISTS (SELECT FROM s);
+    ELSIF TG_OP = 'DELETE' THEN
+        WITH s AS (
+            INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
+            SELECT v_stmt, @TRACKED_ID@, 'D', v_run, v_action, txid_current(), session_user, statement_timestamp()
+            WHERE CASE WHEN EXISTS (SELECT FROM sidecar_old)
+                       THEN v_open OR NOT EXISTS (
+                           SELECT FROM sidecar.pauses p
+                           WHERE p.target = ANY (ARRAY[v_automation, '*', '@TRACKED_ID@'])
+                             AND NOT sidecar._gate_open(v_automation, @TRACKED_ID@))
+                  END
+            RETURNING 1)
+        INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
+        SELECT v_stmt, 'O', @SRC_COLS@ FROM sidecar_old WHERE EXISTS (SELECT FROM s);
     ELSE
-        v_stmt := nextval('sidecar.stmt_seq');
-        IF TG_OP = 'INSERT' THEN
-            INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
-            SELECT v_stmt, 'N', @SRC_COLS@ FROM sidecar_new;
-        ELSIF TG_OP = 'DELETE' THEN
-            INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
-            SELECT v_stmt, 'O', @SRC_COLS@ FROM sidecar_old;
-        ELSE
-            INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
-            SELECT v_stmt, 'O', @SRC_COLS@ FROM sidecar_old
-            UNION ALL
-            SELECT v_stmt, 'N', @SRC_COLS@ FROM sidecar_new;
-        END IF;
+        WITH s AS (
+            INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
+            SELECT v_stmt, @TRACKED_ID@, 'U', v_run, v_action, txid_current(), session_user, statement_timestamp()
+            WHERE CASE WHEN (SELECT CASE count(*) WHEN 0 THEN false
+                                                  WHEN 1 THEN (SELECT o::text FROM sidecar_old o)
+                                                              IS DISTINCT FROM (SELECT n::text FROM sidecar_new n)
+                                                  ELSE true END
+                             FROM (SELECT FROM sidecar_old LIMIT 2) two)
+                       THEN v_open OR NOT EXISTS (
+                           SELECT FROM sidecar.pauses p
+                           WHERE p.target = ANY (ARRAY[v_automation, '*', '@TRACKED_ID@'])
+                             AND NOT sidecar._gate_open(v_automation, @TRACKED_ID@))
+                  END
+            RETURNING 1)
+        INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
+        SELECT v_stmt, 'O', @SRC_COLS@ FROM sidecar_old WHERE EXISTS (SELECT FROM s)
+        UNION ALL
+        SELECT v_stmt, 'N', @SRC_COLS@ FROM sidecar_new WHERE EXISTS (SELECT FROM s);
     END IF;
-
-    INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-    VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), v_run, v_action, txid_current(), session_user,
-            statement_timestamp());
     RETURN NULL;
 END
 $capture$;
