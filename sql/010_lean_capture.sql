@@ -16,3 +16,6 @@ ALTER SEQUENCE sidecar.stmt_seq CACHE 1;
 -- per-statement shape check (sidecar's event triggers watch its shape):
 -- `sidecar install` renders it anew when that is no longer so.
 ALTER TABLE sidecar.tracked ADD COLUMN shape_watched boolean NOT NULL DEFAULT false;
+-- What the capture trigger keeps of a transaction's run and action, in a
+-- transaction-local setting, between its statements.
+CREATE TYPE sidecar.tag AS (action_id bigint, is_undo boolean, automation text);

@@ -290,11 +290,13 @@ $_register_run$;
 -- The run and action a tagged write belongs to, registering either on first
 -- sight (a run id first seen in a write is registered on the spot). The
 -- capture trigger calls this for the first tagged write of a transaction or
--- action whose run or action it did not find, and keeps the answer for the
--- rest of the transaction.
+-- action, and keeps the answer for the rest of the transaction. Its lookups
+-- are by key, but a plan cached while sidecar.actions was small (and
+-- analyzed so) would scan the whole table in every transaction as it grows:
+-- sequential scans are off in here.
 CREATE OR REPLACE FUNCTION sidecar._tag(OUT run_id uuid, OUT automation text, OUT is_undo boolean,
                                         OUT action_id bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 AS $_tag$
 DECLARE
     v_run_text text := coalesce(current_setting('sidecar.run_id', true), '');

@@ -19,31 +19,18 @@
 -- is what keeps capture within a small factor of the write itself. A tagged
 -- statement runs one query, which checks the gate and writes the statement
 -- row and its images; the first tagged statement of a transaction (or of an
--- action) also looks up its run and action.
+-- action) also looks up its run and action. PL/pgSQL sets up every
+-- expression it evaluates anew in each transaction, and an OLTP transaction
+-- calls each table's function about once: so this function evaluates few.
 CREATE OR REPLACE FUNCTION @FUNC@() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $capture$
 DECLARE
-    v_run_text   text := coalesce(current_setting('sidecar.run_id', true), '');
-    v_key        text;
-    v_tag_for    text;
-    v_tag        text;
-    v_run        uuid;
-    v_action     bigint;
-    v_automation text;
-    v_is_undo    boolean;
-    v_status     text;
-    v_stmt       bigint;
-    v_rows       bigint;
-    v_open       boolean;
-    r_tag        record;
+    v_run_text  text := current_setting('sidecar.run_id', true);
+    v_tag       sidecar.tag;
+    v_stmt      bigint;
+    v_rows      bigint;
 BEGIN
-    -- Untagged writes cost one setting read (and no call at all where the
-    -- trigger's WHEN clause already said so).
-    IF @TAGGED_ONLY@ AND v_run_text = '' THEN
-        RETURN NULL;
-    END IF;
-
     IF v_run_text <> '' THEN
         -- The run and action this write belongs to. The first tagged write of
         -- a transaction (or of an action) reads them from the tables and
@@ -52,13 +39,9 @@ BEGIN
         -- A forged setting gains nothing an automation could not get by
         -- setting sidecar.run_id: the gate guards against mistakes, and
         -- untagged writes pass it anyway.
-        v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
-        v_tag_for := v_run_text || chr(1) || v_key;
-        IF current_setting('sidecar._tag_for', true) = v_tag_for THEN
-            v_tag := current_setting('sidecar._tag');
-            v_action := split_part(v_tag, chr(1), 1)::bigint;
-            v_is_undo := split_part(v_tag, chr(1), 2)::boolean;
-            v_automation := substr(v_tag, length(split_part(v_tag, chr(1), 1)) + length(split_part(v_tag, chr(1), 2)) + 3);
+        IF current_setting('sidecar._tag_for', true) = v_run_text || chr(1)
+               || coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current()) THEN
+            v_tag := current_setting('sidecar._tag')::sidecar.tag;
         ELSE
             -- Nothing is registered for a statement that changed nothing
             -- (the INSERT below checks the same for every statement).
@@ -73,27 +56,17 @@ BEGIN
                    FROM (SELECT FROM sidecar_old LIMIT 2) two) THEN
                 RETURN NULL;
             END IF;
-            -- A run id that is no uuid goes to sidecar._tag(), which says so;
-            -- a run or action not seen yet is registered there.
-            IF length(v_run_text) = 36 AND translate(v_run_text, '0123456789abcdefABCDEF', '') = '----'
-               AND substr(v_run_text, 9, 1) = '-' AND substr(v_run_text, 14, 1) = '-'
-               AND substr(v_run_text, 19, 1) = '-' AND substr(v_run_text, 24, 1) = '-' THEN
-                SELECT a.action_id, r.automation, r.undo_of IS NOT NULL, r.status
-                INTO v_action, v_automation, v_is_undo, v_status
-                FROM sidecar.runs r
-                LEFT JOIN sidecar.actions a ON a.run_id = r.run_id AND a.key = v_key
-                WHERE r.run_id = v_run_text::uuid;
-            END IF;
-            IF v_action IS NULL OR v_status IS DISTINCT FROM 'running' THEN
-                r_tag := sidecar._tag();
-                v_action := r_tag.action_id;
-                v_automation := r_tag.automation;
-                v_is_undo := r_tag.is_undo;
-            END IF;
-            PERFORM set_config('sidecar._tag', v_action || chr(1) || v_is_undo || chr(1) || v_automation, true);
-            PERFORM set_config('sidecar._tag_for', v_tag_for, true);
+            -- sidecar._tag() finds the run and action, registers what it has
+            -- not seen yet, and says what is wrong with a run id that is no uuid.
+            SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
+            PERFORM set_config('sidecar._tag', v_tag::text, true),
+                    set_config('sidecar._tag_for', v_run_text || chr(1)
+                        || coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current()), true);
         END IF;
-        v_run := v_run_text::uuid;
+    ELSIF @TAGGED_ONLY@ THEN
+        -- Untagged writes cost one setting read (and no call at all where
+        -- the trigger's WHEN clause already said so).
+        RETURN NULL;
     END IF;
 
     -- Where no event trigger watches the table's shape: the shape as
@@ -106,8 +79,8 @@ BEGIN
             FROM pg_catalog.pg_attribute a
             WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
            IS DISTINCT FROM @SHAPE@ THEN
-            IF v_run IS NOT NULL AND NOT v_is_undo THEN
-                PERFORM sidecar._gate(v_automation, @TRACKED_ID@, 'Nothing of this statement was written.');
+            IF NOT coalesce(v_tag.is_undo, true) THEN
+                PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
             END IF;
             PERFORM sidecar._sync_shape(@TRACKED_ID@);
             -- Taken after the sync: a history column it added is older than
@@ -117,8 +90,8 @@ BEGIN
             GET DIAGNOSTICS v_rows = ROW_COUNT;
             IF v_rows > 0 THEN
                 INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-                VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), v_run, v_action, txid_current(), session_user,
-                        statement_timestamp());
+                VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), nullif(v_run_text, '')::uuid, v_tag.action_id,
+                        txid_current(), session_user, statement_timestamp());
             END IF;
             RETURN NULL;
         END IF;
@@ -132,55 +105,57 @@ BEGIN
     -- there too, before anything is written: one scan of the tiny pauses
     -- table, no index (one relation lock fewer of the 16 fast-path slots a
     -- transaction has), finding a superset of the pauses that apply, which
-    -- sidecar._gate_open() reads exactly and raises on. An undo run is the
-    -- operator's repair: never gated.
+    -- sidecar._gate_open() reads exactly and raises on. Untagged writes and
+    -- undo runs (the operator's repair) are never gated.
     v_stmt := nextval('sidecar.stmt_seq');
-    v_open := v_run IS NULL OR v_is_undo;
-    IF TG_OP = 'INSERT' THEN
+    IF TG_OP = 'UPDATE' THEN
         WITH s AS (
             INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-            SELECT v_stmt, @TRACKED_ID@, 'I', v_run, v_action, txid_current(), session_user, statement_timestamp()
-            WHERE CASE WHEN EXISTS (SELECT FROM sidecar_new)
-                       THEN v_open OR NOT EXISTS (
-                           SELECT FROM sidecar.pauses p
-                           WHERE p.target = ANY (ARRAY[v_automation, '*', '@TRACKED_ID@'])
-                             AND NOT sidecar._gate_open(v_automation, @TRACKED_ID@))
-                  END
-            RETURNING 1)
-        INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
-        SELECT v_stmt, 'N', @SRC_COLS@ FROM sidecar_new WHERE EXISTS (SELECT FROM s);
-    ELSIF TG_OP = 'DELETE' THEN
-        WITH s AS (
-            INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-            SELECT v_stmt, @TRACKED_ID@, 'D', v_run, v_action, txid_current(), session_user, statement_timestamp()
-            WHERE CASE WHEN EXISTS (SELECT FROM sidecar_old)
-                       THEN v_open OR NOT EXISTS (
-                           SELECT FROM sidecar.pauses p
-                           WHERE p.target = ANY (ARRAY[v_automation, '*', '@TRACKED_ID@'])
-                             AND NOT sidecar._gate_open(v_automation, @TRACKED_ID@))
-                  END
-            RETURNING 1)
-        INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
-        SELECT v_stmt, 'O', @SRC_COLS@ FROM sidecar_old WHERE EXISTS (SELECT FROM s);
-    ELSE
-        WITH s AS (
-            INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-            SELECT v_stmt, @TRACKED_ID@, 'U', v_run, v_action, txid_current(), session_user, statement_timestamp()
+            SELECT v_stmt, @TRACKED_ID@, 'U', nullif(v_run_text, '')::uuid, v_tag.action_id, txid_current(),
+                   session_user, statement_timestamp()
             WHERE CASE WHEN (SELECT CASE count(*) WHEN 0 THEN false
                                                   WHEN 1 THEN (SELECT o::text FROM sidecar_old o)
                                                               IS DISTINCT FROM (SELECT n::text FROM sidecar_new n)
                                                   ELSE true END
                              FROM (SELECT FROM sidecar_old LIMIT 2) two)
-                       THEN v_open OR NOT EXISTS (
+                       THEN coalesce(v_tag.is_undo, true) OR NOT EXISTS (
                            SELECT FROM sidecar.pauses p
-                           WHERE p.target = ANY (ARRAY[v_automation, '*', '@TRACKED_ID@'])
-                             AND NOT sidecar._gate_open(v_automation, @TRACKED_ID@))
+                           WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])
+                             AND NOT sidecar._gate_open(v_tag.automation, @TRACKED_ID@))
                   END
             RETURNING 1)
         INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
         SELECT v_stmt, 'O', @SRC_COLS@ FROM sidecar_old WHERE EXISTS (SELECT FROM s)
         UNION ALL
         SELECT v_stmt, 'N', @SRC_COLS@ FROM sidecar_new WHERE EXISTS (SELECT FROM s);
+    ELSIF TG_OP = 'INSERT' THEN
+        WITH s AS (
+            INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
+            SELECT v_stmt, @TRACKED_ID@, 'I', nullif(v_run_text, '')::uuid, v_tag.action_id, txid_current(),
+                   session_user, statement_timestamp()
+            WHERE CASE WHEN EXISTS (SELECT FROM sidecar_new)
+                       THEN coalesce(v_tag.is_undo, true) OR NOT EXISTS (
+                           SELECT FROM sidecar.pauses p
+                           WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])
+                             AND NOT sidecar._gate_open(v_tag.automation, @TRACKED_ID@))
+                  END
+            RETURNING 1)
+        INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
+        SELECT v_stmt, 'N', @SRC_COLS@ FROM sidecar_new WHERE EXISTS (SELECT FROM s);
+    ELSE
+        WITH s AS (
+            INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
+            SELECT v_stmt, @TRACKED_ID@, 'D', nullif(v_run_text, '')::uuid, v_tag.action_id, txid_current(),
+                   session_user, statement_timestamp()
+            WHERE CASE WHEN EXISTS (SELECT FROM sidecar_old)
+                       THEN coalesce(v_tag.is_undo, true) OR NOT EXISTS (
+                           SELECT FROM sidecar.pauses p
+                           WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])
+                             AND NOT sidecar._gate_open(v_tag.automation, @TRACKED_ID@))
+                  END
+            RETURNING 1)
+        INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
+        SELECT v_stmt, 'O', @SRC_COLS@ FROM sidecar_old WHERE EXISTS (SELECT FROM s);
     END IF;
     RETURN NULL;
 END
