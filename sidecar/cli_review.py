@@ -17,7 +17,14 @@ from types import ModuleType
 
 import click
 
-from . import db, render, review, rules
+from . import db, render, review
+
+
+def _rules() -> ModuleType:
+    """sidecar.rules, imported when a rule command runs: it loads sqlglot, which every other command can do without."""
+    from . import rules
+
+    return rules
 
 
 def _short(run_id) -> str:
@@ -84,7 +91,7 @@ def _define_commands(shared: ModuleType) -> list[click.Command]:
         Example: sidecar rule add invoices --when "NEW.refund_amount > 500" --reason "refund over limit"
         """
         with db.connect(dsn) as conn:
-            rule = rules.add_rule(conn, table, when=when, reason=reason, automation=automation, max_rows=max_rows)
+            rule = _rules().add_rule(conn, table, when=when, reason=reason, automation=automation, max_rows=max_rows)
         if as_json:
             click.echo(render.dumps({"rule": rule}))
             return
@@ -98,8 +105,8 @@ def _define_commands(shared: ModuleType) -> list[click.Command]:
     def rule_list(dsn, include_dropped, as_json):
         """The hold rules, by id."""
         with db.connect(dsn) as conn:
-            found = rules.list_rules(conn, include_dropped=include_dropped)
-            missing = rules.tables_missing_hold(conn)
+            found = _rules().list_rules(conn, include_dropped=include_dropped)
+            missing = _rules().tables_missing_hold(conn)
         if as_json:
             click.echo(render.dumps({"rules": found, "tables_missing_hold_trigger": missing}))
             return
@@ -120,7 +127,7 @@ def _define_commands(shared: ModuleType) -> list[click.Command]:
     def rule_drop(dsn, rule_id):
         """Drop hold rule RULE_ID; changes it already held stay in the queue."""
         with db.connect(dsn) as conn:
-            rule = rules.drop_rule(conn, rule_id)
+            rule = _rules().drop_rule(conn, rule_id)
         click.echo(f"dropped rule {rule.rule_id} on {rule.table} (hold {rule.condition})")
 
     @rule_group.command("refresh")
@@ -129,7 +136,7 @@ def _define_commands(shared: ModuleType) -> list[click.Command]:
     def rule_refresh(dsn):
         """Recompile every table's hold trigger from its rules (after tracking a table again)."""
         with db.connect(dsn) as conn:
-            tables = rules.refresh(conn)
+            tables = _rules().refresh(conn)
         for table in tables:
             click.echo(f"recompiled hold trigger of {table}")
         if not tables:

@@ -8,8 +8,8 @@ The plan lives in temporary tables inside the undo's own transaction:
   _sc_plan_<id>     per row key, the step: insert, update, delete, done
                     (already as before), none (added and removed by the run),
                     conflict (changed since by someone else)
-Rows are locked (FOR UPDATE) before the plan compares them, so the check and
-the write are atomic. Tables are restored in foreign-key order, a few
+Rows are locked (FOR UPDATE, or the whole table past ROW_LOCKS_MAX rows)
+before the plan compares them, so the check and the write are atomic. Tables are restored in foreign-key order, a few
 statements per table.
 """
 
@@ -30,6 +30,9 @@ from .history import TableInfo
 from .scope import Scope, make_scope, parse_row  # noqa: F401 (the library's undo API)
 
 CONFLICTS_LISTED = 200
+# An undo restoring more rows of a table than this locks the table (SHARE ROW
+# EXCLUSIVE) rather than each row.
+ROW_LOCKS_MAX = 10_000
 
 
 @dataclass
@@ -46,6 +49,7 @@ class TablePlan:
     columns: list[Column]
     skipped_columns: list[str]
     counts: dict[str, int] = field(default_factory=dict)
+    single_op: str | None = None  # 'I', 'U' or 'D' when one statement in scope wrote the table
 
     @property
     def table(self) -> str:
@@ -132,7 +136,7 @@ class Planner:
             action_ids = [a for _, a in found]
         conn.execute(
             "CREATE TEMP TABLE _sc_stmts ON COMMIT DROP AS "
-            "SELECT stmt_id, tracked_id FROM sidecar.statements "
+            "SELECT stmt_id, tracked_id, op FROM sidecar.statements "
             "WHERE run_id = %s AND (%s::bigint[] IS NULL OR action_id = ANY(%s::bigint[]))",
             (scope.run_id, action_ids, action_ids),
         )
@@ -144,7 +148,8 @@ class Planner:
             """
             SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column,
                    t.display_name, min(s.stmt_id), max(s.stmt_id),
-                   EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) AS present
+                   EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) AS present,
+                   CASE WHEN count(*) = 1 THEN min(s.op::text) END AS single_op
             FROM _sc_stmts s JOIN sidecar.tracked t USING (tracked_id)
             GROUP BY 1, 2, 3, 4, 5, 6, t.relid ORDER BY 2
             """
@@ -153,6 +158,7 @@ class Planner:
             if not r[8]:
                 self.lost.append(f"table {r[1]} was dropped since the run; its rows cannot be put back")
         infos = [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows if r[8]]
+        single_op = {r[0]: r[9] for r in rows}
         if scope.rows:
             wanted = {t for t, _ in scope.rows}
             known = {i.table for i in infos}
@@ -160,7 +166,9 @@ class Planner:
                 raise UsageError(f"run {scope.run_id} changed no row of table {t}")
             infos = [i for i in infos if i.table in wanted]
         for info in infos:
-            self.tables.append(self._columns(info))
+            plan = self._columns(info)
+            plan.single_op = single_op[info.tracked_id]
+            self.tables.append(plan)
 
     def _columns(self, info: TableInfo) -> TablePlan:
         """The columns an undo restores: captured by every statement in scope and still on the table."""
@@ -250,6 +258,21 @@ class Planner:
         for prefix, order, kind_order in (("first", sql.SQL("ASC"), sql.SQL("DESC")),
                                           ("last", sql.SQL("DESC"), sql.SQL("ASC"))):
             self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_tmp(prefix, plan)))
+            if plan.single_op:
+                # One statement (a bulk write, typically) has one image of each
+                # kind per row: no sort to pick the first and last.
+                first = prefix == "first"
+                kind = ("N" if plan.single_op == "I" else "O") if first else ("O" if plan.single_op == "D" else "N")
+                self.conn.execute(
+                    sql.SQL(
+                        "CREATE TEMP TABLE {tmp} ON COMMIT DROP AS "
+                        "SELECT l._kind, {cols} FROM sidecar.{log} l WHERE l._stmt = %s AND l._kind = %s AND {rows}"
+                    ).format(tmp=_tmp(prefix, plan), cols=cols, log=_q(plan.info.log_table),
+                             rows=self._row_filter(plan, "l")),
+                    (plan.info.stmt_range[0], kind),
+                )
+                self.conn.execute(sql.SQL("ANALYZE {}").format(_tmp(prefix, plan)))
+                continue
             self.conn.execute(
                 sql.SQL(
                     """
@@ -305,15 +328,24 @@ class Planner:
             sql.SQL("{l}.{c} = {r}.{c}").format(l=_q(left), r=_q(right), c=_q(c)) for c in plan.info.pk_columns
         )
 
-    def _lock_and_classify(self, plan: TablePlan, lock_timeout: str | None) -> None:
+    def _lock_and_classify(self, plan: TablePlan, lock: bool) -> None:
         conn = self.conn
         # Lock the rows as they are now; a row changed meanwhile is waited for
-        # and then seen in its newest state by the classification below.
-        conn.execute(
-            sql.SQL("SELECT 1 FROM {t} AS cur JOIN {last} AS l ON {on} FOR UPDATE OF cur").format(
-                t=plan.ident, last=_tmp("last", plan), on=self._key_join("cur", "l", plan)
+        # and then seen in its newest state by the classification below. Past
+        # ROW_LOCKS_MAX rows, the table instead: locking each row rewrites it,
+        # which cost about as much as the restore itself. Readers go on either
+        # way; writers of the table wait for the undo to commit.
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_tmp("last", plan))).fetchone()[0]
+        if not lock:
+            pass  # a preview: it changes nothing, so it holds nobody up
+        elif rows > ROW_LOCKS_MAX:
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(plan.ident))
+        else:
+            conn.execute(
+                sql.SQL("SELECT 1 FROM {t} AS cur JOIN {last} AS l ON {on} FOR UPDATE OF cur").format(
+                    t=plan.ident, last=_tmp("last", plan), on=self._key_join("cur", "l", plan)
+                )
             )
-        )
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_tmp("plan", plan)))
         pk = sql.SQL(", ").join(sql.SQL("f.{}").format(_q(c)) for c in plan.info.pk_columns)
         conn.execute(
@@ -415,7 +447,8 @@ class Planner:
             changed = True
         return changed
 
-    def plan(self, *, lock_timeout: str | None = None) -> None:
+    def plan(self, *, lock_timeout: str | None = None, lock: bool = True) -> None:
+        """Build the plan; with lock (an undo about to apply it) the rows it compares are locked first."""
         if lock_timeout:
             self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
         self._select_statements()
@@ -427,7 +460,7 @@ class Planner:
             self._check_rows_found(plan)
         for plan in self.ordered():
             self.progress(f"locking and checking the rows of {plan.table}")
-            self._lock_and_classify(plan, lock_timeout)
+            self._lock_and_classify(plan, lock)
         self._mark_orphans(self.ordered())
 
     # -- order -------------------------------------------------------------
@@ -768,7 +801,7 @@ def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> t
                 f"run {scope.run_id} was already undone by run {undone[0]} at {undone[1]:%Y-%m-%d %H:%M:%S %Z}; "
                 f"to put its changes back, undo that run: sidecar undo {str(undone[0])[:8]}")
     planner = Planner(conn, scope, force=force)
-    planner.plan()
+    planner.plan(lock=False)
     notes = planner.notes + [
         lost + ("" if force else " (undo needs --force to restore the rest)") for lost in planner.lost]
     result = UndoResult(

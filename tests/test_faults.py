@@ -91,6 +91,30 @@ def test_undo_waits_for_a_lock_up_to_lock_timeout_then_fails_clearly(sc, dsn, bi
     assert sc.execute("SELECT count(*) FROM sidecar.runs WHERE undo_of = %s", (big_run,)).fetchone()[0] == 0
 
 
+def test_a_small_undo_locks_rows_and_a_big_one_the_table(sc, dsn, big_run, run_bot, make_conn):
+    small = run_bot("UPDATE ledger SET note = 'small' WHERE id <= 10")
+    person = make_conn(autocommit=False)
+    person.execute("UPDATE ledger SET note = 'person' WHERE id = 59999")  # not committed yet
+
+    # Ten rows: only they are locked, so a person's open write elsewhere in the table does not matter.
+    done = subprocess.run(sidecar_cmd(dsn, "undo", str(small), "--yes", "--lock-timeout", "1s"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert states(sc) == {"bot": ROWS}
+
+    # Sixty thousand rows: the undo locks the table, so it waits for the person's write to end.
+    waited = subprocess.run(sidecar_cmd(dsn, "undo", str(big_run), "--yes", "--lock-timeout", "1s"),
+                            capture_output=True, text=True, timeout=60)
+    assert waited.returncode == 1
+    assert "lock" in waited.stderr and "nothing was changed" in waited.stderr
+    person.commit()
+    done = subprocess.run(sidecar_cmd(dsn, "undo", str(big_run), "--yes"), capture_output=True, text=True, timeout=60)
+    # The person's row changed since the run: skipped and reported (exit 3), not overwritten.
+    assert done.returncode == 3, done.stderr
+    assert "ledger #59999: changed since by someone outside any run" in done.stdout
+    assert states(sc) == {"before": ROWS - 1, "person": 1}
+
+
 def test_approve_killed_while_waiting_changes_nothing_and_can_run_again(sc, dsn, run_bot, make_conn):
     sc.execute("CREATE TABLE invoices (id int PRIMARY KEY, refund numeric NOT NULL DEFAULT 0)")
     sc.execute("INSERT INTO invoices VALUES (17, 0)")
