@@ -223,7 +223,7 @@ def show(dsn, run_id, limit, as_json):
               help="First undo the later runs that wrote the same rows, newest first, in the same transaction.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--reason", help="Why, for the event trail.")
-@click.option("--lock-timeout", default="30s", show_default=True, help="How long to wait for row locks.")
+@click.option("--lock-timeout", default="30s", show_default=True, help="How long to wait for the locks of the rows (or table) to restore.")
 @json_option
 @handles_errors
 def undo(dsn, run_id, actions, rows, preview, as_sql, force, cascade, yes, reason, lock_timeout, as_json):

@@ -99,6 +99,48 @@ def test_a_multi_statement_transaction_is_one_action(tickets, bot):
     assert [n for _, n in per_action] == [2, 1]
 
 
+def test_a_savepoint_rolled_back_takes_its_action_with_it(tickets, bot):
+    # The first write of a transaction registers its action and notes it for the
+    # transaction's later writes; a savepoint rolled back must forget both.
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    with bot.transaction():
+        with pytest.raises(RuntimeError), bot.transaction():
+            bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
+            raise RuntimeError("this step is dropped")
+        bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 41")
+
+    (action_id, key), = tickets.execute(
+        "SELECT action_id, key FROM sidecar.actions WHERE run_id = %s", (run_id,)).fetchall()
+    assert [(op, k) for op, _, k, *_ in _statements(tickets, run_id)] == [("U", key)]
+    assert tickets.execute("SELECT action_id FROM sidecar.statements").fetchall() == [(action_id,)]
+
+
+def test_an_action_switched_inside_a_transaction_starts_a_new_action(tickets, bot):
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    with bot.transaction():
+        bot.execute("SET LOCAL sidecar.action = 'one'")
+        bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
+        bot.execute("SET LOCAL sidecar.action = 'two'")
+        bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 41")
+        bot.execute("SET LOCAL sidecar.action = 'one'")
+        bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 43")
+
+    assert [k for _, _, k, *_ in _statements(tickets, run_id)] == ["one", "two", "one"]
+
+
+def test_a_write_after_finish_in_the_same_transaction_is_counted_again(tickets, bot):
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    with bot.transaction():
+        bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
+        bot.execute("SELECT sidecar.finish_run(p_run_id => %s)", (run_id,))
+    assert tickets.execute("SELECT sidecar.run_counts(%s)", (run_id,)).fetchone()[0] == {"public.tickets": 1}
+    with bot.transaction():
+        bot.execute("SELECT set_config('sidecar.run_id', %s, true)", (str(run_id),))
+        bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 41")
+    # A write tagged with the finished run: its kept count is dropped and made again.
+    assert tickets.execute("SELECT sidecar.run_counts(%s)", (run_id,)).fetchone()[0] == {"public.tickets": 2}
+
+
 def test_set_local_run_id_tags_one_transaction_and_registers_the_run(tickets, make_conn):
     pooled = make_conn(autocommit=False, application_name="pgbouncer-client")
     run_id = uuid.uuid4()
