@@ -95,6 +95,8 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
         # A capture function rendered without the shape check while they are
         # gone or disabled is rendered anew, with it.
         report.shapes_watched = conn.execute("SELECT sidecar._watch_shapes_install()").fetchone()[0]
+        if report.shapes_watched:
+            report.statements.append("SELECT sidecar._watch_shapes_install();  -- creates the event triggers")
         stale = [] if report.templates else [
             r[0] for r in conn.execute(
                 "SELECT tracked_id FROM sidecar.tracked WHERE active AND shape_watched <> sidecar._shapes_watched()")]
@@ -102,8 +104,10 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
             # A changed template is rendered anew for every tracked table (the
             # hold trigger only exists on tables with rules; it knows which).
             for tracked_id, relid in conn.execute(
-                "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked "
-                "WHERE active AND (%s OR tracked_id = ANY(%s)) ORDER BY tracked_id",
+                "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked t "
+                "WHERE active AND (%s OR tracked_id = ANY(%s)) "
+                "AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) "  # a tracked table dropped since
+                "ORDER BY tracked_id",
                 (bool(report.templates), stale),
             ).fetchall():
                 # Columns changed while nothing watched and nothing wrote come first.

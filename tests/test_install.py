@@ -77,6 +77,22 @@ def test_changed_function_file_is_reapplied_on_install(sc):
     assert report.migrations == []
 
 
+def test_a_changed_template_is_rendered_for_tracked_tables_even_with_one_dropped(sc):
+    sc.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
+    sc.execute("CREATE TABLE gone (id int PRIMARY KEY)")
+    sc.execute("SELECT sidecar.track('tickets'), sidecar.track('gone')")
+    sc.execute("DROP TABLE gone")  # dropped while tracked: its history stays
+    sc.execute("UPDATE sidecar.templates SET body = '-- an older release' WHERE name = 'capture'")
+
+    report = sidecar.schema.install(sc)
+
+    assert report.templates == ["capture"]
+    assert report.rerendered == ["public.tickets"]
+    with sidecar.runs.Run(sc, "ticket-bot"):
+        sc.execute("INSERT INTO tickets VALUES (42, 'new')")
+    assert sc.execute("SELECT count(*) FROM sidecar.statements").fetchone()[0] == 1
+
+
 def test_uninstall_removes_triggers_functions_and_schema(conn, cli):
     conn.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
     cli("install")
