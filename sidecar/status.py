@@ -79,6 +79,9 @@ class StatusReport:
     recent: list[runs.RunInfo]
     events: list[tuple]
     history_bytes: int
+    # How history follows ALTER TABLE: 'watched' (event triggers), 'checked' (each
+    # captured statement), 'lost' (capture relies on event triggers that are gone or disabled).
+    shapes: str = "checked"
 
     def text(self) -> str:
         lines = [f"sidecar schema version {self.version}; history {self.history_bytes / 1_048_576:.1f} MB"]
@@ -89,6 +92,14 @@ class StatusReport:
             lines.append(f"  {t.table}  (capture {t.capture}{label})")
         if not self.tables:
             lines.append("  none yet: sidecar track TABLE")
+        elif self.shapes == "watched":
+            lines.append("  schema changes: followed at each ALTER TABLE (event triggers sidecar_watch_alter/_drop)")
+        elif self.shapes == "lost":
+            lines.append("  SCHEMA CHANGES NOT FOLLOWED: event trigger sidecar_watch_alter or sidecar_watch_drop "
+                         "is gone or disabled; run sidecar install")
+        else:
+            lines.append("  schema changes: checked by every captured statement "
+                         "(sidecar install as a superuser follows them at ALTER TABLE instead)")
         lines.append("")
         lines.append("Automations")
         everything = next((p for p in self.pauses if p.scope == "automation" and p.target == "*"), None)
@@ -156,8 +167,15 @@ def gather(conn: psycopg.Connection) -> StatusReport:
         "WHERE c.relnamespace = 'sidecar'::regnamespace AND c.relkind = 'r'"
     ).fetchone()[0]
     events = conn.execute("SELECT at, actor, summary FROM sidecar.events ORDER BY at DESC LIMIT 10").fetchall()
+    rendered, triggers_on = conn.execute(
+        "SELECT coalesce(bool_or(t.shape_watched), false), "
+        "       (SELECT count(*) = 2 FROM pg_event_trigger e "
+        "        WHERE e.evtname IN ('sidecar_watch_alter', 'sidecar_watch_drop') AND e.evtenabled <> 'D') "
+        "FROM sidecar.tracked t WHERE t.active"
+    ).fetchone()
+    shapes = ("watched" if triggers_on else "lost") if rendered else "checked"
     return StatusReport(version, tracking.list_tracked(conn), automations, pauses,
-                        runs.list_runs(conn, limit=10), events, int(history_bytes))
+                        runs.list_runs(conn, limit=10), events, int(history_bytes), shapes)
 
 
 def _in_flight(conn: psycopg.Connection, automation: str) -> list[InFlight]:

@@ -83,3 +83,18 @@ def test_status_counts_held_items_of_an_active_automation_and_names_abandoned_ru
     (bot_state,) = doc["automations"]
     assert bot_state["pending"] == 5 and len(bot_state["held"]) == 3
     assert [f["state"] for f in bot_state["in_flight"]] == ["abandoned"]
+
+
+def test_status_says_how_history_follows_schema_changes(sc, cli):
+    sc.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
+    sidecar.tracking.track(sc, "tickets")
+    assert "schema changes: followed at each ALTER TABLE" in cli("status").stdout
+
+    # A DBA disables one: capture still relies on it until install renders it with the check.
+    sc.execute("ALTER EVENT TRIGGER sidecar_watch_drop DISABLE")
+    out = cli("status").stdout
+    assert "SCHEMA CHANGES NOT FOLLOWED: event trigger sidecar_watch_alter or sidecar_watch_drop" in out
+    assert json.loads(cli("status", "--json").stdout)["shapes"] == "lost"
+
+    assert cli("install").exit_code == 0
+    assert "schema changes: checked by every captured statement" in cli("status").stdout
