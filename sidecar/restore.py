@@ -366,7 +366,7 @@ class Planner:
                        false AS forced
                 FROM {first} f
                 JOIN {last} l ON {fl}
-                LEFT JOIN LATERAL (SELECT cur.*, true AS _sc_found FROM {t} cur WHERE {fcur}) cur ON true
+                LEFT JOIN (SELECT cur.*, true AS _sc_found FROM {t} cur) cur ON {fcur}
                 """
             ).format(
                 plan=_tmp("plan", plan), pk=pk, first=_tmp("first", plan), last=_tmp("last", plan),
