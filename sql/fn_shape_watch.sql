@@ -8,24 +8,46 @@
 -- transaction, so that no write has to check the shape. Elsewhere every
 -- captured statement checks it (see triggers/capture.sql).
 
--- Sync every tracked table whose shape is not the one its capture function
--- was rendered for.
+-- Sync the tracked tables a DDL command may have reshaped, when their shape
+-- is not the one their capture function was rendered for. Only those: the
+-- cost of an ALTER TABLE elsewhere does not grow with the tracked tables.
 CREATE OR REPLACE FUNCTION sidecar._watch_shapes()
 RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_watch_shapes$
 DECLARE
+    v_relids     oid[];
+    v_any_table  boolean := false;
     v_tracked_id int;
 BEGIN
-    -- sidecar's own DDL on its history tables is what a sync does: no
-    -- change of a tracked table to look for.
-    IF TG_EVENT = 'ddl_command_end' AND NOT EXISTS (
-        SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c
-        WHERE c.schema_name IS DISTINCT FROM 'sidecar') THEN
+    IF TG_EVENT = 'ddl_command_end' THEN
+        -- The tables altered (sidecar's own DDL on its history tables is
+        -- what a sync does). ALTER TYPE reshapes the tables typed by it.
+        SELECT array_agg(c.objid) FILTER (WHERE c.classid = 'pg_catalog.pg_class'::regclass),
+               coalesce(bool_or(c.command_tag = 'ALTER TYPE'), false)
+        INTO v_relids, v_any_table
+        FROM pg_catalog.pg_event_trigger_ddl_commands() c
+        WHERE c.schema_name IS DISTINCT FROM 'sidecar';
+    ELSE
+        -- sql_drop: columns dropped, also by a DROP ... CASCADE of their type,
+        -- domain or extension.
+        SELECT array_agg(d.objid) INTO v_relids
+        FROM pg_catalog.pg_event_trigger_dropped_objects() d
+        WHERE d.object_type = 'table column' AND d.schema_name IS DISTINCT FROM 'sidecar';
+    END IF;
+    IF v_relids IS NULL AND NOT v_any_table THEN
         RETURN;
     END IF;
+    -- An ALTER TABLE recurses to partitions and inheriting tables.
+    WITH RECURSIVE down(relid) AS (
+        SELECT unnest(v_relids)
+        UNION
+        SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN down ON i.inhparent = down.relid
+    )
+    SELECT array_agg(relid) INTO v_relids FROM down;
     FOR v_tracked_id IN
         SELECT t.tracked_id FROM sidecar.tracked t
-        WHERE t.active AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = t.relid)
+        WHERE t.active AND (v_any_table OR t.relid = ANY (v_relids))
+          AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = t.relid)
           AND sidecar._shape(t.relid) IS DISTINCT FROM t.shape
         ORDER BY t.tracked_id
     LOOP

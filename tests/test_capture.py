@@ -344,6 +344,26 @@ def test_alter_table_syncs_history_columns_at_once_where_watched(tickets):
         "timestamp with time zone")
 
 
+def test_watched_shapes_follow_a_parent_table_and_a_dropped_domain(sc, run_bot):
+    sc.execute("CREATE DOMAIN score AS int CHECK (VALUE >= 0)")
+    sc.execute("CREATE TABLE base (id int PRIMARY KEY, note text)")
+    sc.execute("CREATE TABLE child (rating score) INHERITS (base)")
+    sc.execute("ALTER TABLE child ADD PRIMARY KEY (id)")
+    track(sc, "child")
+
+    def columns():
+        return dict(sc.execute("SELECT log_column, retired FROM sidecar.columns").fetchall())
+
+    sc.execute("ALTER TABLE base ADD COLUMN due date")  # recurses to the child
+    assert columns() == {"id": False, "note": False, "rating": False, "due": False}
+    sc.execute("DROP DOMAIN score CASCADE")  # drops child.rating
+    assert [c for c, retired in columns().items() if retired] == ["rating~3~0"]
+
+    run_id = run_bot("INSERT INTO child (id, note, due) VALUES (1, 'new', '2026-12-01')")
+    (change,) = sidecar.history.changes(sc, run_id)
+    assert change.after == {"id": 1, "note": "new", "due": "2026-12-01"}
+
+
 def test_a_run_spanning_a_schema_change_is_undone(tickets, bot):
     with sidecar.runs.Run(bot, "ticket-bot") as run:
         bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
