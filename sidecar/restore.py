@@ -9,8 +9,8 @@ The plan lives in temporary tables inside the undo's own transaction:
                     (already as before), none (added and removed by the run),
                     conflict (changed since by someone else)
 Rows are locked (FOR UPDATE, or the whole table past ROW_LOCKS_MAX rows)
-before the plan compares them, so the check and the write are atomic. Tables are restored in foreign-key order, a few
-statements per table.
+before the plan compares them, so the check and the write are atomic. Tables
+are restored in foreign-key order, a few statements per table.
 """
 
 from __future__ import annotations
@@ -334,11 +334,12 @@ class Planner:
         # and then seen in its newest state by the classification below. Past
         # ROW_LOCKS_MAX rows, the table instead: locking each row rewrites it,
         # which cost about as much as the restore itself. Readers go on either
-        # way; writers of the table wait for the undo to commit.
-        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_tmp("last", plan))).fetchone()[0]
+        # way; with the table lock every writer of the table waits for the undo
+        # to commit. A preview (lock=False) changes nothing and holds nobody up.
         if not lock:
-            pass  # a preview: it changes nothing, so it holds nobody up
-        elif rows > ROW_LOCKS_MAX:
+            pass
+        elif conn.execute(sql.SQL("SELECT count(*) > %s FROM {}").format(_tmp("last", plan)),
+                          (ROW_LOCKS_MAX,)).fetchone()[0]:
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(plan.ident))
         else:
             conn.execute(
