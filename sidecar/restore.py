@@ -254,29 +254,21 @@ class Planner:
     def _build_images(self, plan: TablePlan) -> None:
         cols = sql.SQL(", ").join(_q(c.name) for c in plan.columns)
         pk = sql.SQL(", ").join(_q(c) for c in plan.info.pk_columns)
+        log, rows = _q(plan.info.log_table), self._row_filter(plan, "l")
         # Within a statement the before-image (O) comes before the after-image (N).
         for prefix, order, kind_order in (("first", sql.SQL("ASC"), sql.SQL("DESC")),
                                           ("last", sql.SQL("DESC"), sql.SQL("ASC"))):
-            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_tmp(prefix, plan)))
             if plan.single_op:
                 # One statement (a bulk write, typically) has one image of each
                 # kind per row: no sort to pick the first and last.
-                first = prefix == "first"
-                kind = ("N" if plan.single_op == "I" else "O") if first else ("O" if plan.single_op == "D" else "N")
-                self.conn.execute(
-                    sql.SQL(
-                        "CREATE TEMP TABLE {tmp} ON COMMIT DROP AS "
-                        "SELECT l._kind, {cols} FROM sidecar.{log} l WHERE l._stmt = %s AND l._kind = %s AND {rows}"
-                    ).format(tmp=_tmp(prefix, plan), cols=cols, log=_q(plan.info.log_table),
-                             rows=self._row_filter(plan, "l")),
-                    (plan.info.stmt_range[0], kind),
-                )
-                self.conn.execute(sql.SQL("ANALYZE {}").format(_tmp(prefix, plan)))
-                continue
-            self.conn.execute(
-                sql.SQL(
+                op = plan.single_op
+                kind = ("N" if op == "I" else "O") if prefix == "first" else ("O" if op == "D" else "N")
+                select = sql.SQL("SELECT l._kind, {cols} FROM sidecar.{log} l "
+                                 "WHERE l._stmt = %s AND l._kind = %s AND {rows}").format(cols=cols, log=log, rows=rows)
+                params: tuple = (plan.info.stmt_range[0], kind)
+            else:
+                select = sql.SQL(
                     """
-                    CREATE TEMP TABLE {tmp} ON COMMIT DROP AS
                     SELECT DISTINCT ON ({pk}) l._kind, {cols}
                     FROM sidecar.{log} l
                     WHERE l._stmt BETWEEN %s AND %s
@@ -284,12 +276,11 @@ class Planner:
                       AND {rows}
                     ORDER BY {pk}, l._stmt {order}, l._kind {kind_order}
                     """
-                ).format(
-                    tmp=_tmp(prefix, plan), pk=pk, cols=cols, log=_q(plan.info.log_table),
-                    rows=self._row_filter(plan, "l"), order=order, kind_order=kind_order,
-                ),
-                (*plan.info.stmt_range, plan.info.tracked_id),
-            )
+                ).format(pk=pk, cols=cols, log=log, rows=rows, order=order, kind_order=kind_order)
+                params = (*plan.info.stmt_range, plan.info.tracked_id)
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_tmp(prefix, plan)))
+            self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(_tmp(prefix, plan)) + select,
+                              params)
             self.conn.execute(sql.SQL("ANALYZE {}").format(_tmp(prefix, plan)))
 
     def _check_rows_found(self, plan: TablePlan) -> None:

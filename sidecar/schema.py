@@ -92,30 +92,26 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
             )
         # Event triggers that keep history in step with ALTER TABLE, where
         # this role may create them; capture then skips its shape check.
-        # A capture function rendered without the shape check while they are
-        # gone or disabled is rendered anew, with it.
         report.shapes_watched = conn.execute("SELECT sidecar._watch_shapes_install()").fetchone()[0]
         if report.shapes_watched:
             report.statements.append("SELECT sidecar._watch_shapes_install();  -- creates the event triggers")
-        stale = [] if report.templates else [
-            r[0] for r in conn.execute(
-                "SELECT tracked_id FROM sidecar.tracked WHERE active AND shape_watched <> sidecar._shapes_watched()")]
-        if report.templates or stale:
-            # A changed template is rendered anew for every tracked table (the
-            # hold trigger only exists on tables with rules; it knows which).
-            for tracked_id, relid in conn.execute(
-                "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked t "
-                "WHERE active AND (%s OR tracked_id = ANY(%s)) "
-                "AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) "  # a tracked table dropped since
-                "ORDER BY tracked_id",
-                (bool(report.templates), stale),
-            ).fetchall():
-                # Columns changed while nothing watched and nothing wrote come first.
-                conn.execute("SELECT sidecar._sync_shape(%s)", (tracked_id,))
-                conn.execute("SELECT sidecar._render_capture(%s)", (tracked_id,))
-                conn.execute("SELECT sidecar._create_triggers(%s)", (tracked_id,))
-                conn.execute("SELECT sidecar._render_hold(%s)", (tracked_id,))
-                report.rerendered.append(relid)
+        # A changed template is rendered anew for every tracked table, and a
+        # capture function for the other shape-check mode than the event
+        # triggers' state now calls for (the hold trigger only exists on tables
+        # with rules; it knows which).
+        for tracked_id, relid in conn.execute(
+            "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked t "
+            "WHERE active AND (%s OR shape_watched <> sidecar._shapes_watched()) "
+            "AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) "  # a tracked table dropped since
+            "ORDER BY tracked_id",
+            (bool(report.templates),),
+        ).fetchall():
+            # Columns changed while nothing watched and nothing wrote come first.
+            conn.execute("SELECT sidecar._sync_shape(%s)", (tracked_id,))
+            conn.execute("SELECT sidecar._render_capture(%s)", (tracked_id,))
+            conn.execute("SELECT sidecar._create_triggers(%s)", (tracked_id,))
+            conn.execute("SELECT sidecar._render_hold(%s)", (tracked_id,))
+            report.rerendered.append(relid)
         # Grants are re-applied every time: new functions start executable by PUBLIC.
         conn.execute(resources.privileges())
     return report

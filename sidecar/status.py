@@ -168,10 +168,7 @@ def gather(conn: psycopg.Connection) -> StatusReport:
     ).fetchone()[0]
     events = conn.execute("SELECT at, actor, summary FROM sidecar.events ORDER BY at DESC LIMIT 10").fetchall()
     rendered, triggers_on = conn.execute(
-        "SELECT coalesce(bool_or(t.shape_watched), false), "
-        "       (SELECT count(*) = 2 FROM pg_event_trigger e "
-        "        WHERE e.evtname IN ('sidecar_watch_alter', 'sidecar_watch_drop') AND e.evtenabled <> 'D') "
-        "FROM sidecar.tracked t WHERE t.active"
+        "SELECT coalesce(bool_or(shape_watched), false), sidecar._shapes_watched() FROM sidecar.tracked WHERE active"
     ).fetchone()
     shapes = ("watched" if triggers_on else "lost") if rendered else "checked"
     return StatusReport(version, tracking.list_tracked(conn), automations, pauses,

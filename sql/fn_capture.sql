@@ -228,10 +228,12 @@ END
 $_capture_sql$;
 
 -- The gate: raise SC001 when the automation, every automation ('*') or the
--- table is paused, with the way out that fits the pause. p_what says what
+-- table is paused, with the way out that fits the pause; else true, so that
+-- the capture trigger's INSERT can use it as a condition. p_what says what
 -- was refused (a write, or starting a run).
+DROP FUNCTION IF EXISTS sidecar._gate(text, int, text);  -- it returned void before
 CREATE OR REPLACE FUNCTION sidecar._gate(p_automation text, p_tracked_id int, p_what text)
-RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $_gate$
 DECLARE
     r_pause  record;
@@ -243,7 +245,7 @@ BEGIN
     ORDER BY p.scope, p.target = '*'
     LIMIT 1;
     IF NOT FOUND THEN
-        RETURN;
+        RETURN true;
     END IF;
     IF r_pause.scope = 'table' THEN
         v_table := (SELECT sidecar._qualname(t.relid) FROM sidecar.tracked t WHERE t.tracked_id = p_tracked_id);
@@ -260,17 +262,6 @@ BEGIN
                             CASE WHEN r_pause.target = '*' THEN '''*''' ELSE quote_ident(r_pause.target) END);
 END
 $_gate$;
-
--- The gate as a condition for the capture trigger's INSERT: true when the
--- automation may write to the table, else SC001 as _gate raises it.
-CREATE OR REPLACE FUNCTION sidecar._gate_open(p_automation text, p_tracked_id int)
-RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $_gate_open$
-BEGIN
-    PERFORM sidecar._gate(p_automation, p_tracked_id, 'Nothing of this statement was written.');
-    RETURN true;
-END
-$_gate_open$;
 
 -- Register a run id first seen in this session (set by hand, not by
 -- start_run): named after sidecar.automation, else application_name; it

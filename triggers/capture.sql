@@ -27,6 +27,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $capture$
 DECLARE
     v_run_text  text := current_setting('sidecar.run_id', true);
+    v_tag_for   text;
     v_tag       sidecar.tag;
     v_stmt      bigint;
     v_rows      bigint;
@@ -39,8 +40,9 @@ BEGIN
         -- A forged setting gains nothing an automation could not get by
         -- setting sidecar.run_id: the gate guards against mistakes, and
         -- untagged writes pass it anyway.
-        IF current_setting('sidecar._tag_for', true) = v_run_text || chr(1)
-               || coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current()) THEN
+        v_tag_for := v_run_text || chr(1)
+                     || coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
+        IF current_setting('sidecar._tag_for', true) = v_tag_for THEN
             v_tag := current_setting('sidecar._tag')::sidecar.tag;
         ELSE
             -- Nothing is registered for a statement that changed nothing
@@ -59,9 +61,7 @@ BEGIN
             -- sidecar._tag() finds the run and action, registers what it has
             -- not seen yet, and says what is wrong with a run id that is no uuid.
             SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
-            PERFORM set_config('sidecar._tag', v_tag::text, true),
-                    set_config('sidecar._tag_for', v_run_text || chr(1)
-                        || coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current()), true);
+            PERFORM set_config('sidecar._tag', v_tag::text, true), set_config('sidecar._tag_for', v_tag_for, true);
         END IF;
     ELSIF @TAGGED_ONLY@ THEN
         -- Untagged writes cost one setting read (and no call at all where
@@ -102,11 +102,10 @@ BEGIN
     -- changed it (no-op rows of bulk UPDATEs are kept, and left out when
     -- history is read: comparing every row would cost a join). The gate
     -- (a pause stops the next write of sessions already open) is checked
-    -- there too, before anything is written: one scan of the tiny pauses
-    -- table, no index (one relation lock fewer of the 16 fast-path slots a
-    -- transaction has), finding a superset of the pauses that apply, which
-    -- sidecar._gate_open() reads exactly and raises on. Untagged writes and
-    -- undo runs (the operator's repair) are never gated.
+    -- there too, before anything is written: one look at the tiny pauses
+    -- table finds a superset of the pauses that apply, which sidecar._gate()
+    -- reads exactly and raises on. Untagged writes and undo runs (the
+    -- operator's repair) are never gated.
     v_stmt := nextval('sidecar.stmt_seq');
     IF TG_OP = 'UPDATE' THEN
         WITH s AS (
@@ -121,7 +120,8 @@ BEGIN
                        THEN coalesce(v_tag.is_undo, true) OR NOT EXISTS (
                            SELECT FROM sidecar.pauses p
                            WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])
-                             AND NOT sidecar._gate_open(v_tag.automation, @TRACKED_ID@))
+                             AND NOT sidecar._gate(v_tag.automation, @TRACKED_ID@,
+                                                   'Nothing of this statement was written.'))
                   END
             RETURNING 1)
         INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
@@ -137,7 +137,8 @@ BEGIN
                        THEN coalesce(v_tag.is_undo, true) OR NOT EXISTS (
                            SELECT FROM sidecar.pauses p
                            WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])
-                             AND NOT sidecar._gate_open(v_tag.automation, @TRACKED_ID@))
+                             AND NOT sidecar._gate(v_tag.automation, @TRACKED_ID@,
+                                                   'Nothing of this statement was written.'))
                   END
             RETURNING 1)
         INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
@@ -151,7 +152,8 @@ BEGIN
                        THEN coalesce(v_tag.is_undo, true) OR NOT EXISTS (
                            SELECT FROM sidecar.pauses p
                            WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])
-                             AND NOT sidecar._gate_open(v_tag.automation, @TRACKED_ID@))
+                             AND NOT sidecar._gate(v_tag.automation, @TRACKED_ID@,
+                                                   'Nothing of this statement was written.'))
                   END
             RETURNING 1)
         INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
