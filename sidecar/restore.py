@@ -50,6 +50,7 @@ class TablePlan:
     skipped_columns: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     single_op: str | None = None  # 'I', 'U' or 'D' when one statement in scope wrote the table
+    rows: int = 0  # rows of the table the scope changed
 
     @property
     def table(self) -> str:
@@ -279,8 +280,9 @@ class Planner:
                 ).format(pk=pk, cols=cols, log=log, rows=rows, order=order, kind_order=kind_order)
                 params = (*plan.info.stmt_range, plan.info.tracked_id)
             self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_tmp(prefix, plan)))
-            self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(_tmp(prefix, plan)) + select,
-                              params)
+            plan.rows = self.conn.execute(
+                sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(_tmp(prefix, plan)) + select, params
+            ).rowcount
             self.conn.execute(sql.SQL("ANALYZE {}").format(_tmp(prefix, plan)))
 
     def _check_rows_found(self, plan: TablePlan) -> None:
@@ -329,8 +331,7 @@ class Planner:
         # to commit. A preview (lock=False) changes nothing and holds nobody up.
         if not lock:
             pass
-        elif conn.execute(sql.SQL("SELECT count(*) > %s FROM {}").format(_tmp("last", plan)),
-                          (ROW_LOCKS_MAX,)).fetchone()[0]:
+        elif plan.rows > ROW_LOCKS_MAX:
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(plan.ident))
         else:
             conn.execute(
@@ -382,13 +383,14 @@ class Planner:
         self._count(plan)
 
     def _count(self, plan: TablePlan) -> None:
-        conn = self.conn
-        plan.counts = dict(
-            conn.execute(sql.SQL("SELECT step, count(*) FROM {} GROUP BY step").format(_tmp("plan", plan))).fetchall()
-        )
+        rows = self.conn.execute(
+            sql.SQL("SELECT step, count(*), count(*) FILTER (WHERE forced) FROM {} GROUP BY step").format(
+                _tmp("plan", plan))
+        ).fetchall()
+        plan.counts = {step: n for step, n, _ in rows}
         if plan.counts.get("orphan"):
             plan.counts["conflict"] = plan.counts.get("conflict", 0) + plan.counts["orphan"]
-        forced = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE forced").format(_tmp("plan", plan))).fetchone()[0]
+        forced = sum(f for _, _, f in rows)
         if forced:
             plan.counts["forced"] = forced
 
