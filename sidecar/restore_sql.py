@@ -16,7 +16,8 @@ from psycopg import sql
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
-from .restore import Planner, TablePlan, _q, _split, _tmp, user_triggers
+from .restore_apply import user_triggers
+from .restore_plan import Planner, TablePlan, _q, _split, _tmp
 
 STREAM_BATCH = 2000
 # Settings that fix the text form of values (dates, intervals, bytea, floats).

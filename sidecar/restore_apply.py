@@ -1,0 +1,143 @@
+"""Undo, writing the plan: rows put back parents first, restored, then removed children first.
+
+The tables' own triggers are turned off meanwhile, so that they do not
+alter the restored rows; sidecar's capture stays on, which records the undo
+as a run of its own.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from .errors import SidecarError
+from .restore_keys import keep_referenced
+from .restore_plan import Planner, TablePlan, _q, _split, _tmp, key_join
+
+
+def apply(planner: Planner) -> dict[str, dict[str, int]]:
+    """Write a built plan; rows written per table and step."""
+    conn = planner.conn
+    conn.execute("SET CONSTRAINTS ALL DEFERRED")
+    order = planner.ordered()
+    done: dict[str, dict[str, int]] = {p.table: {} for p in order}
+    with _user_triggers_disabled(conn, [p.table for p in order]):
+        for plan in order:
+            if plan.counts.get("insert"):
+                planner.progress(f"putting back {plan.counts['insert']:,} rows of {plan.table}")
+            done[plan.table]["insert"] = _insert(planner, plan)
+        for plan in order:
+            if plan.counts.get("update"):
+                planner.progress(f"restoring {plan.counts['update']:,} rows of {plan.table}")
+            done[plan.table]["update"] = _update(planner, plan)
+        keep_referenced(planner, order)
+        for plan in reversed(order):
+            if plan.counts.get("delete"):
+                planner.progress(f"removing {plan.counts['delete']:,} rows of {plan.table}")
+            done[plan.table]["delete"] = _delete(planner, plan)
+    return done
+
+
+def _insert(planner: Planner, plan: TablePlan) -> int:
+    if not plan.counts.get("insert"):
+        return 0
+    cols = sql.SQL(", ").join(_q(c.name) for c in plan.columns)
+    fcols = sql.SQL(", ").join(sql.SQL("f.{}").format(_q(c.name)) for c in plan.columns)
+    cur = planner.conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE "
+            "SELECT {fcols} FROM {first} f JOIN {plan} p ON {pf} WHERE p.step = 'insert' "
+            "ON CONFLICT DO NOTHING"
+        ).format(
+            t=plan.ident, cols=cols, fcols=fcols, first=_tmp("first", plan),
+            plan=_tmp("plan", plan), pf=key_join("p", "f", plan),
+        )
+    )
+    inserted = cur.rowcount
+    lost = plan.counts["insert"] - inserted
+    if lost:
+        # Someone inserted the same key after the plan was made: a conflict, not an overwrite.
+        planner.notes.append(f"{plan.table}: {lost} row(s) reappeared while undoing and were left as they are")
+        plan.counts["conflict"] = plan.counts.get("conflict", 0) + lost
+    return inserted
+
+
+def _update(planner: Planner, plan: TablePlan) -> int:
+    if not plan.counts.get("update"):
+        return 0
+    settable = [c for c in plan.columns if c.name not in plan.info.pk_columns and not c.identity_always]
+    if not settable:
+        return 0
+    sets = sql.SQL(", ").join(sql.SQL("{c} = f.{c}").format(c=_q(c.name)) for c in settable)
+    if set(plan.counts) - {"forced"} == {"update"}:
+        # Every row of the plan is restored (the usual big undo): the
+        # plan has nothing to add to the join of images and table.
+        rows = "{first} f WHERE {fcur}"
+    else:
+        rows = "{first} f JOIN {plan} p ON {pf} WHERE {fcur} AND p.step = 'update'"
+    cur = planner.conn.execute(
+        sql.SQL("UPDATE {t} AS cur SET {sets} FROM " + rows).format(
+            t=plan.ident, sets=sets, first=_tmp("first", plan),
+            plan=_tmp("plan", plan), pf=key_join("p", "f", plan), fcur=key_join("f", "cur", plan),
+        )
+    )
+    return cur.rowcount
+
+
+def _delete(planner: Planner, plan: TablePlan) -> int:
+    if not plan.counts.get("delete"):
+        return 0
+    cur = planner.conn.execute(
+        sql.SQL("DELETE FROM {t} AS cur USING {plan} p WHERE {pcur} AND p.step = 'delete'").format(
+            t=plan.ident, plan=_tmp("plan", plan), pcur=key_join("p", "cur", plan),
+        )
+    )
+    kept = plan.counts["delete"] - cur.rowcount
+    if kept:  # listed as conflicts by conflicts(kept=True)
+        plan.counts["conflict"] = plan.counts.get("conflict", 0) + kept
+        plan.counts["kept"] = kept
+    return cur.rowcount
+
+
+def user_triggers(conn: psycopg.Connection, tables: list[str]) -> list[tuple[str, str]]:
+    """(table, trigger) for the tables' own enabled triggers, which an undo turns off while it restores."""
+    return conn.execute(
+        "SELECT sidecar._qualname(tgrelid), tgname FROM pg_trigger "
+        "WHERE sidecar._qualname(tgrelid) = ANY(%s) AND NOT tgisinternal AND tgenabled <> 'D' "
+        "AND tgname NOT LIKE 'sidecar\\_%%' ORDER BY 1, 2",
+        (tables,),
+    ).fetchall()
+
+
+class _user_triggers_disabled:
+    """Keep the tables' own triggers from altering restored rows (needs table ownership).
+
+    ALTER TABLE ... DISABLE TRIGGER is transactional and holds a lock, so no
+    other session ever sees a table without its triggers.
+    """
+
+    def __init__(self, conn: psycopg.Connection, tables: list[str]):
+        self.conn, self.tables, self.disabled = conn, tables, []
+
+    def __enter__(self):
+        for table, trigger in user_triggers(self.conn, self.tables):
+            try:
+                self.conn.execute(
+                    sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(sql.Identifier(*_split(table)), _q(trigger))
+                )
+            except psycopg.errors.InsufficientPrivilege:
+                raise SidecarError(
+                    f"undo must own table {table} to keep its trigger {trigger} from altering restored rows; "
+                    "run it as the table's owner (or a member of that role)"
+                ) from None
+            self.disabled.append((table, trigger))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            return False
+        for table, trigger in self.disabled:
+            self.conn.execute(
+                sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(sql.Identifier(*_split(table)), _q(trigger))
+            )
+        return False
