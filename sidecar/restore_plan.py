@@ -253,7 +253,8 @@ class Planner:
                                           ("last", sql.SQL("DESC"), sql.SQL("ASC"))):
             if plan.single_op:
                 # One statement (a bulk write, typically) has one image of each
-                # kind per row: no sort to pick the first and last.
+                # kind per row: no sort to pick the first and last. (An UPDATE
+                # that changed keys is noticed when classified, and read again.)
                 op = plan.single_op
                 kind = ("N" if op == "I" else "O") if prefix == "first" else ("O" if op == "D" else "N")
                 select = sql.SQL("SELECT l._kind, {cols} FROM sidecar.{log} l "
@@ -328,7 +329,7 @@ class Planner:
             )
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_tmp("plan", plan)))
         pk = sql.SQL(", ").join(sql.SQL("f.{}").format(_q(c)) for c in plan.info.pk_columns)
-        conn.execute(
+        planned = conn.execute(
             sql.SQL(
                 """
                 CREATE TEMP TABLE {plan} ON COMMIT DROP AS
@@ -354,7 +355,15 @@ class Planner:
                 fcur=key_join("f", "cur", plan),
                 cur_is_first=self._match("cur", "f", plan), cur_is_last=self._match("cur", "l", plan),
             )
-        )
+        ).rowcount
+        if plan.single_op == "U" and planned != plan.rows:
+            # The UPDATE changed keys: a row's before- and after-image have
+            # different keys, so per key the first image is not always a
+            # before-image. Read the images again the general way.
+            plan.single_op = None
+            self._build_images(plan)
+            self._lock_and_classify(plan, lock)
+            return
         if self.force:
             conn.execute(
                 sql.SQL(

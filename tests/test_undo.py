@@ -95,6 +95,16 @@ def test_undo_restores_values_despite_the_tables_own_update_trigger(support, run
     assert support.execute("SELECT last_update > '2024-01-01 00:00+00' FROM tickets WHERE id = 40").fetchone()[0]
 
 
+def test_undo_of_one_update_that_changed_keys_puts_the_old_keys_back(support, run_bot):
+    before = _state(support)
+    run_id = run_bot("UPDATE tickets SET id = id + 100, status = 'moved' WHERE id IN (40, 41)")
+
+    result = undo(support, run_id)
+
+    assert _state(support) == before
+    assert result.tables["public.tickets"]["insert"] == 2 and result.tables["public.tickets"]["delete"] == 2
+
+
 def test_a_run_that_changed_nothing_has_nothing_to_undo(support, cli, run_bot):
     run_id = run_bot("UPDATE customers SET name = 'Contoso' WHERE id = 3")
     result = cli("undo", str(run_id), "--yes")

@@ -36,21 +36,26 @@ OPS = st.one_of(
     st.tuples(st.just("upd_parent"), IDS, VALUES),
     st.tuples(st.just("del_parent"), IDS),
     st.tuples(st.just("bump_parents")),
+    st.tuples(st.just("rekey_parent"), IDS, IDS),
     st.tuples(st.just("ins_child"), IDS, IDS, VALUES),
     st.tuples(st.just("upd_child"), IDS, IDS, VALUES),
     st.tuples(st.just("del_child"), IDS),
     st.tuples(st.just("bump_children")),
+    st.tuples(st.just("rekey_child"), IDS, IDS),
 )
 SQL = {
     "ins_parent": ("INSERT INTO parent (id, v) VALUES (%s, %s) ON CONFLICT DO NOTHING", lambda o: (o[1], o[2])),
     "upd_parent": ("UPDATE parent SET v = %s WHERE id = %s", lambda o: (o[2], o[1])),
     "del_parent": ("DELETE FROM parent WHERE id = %s", lambda o: (o[1],)),
     "bump_parents": ("UPDATE parent SET v = v + 1", lambda o: ()),
+    # A new key for a row (an undo sees the old key go and the new one come).
+    "rekey_parent": ("UPDATE parent SET id = %s WHERE id = %s", lambda o: (o[2], o[1])),
     "ins_child": ("INSERT INTO child (id, parent_id, v) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                   lambda o: (o[1], o[2], o[3])),
     "upd_child": ("UPDATE child SET parent_id = %s, v = %s WHERE id = %s", lambda o: (o[2], o[3], o[1])),
     "del_child": ("DELETE FROM child WHERE id = %s", lambda o: (o[1],)),
     "bump_children": ("UPDATE child SET v = v + 1 WHERE id %% 2 = 1", lambda o: ()),
+    "rekey_child": ("UPDATE child SET id = %s WHERE id = %s", lambda o: (o[2], o[1])),
 }
 
 
