@@ -95,6 +95,20 @@ def test_undo_restores_values_despite_the_tables_own_update_trigger(support, run
     assert support.execute("SELECT last_update > '2024-01-01 00:00+00' FROM tickets WHERE id = 40").fetchone()[0]
 
 
+def test_the_undos_own_settings_end_with_its_transaction(support, run_bot):
+    """The undo tunes search_path, text formats and the planner for its transaction only:
+    a library user's session keeps its own settings."""
+    run_id = run_bot("UPDATE tickets SET status = 'resolved' WHERE id = 41")
+    settings = "SELECT array_agg(current_setting(n) ORDER BY n) FROM unnest(%s::text[]) AS n"
+    names = ["work_mem", "default_statistics_target", "search_path", "datestyle"]
+    mine = support.execute(settings, (names,)).fetchone()[0]
+
+    undo(support, run_id)
+
+    assert support.execute(settings, (names,)).fetchone()[0] == mine
+    assert _status(support, 41) == "open"
+
+
 def test_undo_of_one_update_that_changed_keys_puts_the_old_keys_back(support, run_bot):
     before = _state(support)
     run_id = run_bot("UPDATE tickets SET id = id + 100, status = 'moved' WHERE id IN (40, 41)")
