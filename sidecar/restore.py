@@ -38,6 +38,10 @@ class UndoResult:
         return sum(c.get("insert", 0) + c.get("update", 0) + c.get("delete", 0) for c in self.tables.values())
 
 
+# Settings that fix the text form of values (dates, intervals, bytea, floats),
+# in the undo's transaction and in the script of `sidecar undo --sql`.
+TEXT_SETTINGS = {"datestyle": "ISO, YMD", "intervalstyle": "postgres", "bytea_output": "hex",
+                 "extra_float_digits": "1", "timezone": "UTC"}
 # Planner settings for the undo's own transaction. Its temporary tables are
 # analyzed so that the planner knows their sizes and that keys are unique,
 # which a sample of 3,000 rows tells as well as the default 30,000 (reading
@@ -48,8 +52,6 @@ PLANNER_SETTINGS = {"default_statistics_target": "10", "work_mem": "32MB"}
 
 def _session_settings(conn: psycopg.Connection) -> None:
     """Inside the undo's transaction: names print qualified, values in fixed text forms."""
-    from .restore_sql import TEXT_SETTINGS
-
     conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
     for name, value in (TEXT_SETTINGS | PLANNER_SETTINGS).items():
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))

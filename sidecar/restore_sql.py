@@ -16,13 +16,11 @@ from psycopg import sql
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
+from .restore import TEXT_SETTINGS
 from .restore_apply import user_triggers
 from .restore_plan import Planner, TablePlan, _q, _split, _tmp
 
 STREAM_BATCH = 2000
-# Settings that fix the text form of values (dates, intervals, bytea, floats).
-TEXT_SETTINGS = {"datestyle": "ISO, YMD", "intervalstyle": "postgres", "bytea_output": "hex",
-                 "extra_float_digits": "1", "timezone": "UTC"}
 
 
 class _Dialect(Postgres):
