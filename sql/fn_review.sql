@@ -119,11 +119,16 @@ BEGIN
     v_body := replace(v_body, '@CHECKS@', rtrim(v_checks, E'\n'));
     EXECUTE v_body;
 
-    EXECUTE format('CREATE TRIGGER sidecar_hold_row BEFORE INSERT OR UPDATE OR DELETE ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION %s()', r_tracked.relid, v_func);
+    -- Rules hold only tagged writes: the WHEN clause spares every row of an
+    -- untagged write a call of the function (which cost an untagged bulk
+    -- UPDATE of a table with rules about as much as the UPDATE itself).
+    EXECUTE format('CREATE TRIGGER sidecar_hold_row BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
+                   'WHEN (pg_catalog.current_setting(''sidecar.run_id'', true) <> '''') EXECUTE FUNCTION %s()',
+                   r_tracked.relid, v_func);
     IF cardinality(v_counted) > 0 THEN
         EXECUTE format('CREATE TRIGGER sidecar_hold_statement BEFORE INSERT OR UPDATE OR DELETE ON %s '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION sidecar._hold_reset(%s)',
+                       'FOR EACH STATEMENT WHEN (pg_catalog.current_setting(''sidecar.run_id'', true) <> '''') '
+                       'EXECUTE FUNCTION sidecar._hold_reset(%s)',
                        r_tracked.relid,
                        (SELECT string_agg(format('%L', c), ', ') FROM unnest(v_counted) AS c));
     END IF;

@@ -121,6 +121,26 @@ def test_untagged_writes_and_undo_runs_are_not_held(billing, cli, run_bot):
     assert sidecar.review.queue(billing) == []
 
 
+def test_untagged_writes_do_not_call_the_hold_function(billing, cli, run_bot, make_conn):
+    """A person's or an app's write passes the hold trigger's WHEN clause without a call of
+    the rule function per row; a tagged write still calls it and is held."""
+    if not billing.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        pytest.skip("counting function calls (track_functions) needs a superuser")
+    _hold_refunds(cli)
+    person = make_conn(application_name="psql", options="-c track_functions=all")
+    calls = ("SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
+             "WHERE schemaname = 'sidecar' AND funcname LIKE 'hold%%'")
+    with person.transaction():
+        before = person.execute(calls).fetchone()[0]
+        person.execute("UPDATE invoices SET refund_amount = 900 WHERE id <= 10")
+        assert person.execute(calls).fetchone()[0] == before
+    assert _row(billing, 3) == (900, "open")
+
+    run_bot(_refund(12, 800))
+    assert _row(billing, 12) == (0, "open")
+    assert len(sidecar.review.queue(billing)) == 1
+
+
 def test_a_paused_automation_cannot_slip_a_write_into_the_queue(billing, bot, cli):
     _hold_refunds(cli)
     with sidecar.runs.Run(bot, "refund-bot"):

@@ -13,8 +13,9 @@
 --               setting, which a BEFORE STATEMENT trigger resets to 0
 --               (sidecar._hold_reset), and adds its id past max_rows.
 --
--- It fires BEFORE each row (INSERT, UPDATE, DELETE). Writes without
--- sidecar.run_id cost one setting read. For a tagged write whose row matches
+-- It fires BEFORE each row (INSERT, UPDATE, DELETE) of a tagged write: the
+-- trigger's WHEN clause leaves writes without sidecar.run_id alone, at the
+-- cost of one setting read per row. For a tagged write whose row matches
 -- a rule, sidecar._hold decides (automation filter, undo runs and approvals go
 -- through), records the row in sidecar.pending and says so: the trigger then
 -- returns NULL, so the row does not land while the statement succeeds.
@@ -25,10 +26,6 @@ DECLARE
     v_rules  int[] := '{}';
     v_rows   bigint;
 BEGIN
-    IF coalesce(current_setting('sidecar.run_id', true), '') = '' THEN
-        RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
-    END IF;
-
 @CHECKS@
 
     IF cardinality(v_rules) > 0
