@@ -63,7 +63,8 @@ def _statement(op: str, table: str, sizes: Sizes) -> str:
 # untagged: tracked, no sidecar.run_id. tagged: inside sidecar.start_run.
 # gate: tagged, while another automation is paused (the gate has a row to
 # read, nothing relevant to stop). hold: tagged, with a hold rule on the table
-# that matches no row (only when the rules feature exists).
+# that matches no row (only when the rules feature exists). ruled: the same
+# table and rule, written without sidecar.run_id (a person or an app).
 @dataclass
 class BulkBench:
     conn: psycopg.Connection
@@ -136,7 +137,7 @@ class BulkBench:
         c = self.conn
         log_table = self.prepare(TABLE, self.sizes.rows, tracked=mode != "untracked")
         table_bytes = c.execute("SELECT pg_total_relation_size(%s::regclass)", (TABLE,)).fetchone()[0]
-        if mode == "hold" and not self._add_hold_rule(TABLE):
+        if mode in ("hold", "ruled") and not self._add_hold_rule(TABLE):
             self.samples.add(f"{op}/{mode}", float("nan"))
             self.cpu.add(f"{op}/{mode}", float("nan"))
             return
@@ -208,7 +209,7 @@ class BulkBench:
         modes = {op: ["untracked", "untagged", "tagged"] for op in ("update", "insert", "delete")}
         modes["update"].append("gate")
         if self.rules_available():
-            modes["update"].append("hold")
+            modes["update"] += ["hold", "ruled"]
         ops = list(modes)
         # Warm-up, not recorded: caches, WAL segments, the CLI's first start.
         log("W1 warm-up")
@@ -293,6 +294,11 @@ class BulkBench:
                                 baseline=base, cpu=self._cpu("update/hold", "update/tagged")))
             else:
                 out.append(Line("W4", "one hold rule on the table, UPDATE", None, note=self.rules_note))
+            if s.has("update/ruled"):
+                out.append(Line("W4", "one hold rule on the table, untagged UPDATE vs untracked",
+                                *s.ratio("update/ruled", "update/untracked"),
+                                baseline=f"untracked UPDATE {seconds(s.median('update/untracked'))}",
+                                cpu=self._cpu("update/ruled", "update/untracked")))
         if with_w5 and self.history:
             h = self.history
             out.append(Line("W5", f"history bytes per changed row, UPDATE {sizes['update']}", h["ratio"], op="<=", target=2.5,
