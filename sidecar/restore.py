@@ -9,7 +9,8 @@ restore_apply.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -57,6 +58,24 @@ def _session_settings(conn: psycopg.Connection) -> None:
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
+# What an undo sets for its transaction (sidecar._undo_begin tags it with the
+# undo run and _undo_finish clears the tag).
+_UNDO_SETTINGS = ["search_path", "sidecar.run_id", "sidecar.action", *TEXT_SETTINGS, *PLANNER_SETTINGS]
+
+
+@contextmanager
+def _settings_restored(conn: psycopg.Connection) -> Iterator[None]:
+    """Give the caller's settings back once the undo is done: called inside a
+    transaction of the caller's, the undo's would otherwise last to its end."""
+    saved = conn.execute(
+        "SELECT array_agg(coalesce(current_setting(n, true), '') ORDER BY i) "
+        "FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i)", (_UNDO_SETTINGS,)
+    ).fetchone()[0]
+    yield
+    conn.execute("SELECT set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS u(n, v)",
+                 (_UNDO_SETTINGS, saved))
+
+
 def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> tuple[Planner, UndoResult]:
     """Plan the undo and report it; nothing changes. Use inside conn.transaction(force_rollback=True)."""
     _session_settings(conn)
@@ -88,7 +107,7 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
     The undo is itself a run (undo_of the original), so it can be undone.
     Conflicting rows are skipped and listed unless force is set.
     """
-    with conn.transaction():
+    with conn.transaction(), _settings_restored(conn):
         _session_settings(conn)
         meta = {"scope": scope.kind, "actions": scope.actions,
                 "rows": [{"table": t, "key": k} for t, k in scope.rows], "reason": reason, "force": force}

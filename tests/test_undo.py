@@ -95,18 +95,31 @@ def test_undo_restores_values_despite_the_tables_own_update_trigger(support, run
     assert support.execute("SELECT last_update > '2024-01-01 00:00+00' FROM tickets WHERE id = 40").fetchone()[0]
 
 
-def test_the_undos_own_settings_end_with_its_transaction(support, run_bot):
-    """The undo tunes search_path, text formats and the planner for its transaction only:
-    a library user's session keeps its own settings."""
-    run_id = run_bot("UPDATE tickets SET status = 'resolved' WHERE id = 41")
-    settings = "SELECT array_agg(current_setting(n) ORDER BY n) FROM unnest(%s::text[]) AS n"
-    names = ["work_mem", "default_statistics_target", "search_path", "datestyle"]
+def test_the_undo_leaves_the_callers_settings_as_they_were(support, run_bot):
+    """The undo tunes search_path, text formats and the planner, and tags its writes with
+    the undo run, for its own work only: a library user's session, or the transaction the
+    user has open around the call, keeps its own settings."""
+    first = run_bot("UPDATE tickets SET status = 'resolved' WHERE id = 41")
+    second = run_bot("UPDATE tickets SET status = 'resolved' WHERE id = 42")
+    settings = "SELECT array_agg(coalesce(current_setting(n, true), '') ORDER BY n) FROM unnest(%s::text[]) AS n"
+    names = ["work_mem", "default_statistics_target", "search_path", "datestyle", "sidecar.run_id"]
     mine = support.execute(settings, (names,)).fetchone()[0]
 
-    undo(support, run_id)
-
+    undo(support, first)
     assert support.execute(settings, (names,)).fetchone()[0] == mine
-    assert _status(support, 41) == "open"
+
+    with support.transaction():
+        support.execute("SET LOCAL search_path = public")
+        support.execute("SET LOCAL datestyle = 'German'")
+        in_mine = support.execute(settings, (names,)).fetchone()[0]
+        undo(support, second)
+        assert support.execute(settings, (names,)).fetchone()[0] == in_mine
+        # Unqualified names still find the caller's tables, and writes are not the undo run's.
+        support.execute("UPDATE tickets SET status = 'closed' WHERE id = 44")
+    assert (_status(support, 41), _status(support, 42), _status(support, 44)) == ("open", "needs review", "closed")
+    assert support.execute(
+        "SELECT count(*) FROM sidecar.statements s JOIN sidecar.runs r USING (run_id) WHERE r.undo_of IS NOT NULL"
+    ).fetchone()[0] == 2
 
 
 def test_undo_of_one_update_that_changed_keys_puts_the_old_keys_back(support, run_bot):
