@@ -51,16 +51,19 @@ TEXT_SETTINGS = {"datestyle": "ISO, YMD", "intervalstyle": "postgres", "bytea_ou
 PLANNER_SETTINGS = {"default_statistics_target": "10", "work_mem": "32MB"}
 
 
+# Names print qualified (search_path), values in fixed text forms.
+_SESSION_SETTINGS = {"search_path": "pg_catalog, pg_temp"} | TEXT_SETTINGS | PLANNER_SETTINGS
+
+
 def _session_settings(conn: psycopg.Connection) -> None:
-    """Inside the undo's transaction: names print qualified, values in fixed text forms."""
-    conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
-    for name, value in (TEXT_SETTINGS | PLANNER_SETTINGS).items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    """Set _SESSION_SETTINGS for the rest of the transaction, in one round trip."""
+    conn.execute("SELECT set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS u(n, v)",
+                 (list(_SESSION_SETTINGS), list(_SESSION_SETTINGS.values())))
 
 
 # What an undo sets for its transaction (sidecar._undo_begin tags it with the
 # undo run and _undo_finish clears the tag).
-_UNDO_SETTINGS = ["search_path", "sidecar.run_id", "sidecar.action", *TEXT_SETTINGS, *PLANNER_SETTINGS]
+_UNDO_SETTINGS = ["sidecar.run_id", "sidecar.action", *_SESSION_SETTINGS]
 
 
 @contextmanager

@@ -50,9 +50,7 @@ AS $_hold_reset$
 DECLARE
     v_i int;
 BEGIN
-    IF coalesce(current_setting('sidecar.run_id', true), '') = '' THEN
-        RETURN NULL;
-    END IF;
+    -- Only tagged statements get here (the trigger's WHEN clause).
     FOR v_i IN 0 .. TG_NARGS - 1 LOOP
         PERFORM set_config(sidecar._hold_counter(TG_ARGV[v_i]::int), '0', true);
     END LOOP;

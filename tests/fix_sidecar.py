@@ -5,6 +5,7 @@
 ``cli``       run the ``sidecar`` command against the test's database: ``cli("runs", "--json")``
 ``run_bot``   let the bot write inside a ``sidecar.Run`` and get the run id back
 ``snapshot``  a table's rows as ``{pk text: row::text}``, to compare byte for byte
+``counting_calls``  a connection that counts calls of sidecar's functions, and the count
 """
 
 from __future__ import annotations
@@ -84,3 +85,20 @@ def undo(conn: psycopg.Connection, run_id: uuid.UUID | str, *, actions=None, row
 
     scope = sidecar.restore.make_scope(conn, str(run_id), actions, rows)
     return sidecar.restore.undo(conn, scope, force=force, reason=reason)
+
+
+def counting_calls(conn: psycopg.Connection, make_conn: Callable[..., psycopg.Connection],
+                   **options) -> tuple[psycopg.Connection, Callable[[str], int]]:
+    """A new connection with track_functions on (skipped unless the test's role is a superuser,
+    which that setting needs), and ``calls(pattern)``: the calls so far in its open transaction
+    of sidecar functions whose name is LIKE pattern. Counts of earlier transactions may not be
+    flushed yet: compare two counts taken inside one transaction."""
+    if not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        pytest.skip("counting function calls (track_functions) needs a superuser")
+    counted = make_conn(options="-c track_functions=all", **options)
+
+    def calls(pattern: str) -> int:
+        return counted.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
+                               "WHERE schemaname = 'sidecar' AND funcname LIKE %s", (pattern,)).fetchone()[0]
+
+    return counted, calls

@@ -9,7 +9,7 @@ from psycopg.conninfo import make_conninfo
 
 import sidecar.history
 import sidecar.runs
-from tests.fix_sidecar import snapshot, track, undo
+from tests.fix_sidecar import counting_calls, snapshot, track, undo
 
 
 @pytest.fixture
@@ -103,22 +103,16 @@ def test_writes_call_the_gate_only_when_a_pause_may_apply(tickets, make_conn):
     """The capture INSERT looks at the pauses table itself and calls sidecar._gate()
     only for a pause row it found (a call per statement was a fifth of an OLTP
     transaction's CPU); a pause that applies still stops the next write."""
-    if not tickets.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-        pytest.skip("counting function calls (track_functions) needs a superuser")
-    bot = make_conn(application_name="ticket-bot", options="-c track_functions=all")
+    bot, calls = counting_calls(tickets, make_conn, application_name="ticket-bot")
     tickets.execute("SELECT sidecar.pause('billing-bot', 'another automation')")
     bot.execute("SELECT sidecar.start_run('ticket-bot')")
 
-    def gate_calls() -> int:
-        return bot.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
-                           "WHERE schemaname = 'sidecar' AND funcname = '_gate'").fetchone()[0]
-
-    with bot.transaction():  # (counts of earlier transactions may not be flushed yet)
-        before = gate_calls()
+    with bot.transaction():
+        before = calls("\\_gate")
         bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 41")
         bot.execute("INSERT INTO tickets VALUES (44, 'open', 1)")
         bot.execute("DELETE FROM tickets WHERE id = 43")
-        assert gate_calls() == before
+        assert calls("\\_gate") == before
     assert len(_statements(tickets, bot.execute("SELECT current_setting('sidecar.run_id')::uuid").fetchone()[0])) == 3
 
     tickets.execute("SELECT sidecar.pause('ticket-bot', 'wrong refunds')")

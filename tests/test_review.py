@@ -12,7 +12,7 @@ from psycopg.conninfo import make_conninfo
 
 import sidecar.review
 import sidecar.runs
-from tests.fix_sidecar import snapshot, track, undo
+from tests.fix_sidecar import counting_calls, snapshot, track, undo
 
 
 @pytest.fixture
@@ -124,16 +124,12 @@ def test_untagged_writes_and_undo_runs_are_not_held(billing, cli, run_bot):
 def test_untagged_writes_do_not_call_the_hold_function(billing, cli, run_bot, make_conn):
     """A person's or an app's write passes the hold trigger's WHEN clause without a call of
     the rule function per row; a tagged write still calls it and is held."""
-    if not billing.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-        pytest.skip("counting function calls (track_functions) needs a superuser")
+    person, calls = counting_calls(billing, make_conn, application_name="psql")
     _hold_refunds(cli)
-    person = make_conn(application_name="psql", options="-c track_functions=all")
-    calls = ("SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
-             "WHERE schemaname = 'sidecar' AND funcname LIKE 'hold%%'")
     with person.transaction():
-        before = person.execute(calls).fetchone()[0]
+        before = calls("hold%")
         person.execute("UPDATE invoices SET refund_amount = 900 WHERE id <= 10")
-        assert person.execute(calls).fetchone()[0] == before
+        assert calls("hold%") == before
     assert _row(billing, 3) == (900, "open")
 
     run_bot(_refund(12, 800))
