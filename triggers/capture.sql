@@ -105,7 +105,10 @@ BEGIN
     -- there too, before anything is written: one look at the tiny pauses
     -- table finds a superset of the pauses that apply, which sidecar._gate()
     -- reads exactly and raises on. Untagged writes and undo runs (the
-    -- operator's repair) are never gated.
+    -- operator's repair) are never gated. Each operation has its own copy of
+    -- that INSERT: an INSERT trigger has only sidecar_new and a DELETE
+    -- trigger only sidecar_old, and a query naming the other cannot be
+    -- planned; a shared function would cost a call on every statement.
     v_stmt := nextval('sidecar.stmt_seq');
     IF TG_OP = 'UPDATE' THEN
         WITH s AS (
