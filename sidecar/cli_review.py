@@ -117,7 +117,7 @@ def _define_commands(shared: ModuleType) -> list[click.Command]:
             click.echo(f"#{r.rule_id}  {r.table}  hold {r.condition}  (reason: {r.reason}; "
                        f"by {r.created_by} at {render.when(r.created_at)}){state}")
         for table in missing:
-            click.echo(f"warning: {table} has rules but no hold trigger (tracked again since?); "
+            click.echo(f"warning: {table} has rules but is missing hold triggers (tracked again since?); "
                        f"run: sidecar rule refresh", err=True)
 
     @rule_group.command("drop")

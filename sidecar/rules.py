@@ -276,11 +276,12 @@ def list_rules(conn: psycopg.Connection, *, include_dropped: bool = False) -> li
 
 
 def tables_missing_hold(conn: psycopg.Connection) -> list[str]:
-    """Tracked tables with active rules but no hold trigger (e.g. tracked again since): re-add a rule to fix."""
+    """Tracked tables with active rules but not all three hold triggers (e.g. tracked again since, or one
+    dropped by hand): ``sidecar rule refresh`` puts them back."""
     rows = conn.execute(
         "SELECT DISTINCT sidecar._qualname(t.relid) FROM sidecar.rules r JOIN sidecar.tracked t USING (tracked_id) "
-        "WHERE r.active AND t.active AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g "
-        "WHERE g.tgrelid = t.relid AND g.tgname = 'sidecar_hold_row') ORDER BY 1"
+        "WHERE r.active AND t.active AND (SELECT count(*) FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.relid "
+        "AND g.tgname IN ('sidecar_hold_insert', 'sidecar_hold_update', 'sidecar_hold_delete')) < 3 ORDER BY 1"
     ).fetchall()
     return [r[0] for r in rows]
 

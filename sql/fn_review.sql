@@ -71,10 +71,21 @@ DECLARE
     v_check    text;
     v_counted  text[] := '{}';
     v_body     text;
+    v_tagged   text := $w$pg_catalog.current_setting('sidecar.run_id', true) <> ''$w$;
+    v_match    text;
+    v_event    text;
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
-    EXECUTE format('DROP TRIGGER IF EXISTS sidecar_hold_row ON %s', r_tracked.relid);
-    EXECUTE format('DROP TRIGGER IF EXISTS sidecar_hold_statement ON %s', r_tracked.relid);
+    -- sidecar_hold_row is the one row trigger for all three events that
+    -- earlier versions made.
+    FOR v_event IN
+        SELECT t.tgname FROM pg_catalog.pg_trigger t
+        WHERE t.tgrelid = r_tracked.relid AND NOT t.tgisinternal
+          AND t.tgname IN ('sidecar_hold_row', 'sidecar_hold_insert', 'sidecar_hold_update',
+                           'sidecar_hold_delete', 'sidecar_hold_statement')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_event, r_tracked.relid);
+    END LOOP;
     IF NOT r_tracked.active
        OR NOT EXISTS (SELECT FROM sidecar.rules WHERE tracked_id = p_tracked_id AND active) THEN
         EXECUTE format('DROP FUNCTION IF EXISTS %s()', v_func);
@@ -117,17 +128,36 @@ BEGIN
     v_body := replace(v_body, '@CHECKS@', rtrim(v_checks, E'\n'));
     EXECUTE v_body;
 
-    -- Rules hold only tagged writes: the WHEN clause spares every row of an
-    -- untagged write a call of the function (which cost an untagged bulk
-    -- UPDATE of a table with rules about as much as the UPDATE itself).
-    EXECUTE format('CREATE TRIGGER sidecar_hold_row BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
-                   'WHEN (pg_catalog.current_setting(''sidecar.run_id'', true) <> '''') EXECUTE FUNCTION %s()',
-                   r_tracked.relid, v_func);
+    -- Rules hold only tagged writes, and only rows that match a predicate
+    -- (or that a --max-rows rule without one counts): the WHEN clauses say
+    -- so, which spares every other row a call of the function (an untagged
+    -- bulk UPDATE of a table with rules cost about twice the UPDATE, a tagged
+    -- one 1.5x). One trigger per event: an INSERT trigger's WHEN cannot name
+    -- OLD, nor a DELETE trigger's NEW. Where an event's WHEN cannot hold the
+    -- predicates (such a reference, or a rule added by hand with what a WHEN
+    -- does not allow), that event's rows all call the function, which
+    -- evaluates the predicates with the missing row NULL, as it always did.
+    IF NOT EXISTS (SELECT FROM sidecar.rules
+                   WHERE tracked_id = p_tracked_id AND active AND predicate IS NULL) THEN
+        v_match := (SELECT string_agg(format('(%s)', predicate), ' OR ' ORDER BY rule_id)
+                    FROM sidecar.rules WHERE tracked_id = p_tracked_id AND active);
+    END IF;
+    FOREACH v_event IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+        BEGIN
+            -- The predicates first: a comparison of the row's values costs
+            -- less than reading the setting.
+            EXECUTE format('CREATE TRIGGER %I BEFORE %s ON %s FOR EACH ROW WHEN ((%s) AND %s) EXECUTE FUNCTION %s()',
+                           'sidecar_hold_' || v_event, upper(v_event), r_tracked.relid,
+                           coalesce(v_match, 'true'), v_tagged, v_func);
+        EXCEPTION WHEN invalid_object_definition OR feature_not_supported THEN
+            EXECUTE format('CREATE TRIGGER %I BEFORE %s ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()',
+                           'sidecar_hold_' || v_event, upper(v_event), r_tracked.relid, v_tagged, v_func);
+        END;
+    END LOOP;
     IF cardinality(v_counted) > 0 THEN
         EXECUTE format('CREATE TRIGGER sidecar_hold_statement BEFORE INSERT OR UPDATE OR DELETE ON %s '
-                       'FOR EACH STATEMENT WHEN (pg_catalog.current_setting(''sidecar.run_id'', true) <> '''') '
-                       'EXECUTE FUNCTION sidecar._hold_reset(%s)',
-                       r_tracked.relid,
+                       'FOR EACH STATEMENT WHEN (%s) EXECUTE FUNCTION sidecar._hold_reset(%s)',
+                       r_tracked.relid, v_tagged,
                        (SELECT string_agg(format('%L', c), ', ') FROM unnest(v_counted) AS c));
     END IF;
     RETURN true;

@@ -137,6 +137,43 @@ def test_untagged_writes_do_not_call_the_hold_function(billing, cli, run_bot, ma
     assert len(sidecar.review.queue(billing)) == 1
 
 
+def test_tagged_rows_no_rule_can_match_do_not_call_the_hold_function(billing, cli, make_conn):
+    """The hold triggers' WHEN clauses carry the rules' predicates: a tagged write of rows no
+    rule matches lands without a call of the rule function per row; a matching row is held."""
+    bot, calls = counting_calls(billing, make_conn, application_name="refund-bot")
+    _hold_refunds(cli)
+    with sidecar.runs.Run(bot, "refund-bot"), bot.transaction():
+        before = calls("hold%")
+        bot.execute("UPDATE invoices SET status = 'checked' WHERE id <= 10")
+        bot.execute("INSERT INTO invoices (id, customer, refund_amount) VALUES (21, 'new customer', 100)")
+        assert calls("hold%") == before
+        bot.execute(_refund(12, 800))
+        assert calls("hold%") == before + 1
+    assert _row(billing, 3) == (0, "checked")
+    assert _row(billing, 21) == (100, "open")
+    assert _row(billing, 12) == (0, "open")
+    assert [p.op for p in sidecar.review.queue(billing)] == ["U"]
+
+
+def test_a_rule_naming_the_old_row_still_holds_inserts(billing, cli, run_bot):
+    """An INSERT trigger's WHEN cannot name OLD: for that event every tagged row calls the
+    function, which evaluates the predicate with OLD NULL, as a rule author expects."""
+    added = cli("rule", "add", "invoices", "--when",
+                "OLD.status IS DISTINCT FROM 'refunded' AND NEW.refund_amount > 500",
+                "--hold", "--reason", "refund over limit")
+    assert added.exit_code == 0, added.output
+
+    run_bot("INSERT INTO invoices (id, customer, refund_amount) VALUES (21, 'new customer', 900)",
+            "INSERT INTO invoices (id, customer, refund_amount) VALUES (22, 'new customer', 100)",
+            _refund(5, 700), _refund(6, 50))
+
+    assert _row(billing, 21) is None
+    assert _row(billing, 22) == (100, "open")
+    assert _row(billing, 5) == (0, "open")
+    assert _row(billing, 6) == (50, "refunded")
+    assert sorted(p.op for p in sidecar.review.queue(billing)) == ["I", "U"]
+
+
 def test_a_paused_automation_cannot_slip_a_write_into_the_queue(billing, bot, cli):
     _hold_refunds(cli)
     with sidecar.runs.Run(bot, "refund-bot"):
@@ -378,7 +415,7 @@ def test_a_table_without_rules_has_no_hold_trigger(billing, sc, cli):
     track(sc, "notes")
     _hold_refunds(cli)
 
-    assert "sidecar_hold_row" in _triggers(sc, "invoices")
+    assert {"sidecar_hold_insert", "sidecar_hold_update", "sidecar_hold_delete"} <= set(_triggers(sc, "invoices"))
     assert not [t for t in _triggers(sc, "notes") if "hold" in t]
     rule_id = sc.execute("SELECT rule_id FROM sidecar.rules").fetchone()[0]
 
@@ -476,9 +513,9 @@ def test_tracking_a_table_again_keeps_its_hold_rules(billing, cli, run_bot):
 
 def test_rule_refresh_restores_holds_a_dba_dropped(billing, cli, run_bot):
     _hold_refunds(cli)
-    billing.execute("DROP TRIGGER sidecar_hold_row ON invoices")  # by hand, say in a migration
+    billing.execute("DROP TRIGGER sidecar_hold_update ON invoices")  # by hand, say in a migration
     listed = cli("rule", "list")
-    assert "public.invoices has rules but no hold trigger" in listed.stderr
+    assert "public.invoices has rules but is missing hold triggers" in listed.stderr
 
     refreshed = cli("rule", "refresh")
 

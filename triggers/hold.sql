@@ -13,10 +13,11 @@
 --               setting, which a BEFORE STATEMENT trigger resets to 0
 --               (sidecar._hold_reset), and adds its id past max_rows.
 --
--- It fires BEFORE each row (INSERT, UPDATE, DELETE) of a tagged write: the
--- trigger's WHEN clause leaves writes without sidecar.run_id alone, at the
--- cost of one setting read per row. For a tagged write whose row matches
--- a rule, sidecar._hold decides (automation filter, undo runs and approvals go
+-- It fires BEFORE each row (INSERT, UPDATE, DELETE) of a tagged write that
+-- may match a rule: the triggers' WHEN clauses (one trigger per event, made
+-- by sidecar._render_hold) leave writes without sidecar.run_id alone and,
+-- where they can, rows no predicate matches. For a row that matches a rule,
+-- sidecar._hold decides (automation filter, undo runs and approvals go
 -- through), records the row in sidecar.pending and says so: the trigger then
 -- returns NULL, so the row does not land while the statement succeeds.
 CREATE OR REPLACE FUNCTION @FUNC@() RETURNS trigger
