@@ -149,6 +149,19 @@ BEGIN
             EXECUTE format('CREATE TRIGGER %I BEFORE %s ON %s FOR EACH ROW WHEN ((%s) AND %s) EXECUTE FUNCTION %s()',
                            'sidecar_hold_' || v_event, upper(v_event), r_tracked.relid,
                            coalesce(v_match, 'true'), v_tagged, v_func);
+            -- A WHEN clause runs as the writer, the rule function as its
+            -- owner: a predicate added by hand that calls a function (or an
+            -- operator's) the public may not execute stays in the function.
+            IF EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::regclass AND d.objid = t.oid
+                       LEFT JOIN pg_catalog.pg_operator o
+                              ON d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = d.refobjid
+                       WHERE t.tgrelid = r_tracked.relid AND t.tgname = 'sidecar_hold_' || v_event
+                         AND (d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid <> v_func::regproc
+                              OR o.oid IS NOT NULL)
+                         AND NOT has_function_privilege('public', coalesce(o.oprcode::oid, d.refobjid), 'EXECUTE')) THEN
+                RAISE EXCEPTION USING ERRCODE = 'feature_not_supported';
+            END IF;
         EXCEPTION WHEN invalid_object_definition OR feature_not_supported THEN
             EXECUTE format('CREATE TRIGGER %I BEFORE %s ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()',
                            'sidecar_hold_' || v_event, upper(v_event), r_tracked.relid, v_tagged, v_func);

@@ -132,3 +132,18 @@ def test_search_path_hijack_does_not_change_capture(sc, roles):
     assert len(rows) == 2  # evil.current_setting would have hidden the run id
     assert 42 not in {r[0] for r in rows}
     assert len({r[1] for r in rows}) == 2  # evil.nextval would give 1 twice
+
+
+def test_a_rule_calling_a_private_function_still_holds_the_bots_writes(sc, roles):
+    """A predicate added by hand may call a function only sidecar's owner can execute: the
+    rule function (security definer) evaluates it, so the bot's writes are held, not refused."""
+    bot, _ = roles
+    sc.execute("CREATE FUNCTION private_limit() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1'")
+    sc.execute("REVOKE EXECUTE ON FUNCTION private_limit() FROM PUBLIC")
+    sc.execute("""SELECT sidecar.add_rule('tickets', 'NEW."id" > public.private_limit()', 'beyond the limit')""")
+
+    with sidecar.Run(bot, "ticket-bot"):
+        bot.execute("UPDATE tickets SET status = 'resolved'")
+
+    assert sc.execute("SELECT id, status FROM tickets ORDER BY id").fetchall() == [(1, "resolved"), (2, "open")]
+    assert sc.execute("SELECT count(*) FROM sidecar.pending").fetchone()[0] == 1
