@@ -60,6 +60,22 @@ def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[
     return [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows]
 
 
+def statement_of_image(columns: sql.Composable, where: sql.Composable, *, join_actions: bool = False) -> sql.Composable:
+    """A LATERAL subquery: the statement that wrote history row ``l``, when it matches ``where``.
+
+    Readers of a run's history scan the history table's statement range and
+    look each image's statement up by its key. Left to choose, the planner
+    joins the other way round for a run newer than the tables' statistics,
+    where it expects one statement and one image: it scans the whole range
+    again for every statement of the run (minutes for a few thousand
+    transactions). OFFSET 0 keeps the subquery whole, so the lookup stays
+    inside the scan.
+    """
+    actions = sql.SQL(" LEFT JOIN sidecar.actions a ON a.action_id = s.action_id") if join_actions else sql.SQL("")
+    return sql.SQL("SELECT {columns} FROM sidecar.statements s{actions} WHERE s.stmt_id = l._stmt AND {where} OFFSET 0").format(
+        columns=columns, actions=actions, where=where)
+
+
 def _clean(image: dict[str, Any] | None) -> dict[str, Any] | None:
     """A history row as {column: value}: bookkeeping dropped, retired columns under their old name."""
     if image is None:
@@ -84,18 +100,19 @@ def changes(
         pk = [sql.Identifier(c) for c in info.pk_columns]
         query = sql.SQL(
             """
-            SELECT l._stmt, l._kind, row_to_json(l) AS image, s.op, a.key, s.at  -- json keeps column order
+            SELECT l._stmt, l._kind, row_to_json(l) AS image, s.op, s.key, s.at  -- json keeps column order
             FROM sidecar.{log} l
-            JOIN sidecar.statements s ON s.stmt_id = l._stmt
-            LEFT JOIN sidecar.actions a ON a.action_id = s.action_id
-            WHERE l._stmt BETWEEN %s AND %s AND s.run_id = %s
-              AND (%s::bigint[] IS NULL OR s.action_id = ANY(%s::bigint[]))
+            CROSS JOIN LATERAL ({statement}) s
+            WHERE l._stmt BETWEEN %s AND %s
             ORDER BY l._stmt, {pk}, l._kind DESC  -- O (before) first
             """
-        ).format(log=sql.Identifier(info.log_table), pk=sql.SQL(", ").join(sql.SQL("l.") + c for c in pk))
+        ).format(log=sql.Identifier(info.log_table), pk=sql.SQL(", ").join(sql.SQL("l.") + c for c in pk),
+                 statement=statement_of_image(sql.SQL("s.op, a.key, s.at"), join_actions=True,
+                                              where=sql.SQL("s.run_id = %s AND (%s::bigint[] IS NULL "
+                                                            "OR s.action_id = ANY(%s::bigint[]))")))
         pending: dict[tuple, dict] = {}
         with conn.cursor() as cur:
-            cur.execute(query, (*info.stmt_range, run_id, action_ids, action_ids))
+            cur.execute(query, (run_id, action_ids, action_ids, *info.stmt_range))
             for stmt, kind, image, op, action, at in cur:
                 image = _clean(image)
                 key = {c: image.get(c) for c in info.pk_columns}

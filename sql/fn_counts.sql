@@ -27,11 +27,16 @@ BEGIN
     LOOP
         SELECT string_agg(format('l.%I', c), ', ') INTO v_pk FROM unnest(r_table.pk_columns) AS c;
         -- A row counts when one of its writes changed it: any insert or
-        -- delete, or an UPDATE whose before- and after-image differ.
+        -- delete, or an UPDATE whose before- and after-image differ. Each
+        -- image's statement is looked up by its key inside the scan of the
+        -- range (OFFSET 0 keeps the planner from turning that around: for a
+        -- run newer than the statistics it expects one row on each side, and
+        -- would scan the range again per statement of the run).
         EXECUTE format(
             'SELECT count(*) FROM (SELECT DISTINCT %1$s FROM sidecar.%2$I l '
-            'JOIN sidecar.statements s ON s.stmt_id = l._stmt '
-            'WHERE l._stmt BETWEEN $1 AND $2 AND s.run_id = $3 '
+            'CROSS JOIN LATERAL (SELECT s.op FROM sidecar.statements s '
+            'WHERE s.stmt_id = l._stmt AND s.run_id = $3 OFFSET 0) s '
+            'WHERE l._stmt BETWEEN $1 AND $2 '
             'GROUP BY %1$s, l._stmt, s.op '
             'HAVING s.op <> %3$L OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - %4$L) > 1) changed',
             v_pk, r_table.log_table, 'U', '_kind')

@@ -17,7 +17,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from ..history import Change, TableInfo, _clean, tables_of_run
+from ..history import Change, TableInfo, _clean, statement_of_image, tables_of_run
 
 
 @dataclass
@@ -33,14 +33,15 @@ def _slots(info: TableInfo, run_id: uuid.UUID, action_id: int | None) -> sql.Com
     return sql.SQL(
         """
         SELECT l._stmt, {tid}::int AS tracked_id, l.ctid
-        FROM sidecar.{log} l JOIN sidecar.statements s ON s.stmt_id = l._stmt
-        WHERE l._stmt BETWEEN {lo} AND {hi} AND s.run_id = {run}
-          AND ({action}::bigint IS NULL OR s.action_id = {action})
-          AND (l._kind = 'N' OR s.op = 'D')
+        FROM sidecar.{log} l CROSS JOIN LATERAL ({statement}) s
+        WHERE l._stmt BETWEEN {lo} AND {hi} AND (l._kind = 'N' OR s.op = 'D')
         """
     ).format(tid=sql.Literal(info.tracked_id), log=sql.Identifier(info.log_table),
              lo=sql.Literal(info.stmt_range[0]), hi=sql.Literal(info.stmt_range[1]),
-             run=sql.SQL("{}::uuid").format(sql.Literal(str(run_id))), action=sql.Literal(action_id))
+             statement=statement_of_image(
+                 sql.SQL("s.op"),
+                 sql.SQL("s.run_id = {run} AND ({action}::bigint IS NULL OR s.action_id = {action})").format(
+                     run=sql.SQL("{}::uuid").format(sql.Literal(str(run_id))), action=sql.Literal(action_id))))
 
 
 def _union(tables: list[TableInfo], run_id: uuid.UUID, action_id: int | None) -> sql.Composable:
@@ -153,11 +154,12 @@ def actions(conn: psycopg.Connection, run_id: uuid.UUID, *, offset: int = 0,
     for info in tables_of_run(conn, run_id, ids):
         for action_id, n in conn.execute(
             sql.SQL(
-                "SELECT s.action_id, count(*) FROM sidecar.{log} l JOIN sidecar.statements s ON s.stmt_id = l._stmt "
-                "WHERE l._stmt BETWEEN %s AND %s AND s.action_id = ANY(%s) AND (l._kind = 'N' OR s.op = 'D') "
+                "SELECT s.action_id, count(*) FROM sidecar.{log} l CROSS JOIN LATERAL ({statement}) s "
+                "WHERE l._stmt BETWEEN %s AND %s AND (l._kind = 'N' OR s.op = 'D') "
                 "GROUP BY 1"
-            ).format(log=sql.Identifier(info.log_table)),
-            (*info.stmt_range, ids),
+            ).format(log=sql.Identifier(info.log_table),
+                     statement=statement_of_image(sql.SQL("s.action_id, s.op"), sql.SQL("s.action_id = ANY(%s)"))),
+            (ids, *info.stmt_range),
         ):
             by_id[action_id].rows += n
     return rows, found[0][3]
