@@ -12,6 +12,7 @@ import uuid
 import psycopg
 from psycopg import sql
 
+from .history import statement_of_image
 from .restore import Scope, UndoResult, undo
 
 
@@ -19,30 +20,49 @@ def _later_writers(conn: psycopg.Connection, run_id: uuid.UUID) -> set[uuid.UUID
     """Runs that wrote a row after this run wrote it (undo runs and undone runs left out)."""
     found: set[uuid.UUID] = set()
     tables = conn.execute(
-        "SELECT t.log_table, t.pk_columns::text[] FROM sidecar.statements s "
+        "SELECT t.log_table, t.pk_columns::text[], min(s.stmt_id), max(s.stmt_id) FROM sidecar.statements s "
         "JOIN sidecar.tracked t USING (tracked_id) WHERE s.run_id = %s GROUP BY t.tracked_id",
         (run_id,),
     ).fetchall()
-    for log, pk in tables:
-        same_row = sql.SQL(" AND ").join(
-            sql.SQL("later.{c} = mine.{c}").format(c=sql.Identifier(c)) for c in pk)
-        rows = conn.execute(
-            sql.SQL(
-                """
-                SELECT DISTINCT s2.run_id
-                FROM sidecar.{log} mine
-                JOIN sidecar.statements s1 ON s1.stmt_id = mine._stmt AND s1.run_id = %(run)s
-                JOIN sidecar.{log} later ON later._stmt > mine._stmt AND {same_row}
-                JOIN sidecar.statements s2 ON s2.stmt_id = later._stmt
-                JOIN sidecar.runs r ON r.run_id = s2.run_id
-                LEFT JOIN sidecar.runs u ON u.run_id = r.undone_by
-                WHERE s2.run_id <> %(run)s AND r.undo_of IS NULL
-                  AND (r.undone_by IS NULL OR u.undone_by IS NOT NULL)
-                """
-            ).format(log=sql.Identifier(log), same_row=same_row),
-            {"run": run_id},
-        ).fetchall()
-        found.update(r[0] for r in rows)
+    with conn.transaction():
+        for log, pk, lo, hi in tables:
+            keys = sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in pk)
+            # The rows this run wrote, each with its first write, keyed and
+            # analyzed: the planner then probes them per later image, or
+            # hashes them, instead of scanning later history once per row (it
+            # expects one row from history newer than its statistics).
+            conn.execute("DROP TABLE IF EXISTS _sc_mine")
+            conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE _sc_mine ON COMMIT DROP AS "
+                    "SELECT {keys}, min(l._stmt) AS _first FROM sidecar.{log} l CROSS JOIN LATERAL ({statement}) s "
+                    "WHERE l._stmt BETWEEN %(lo)s AND %(hi)s GROUP BY {keys}"
+                ).format(keys=keys, log=sql.Identifier(log),
+                         statement=statement_of_image(sql.SQL("1"), sql.SQL("s.run_id = %(run)s"))),
+                {"run": run_id, "lo": lo, "hi": hi},
+            )
+            conn.execute(sql.SQL("ALTER TABLE _sc_mine ADD PRIMARY KEY ({})").format(
+                sql.SQL(", ").join(sql.Identifier(c) for c in pk)))
+            conn.execute("ANALYZE _sc_mine")
+            same_row = sql.SQL(" AND ").join(
+                sql.SQL("later.{c} = mine.{c}").format(c=sql.Identifier(c)) for c in pk)
+            rows = conn.execute(
+                sql.SQL(
+                    """
+                    SELECT DISTINCT s2.run_id
+                    FROM sidecar.{log} later
+                    JOIN _sc_mine mine ON {same_row} AND later._stmt > mine._first
+                    JOIN sidecar.statements s2 ON s2.stmt_id = later._stmt
+                    JOIN sidecar.runs r ON r.run_id = s2.run_id
+                    LEFT JOIN sidecar.runs u ON u.run_id = r.undone_by
+                    WHERE later._stmt > %(lo)s AND s2.run_id <> %(run)s AND r.undo_of IS NULL
+                      AND (r.undone_by IS NULL OR u.undone_by IS NOT NULL)
+                    """
+                ).format(log=sql.Identifier(log), same_row=same_row),
+                {"run": run_id, "lo": lo},
+            ).fetchall()
+            found.update(r[0] for r in rows)
+            conn.execute("DROP TABLE _sc_mine")
     return found
 
 
