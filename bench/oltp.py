@@ -7,7 +7,11 @@ baseline included, since sidecar tracks only tables with one. Legs:
   tagged     tracked, every session tagged with one run id
              (PGOPTIONS='-c sidecar.run_id=<uuid>': no extra round trip)
   gate       tagged, while another automation is paused (W4 on OLTP)
-Before each leg: pgbench_history emptied, VACUUM ANALYZE, CHECKPOINT; then
+After each tagged leg (W3): `sidecar show` and `sidecar undo --yes` of its
+run, whole CLI, against the leg's duration: an agent's run is many small
+transactions interleaved with other writes, not one bulk statement.
+Before each leg: pgbench_history emptied, VACUUM ANALYZE (sidecar's tables
+analyzed too when tracked), CHECKPOINT; then
 `pgbench -n` (no vacuum of its own) for a fixed duration.
 """
 
@@ -25,7 +29,7 @@ from pathlib import Path
 import psycopg
 from psycopg import conninfo
 
-from .harness import Line, Samples, checkpoint, log, reaped_cpu
+from .harness import Line, Samples, checkpoint, log, reaped_cpu, run_cli, seconds
 
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 AUTOMATION = "bench-oltp"
@@ -58,6 +62,9 @@ class OltpBench:
     samples: Samples = field(default_factory=Samples)
     cpu: Samples = field(default_factory=Samples)   # server CPU seconds per transaction
     notes: list[str] = field(default_factory=list)
+    measure_reads: bool = True                       # W3: show and undo of each tagged run
+    reads: Samples = field(default_factory=Samples)  # seconds, and the leg's seconds as "base"
+    run_tx: list[int] = field(default_factory=list)
 
     def _env(self, run_id: str | None) -> tuple[dict[str, str], list[str]]:
         """pgbench's environment and connection arguments (a password goes in PGPASSWORD, never argv)."""
@@ -98,6 +105,13 @@ class OltpBench:
         self._set_tracked(mode != "untracked")
         c.execute("TRUNCATE pgbench_history")
         c.execute("VACUUM ANALYZE " + ", ".join(TABLES))
+        if mode != "untracked":
+            # As autovacuum keeps them on a live database: every new run is
+            # then newer than the statistics, which is what readers meet.
+            logs = [r[0] for r in c.execute(
+                "SELECT format('sidecar.%%I', log_table) FROM sidecar.tracked WHERE active AND relid = ANY(%s::regclass[])",
+                (list(TABLES),))]
+            c.execute("ANALYZE sidecar.statements, sidecar.actions, sidecar.runs" + "".join(", " + t for t in logs))
         run_id = None
         if mode in ("tagged", "gate"):
             run_id = str(c.execute("SELECT sidecar.start_run(%s, jsonb_build_object('leg', %s::text))",
@@ -128,6 +142,19 @@ class OltpBench:
                 self.notes.append(f"W2 {mode}: pgbench's writes were not captured (is sidecar.run_id reaching it?)")
         self.samples.add(mode, tps)
         log(f"  W2 {mode:<9} {tps:9.1f} tps, {per_tx * 1e6:6.0f} us server CPU per transaction")
+        if mode == "tagged" and self.measure_reads:
+            self._read_and_undo(run_id, int(done.group(1)))
+
+    def _read_and_undo(self, run_id: str, transactions: int) -> None:
+        """W3: `sidecar show` and `sidecar undo` of the run pgbench just wrote."""
+        self.run_tx.append(transactions)
+        self.reads.add("base", float(self.seconds))
+        for what, args in (("show", ["show", run_id]), ("undo", ["undo", run_id, "--yes"])):
+            res = run_cli([*args, "--dsn", self.dsn], timeout=max(600, 30 * self.seconds))
+            if res.returncode != 0:
+                self.notes.append(f"W3 {what} of the pgbench run exited {res.returncode}: {res.output.strip()[-300:]}")
+            self.reads.add(what, res.seconds if res.returncode == 0 else float("nan"))
+            log(f"  W3 {what} of the pgbench run ({transactions} transactions) {seconds(res.seconds):>8}")
 
     def run(self) -> None:
         self.setup()
@@ -147,7 +174,7 @@ class OltpBench:
     def _cpu_note(self, leg: str) -> str:
         return f", {self.cpu.median(leg) * 1e6:.0f} us CPU/tx" if self.cpu.has(leg) else ""
 
-    def lines(self, with_w4: bool) -> list[Line]:
+    def lines(self, with_w3: bool, with_w4: bool) -> list[Line]:
         s = self.samples
         base = f"untracked {s.median('untracked'):.0f} tps"
         what = f"pgbench TPC-B s={self.scale}, {self.clients} clients, {self.seconds}s"
@@ -157,6 +184,16 @@ class OltpBench:
             Line("W2", f"{what}: TPS untagged", *s.ratio("untagged", "untracked"), unit="%", op=">=", target=0.97,
                  baseline=base, cpu=self._cpu("untagged", "untracked")),
         ]
+        if with_w3 and self.run_tx:
+            r = self.reads
+            runs = f"{self.seconds} s of tagged pgbench, about {sorted(self.run_tx)[len(self.run_tx) // 2]:,} transactions"
+            for what, name in (("show", "`sidecar show` of a tagged pgbench run (whole CLI)"),
+                               ("undo", "undo of a tagged pgbench run (whole CLI)")):
+                if not r.has(what):
+                    out.append(Line("W3", name, None, note=f"{what} failed; see notes"))
+                    continue
+                out.append(Line("W3", name, *r.ratio(what, "base"),
+                                baseline=f"{runs}; {what} {seconds(r.median(what))}"))
         if with_w4:
             # "<= 5% over capture alone" as throughput: at least 1/1.05 of the tagged TPS.
             out.append(Line("W4", "gate on (other automation paused), pgbench TPS vs tagged",

@@ -92,11 +92,11 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
                 notes += bulk.notes
             if "W2" in workloads:
                 oltp = OltpBench(conn, dsn, find_pgbench(bindir), scale=oltp_scale, clients=2,
-                                 seconds=oltp_seconds, repeat=oltp_repeat)
+                                 seconds=oltp_seconds, repeat=oltp_repeat, measure_reads="W3" in workloads)
                 phase = time.monotonic()
                 oltp.run()
                 notes.append(f"W2 took {(time.monotonic() - phase) / 60:.1f} min")
-                lines += oltp.lines(with_w4="W4" in workloads)
+                lines += oltp.lines(with_w3="W3" in workloads, with_w4="W4" in workloads)
                 notes += oltp.notes
     finally:
         _drop_database(admin_dsn)
