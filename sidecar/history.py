@@ -60,8 +60,9 @@ def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[
     return [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows]
 
 
-def statement_of_image(columns: sql.Composable, where: sql.Composable, *, join_actions: bool = False) -> sql.Composable:
-    """A LATERAL subquery: the statement that wrote history row ``l``, when it matches ``where``.
+def statement_of_image(columns: sql.Composable, where: sql.Composable, *, join_actions: bool = False,
+                       image: str = "l") -> sql.Composable:
+    """A LATERAL subquery: the statement that wrote history row ``image``, when it matches ``where``.
 
     Readers of a run's history scan the history table's statement range and
     look each image's statement up by its key. Left to choose, the planner
@@ -72,8 +73,8 @@ def statement_of_image(columns: sql.Composable, where: sql.Composable, *, join_a
     inside the scan.
     """
     actions = sql.SQL(" LEFT JOIN sidecar.actions a ON a.action_id = s.action_id") if join_actions else sql.SQL("")
-    return sql.SQL("SELECT {columns} FROM sidecar.statements s{actions} WHERE s.stmt_id = l._stmt AND {where} OFFSET 0").format(
-        columns=columns, actions=actions, where=where)
+    return sql.SQL("SELECT {columns} FROM sidecar.statements s{actions} WHERE s.stmt_id = {image}._stmt AND {where} "
+                   "OFFSET 0").format(columns=columns, actions=actions, where=where, image=sql.Identifier(image))
 
 
 def _clean(image: dict[str, Any] | None) -> dict[str, Any] | None:

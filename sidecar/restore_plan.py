@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import SidecarError, UsageError
-from .history import TableInfo
+from .history import TableInfo, statement_of_image
 from .scope import Scope
 
 CONFLICTS_LISTED = 200
@@ -430,44 +430,45 @@ class Planner:
             if not found or len(out) >= limit:
                 continue
             pk = plan.info.pk_columns
+            # The run that changed each listed row since, if one did: one scan
+            # of the history after the scope for all of them (its newest image
+            # of the row by another run; none when only untagged writes did).
             rows = self.conn.execute(
                 sql.SQL(
                     """
-                    SELECT to_jsonb(p) - 'step' - 'forced', CASE WHEN l._kind = 'N' THEN to_jsonb(l) - '_kind' END,
-                           (SELECT to_jsonb(cur) FROM {t} cur WHERE {pcur}), p.step
-                    FROM {plan} p JOIN {last} l ON {pl}
-                    WHERE {which} ORDER BY {pkp} LIMIT %s
+                    WITH listed AS MATERIALIZED (
+                        SELECT p.*, l._kind AS _sc_kind, to_jsonb(l) - '_kind' AS _sc_left
+                        FROM {plan} p JOIN {last} l ON {pl}
+                        WHERE {which} ORDER BY {pkp} LIMIT %s),
+                    later AS (
+                        SELECT DISTINCT ON ({pkh}) {pkh}, s.run_id
+                        FROM sidecar.{log} h JOIN listed p ON {ph}
+                        CROSS JOIN LATERAL ({statement}) s
+                        WHERE h._stmt > %s
+                        ORDER BY {pkh}, h._stmt DESC)
+                    SELECT to_jsonb(p) - 'step' - 'forced' - '_sc_kind' - '_sc_left',
+                           CASE WHEN p._sc_kind = 'N' THEN p._sc_left END,
+                           (SELECT to_jsonb(cur) FROM {t} cur WHERE {pcur}), p.step, h.run_id
+                    FROM listed p LEFT JOIN later h ON {ph}
+                    ORDER BY {pkp}
                     """
                 ).format(
                     which=sql.SQL("p.step = 'kept'" if kept else "p.step IN ('conflict', 'orphan') OR p.forced"),
-                    t=plan.ident, plan=_tmp("plan", plan), last=_tmp("last", plan),
-                    pcur=key_join("p", "cur", plan), pl=key_join("p", "l", plan),
+                    t=plan.ident, plan=_tmp("plan", plan), last=_tmp("last", plan), log=_q(plan.info.log_table),
+                    pcur=key_join("p", "cur", plan), pl=key_join("p", "l", plan), ph=key_join("p", "h", plan),
                     pkp=sql.SQL(", ").join(sql.SQL("p.{}").format(_q(c)) for c in pk),
+                    pkh=sql.SQL(", ").join(sql.SQL("h.{}").format(_q(c)) for c in pk),
+                    statement=statement_of_image(sql.SQL("s.run_id"), sql.SQL("s.run_id IS DISTINCT FROM %s"), image="h"),
                 ),
-                (limit - len(out),),
+                (limit - len(out), self.scope.run_id, plan.info.stmt_range[1]),
             ).fetchall()
-            for key, left, now, step in rows:
+            for key, left, now, step, later_run in rows:
                 out.append(
                     Conflict(plan.table, {c: key.get(c) for c in pk}, left, now,
-                             None if step in _REASONS else self._later_run(plan, key), plan.info.label_column,
+                             None if step in _REASONS else later_run, plan.info.label_column,
                              plan.info.display_name, _REASONS.get(step))
                 )
         return out
-
-    def _later_run(self, plan: TablePlan, key: dict[str, Any]) -> uuid.UUID | None:
-        """The run that wrote this row after the scope, if a run did (None: an untagged write)."""
-        cond = sql.SQL(" AND ").join(
-            sql.SQL("l.{}::text = {}").format(_q(c), sql.Literal(None if key.get(c) is None else _text(key[c])))
-            for c in plan.info.pk_columns
-        )
-        row = self.conn.execute(
-            sql.SQL(
-                "SELECT s.run_id FROM sidecar.{log} l JOIN sidecar.statements s ON s.stmt_id = l._stmt "
-                "WHERE l._stmt > %s AND {cond} AND s.run_id IS DISTINCT FROM %s ORDER BY l._stmt DESC LIMIT 1"
-            ).format(log=_q(plan.info.log_table), cond=cond),
-            (plan.info.stmt_range[1], self.scope.run_id),
-        ).fetchone()
-        return row[0] if row else None
 
     def steps(self, plan: TablePlan, step: str, limit: int | None = None):
         """(key, first image, last image) of rows with the given step."""
