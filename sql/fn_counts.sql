@@ -2,8 +2,10 @@
 -- this file changes.
 
 -- {"schema.table": rows changed, ...}: each row once however often the run
--- wrote it, no-op rows left out. Kept in sidecar.run_counts once the run
--- has finished.
+-- wrote it, no-op rows left out. Kept in sidecar.run_counts: a finished run's
+-- count as it is (a later write tagged with it drops the count), a running
+-- run's while its statements are the ones counted (how many, and the newest;
+-- one scan of the run's index entries, not of its images).
 CREATE OR REPLACE FUNCTION sidecar.run_counts(p_run uuid)
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $run_counts$
@@ -13,10 +15,20 @@ DECLARE
     r_table   record;
     v_pk      text;
     v_n       bigint;
+    v_stmts   bigint;
+    v_last    bigint;
+    r_kept    record;
 BEGIN
-    SELECT c.counts INTO v_counts FROM sidecar.run_counts c WHERE c.run_id = p_run;
-    IF FOUND THEN
-        RETURN v_counts;
+    SELECT status INTO v_status FROM sidecar.runs WHERE run_id = p_run;
+    SELECT c.counts, c.statements, c.last_stmt INTO r_kept FROM sidecar.run_counts c WHERE c.run_id = p_run;
+    IF FOUND AND r_kept.statements IS NULL THEN
+        RETURN r_kept.counts;  -- kept once the run had finished
+    END IF;
+    IF FOUND OR v_status = 'running' THEN
+        SELECT count(*), max(s.stmt_id) INTO v_stmts, v_last FROM sidecar.statements s WHERE s.run_id = p_run;
+        IF r_kept.statements = v_stmts AND r_kept.last_stmt IS NOT DISTINCT FROM v_last THEN
+            RETURN r_kept.counts;
+        END IF;
     END IF;
     v_counts := '{}';
     FOR r_table IN
@@ -45,11 +57,18 @@ BEGIN
             v_counts := v_counts || jsonb_build_object(sidecar._qualname(r_table.relid), v_n);
         END IF;
     END LOOP;
-    SELECT status INTO v_status FROM sidecar.runs WHERE run_id = p_run;
+    -- A running run may write on, and statements committed while this
+    -- counted are not in its snapshot: its count says which statements it
+    -- covers. A finished run's is kept as it is.
     IF v_status IS DISTINCT FROM 'running' THEN
-        INSERT INTO sidecar.run_counts (run_id, counts) VALUES (p_run, v_counts)
-        ON CONFLICT (run_id) DO NOTHING;
+        v_stmts := NULL;
+        v_last := NULL;
     END IF;
+    INSERT INTO sidecar.run_counts AS c (run_id, counts, statements, last_stmt)
+    VALUES (p_run, v_counts, v_stmts, v_last)
+    ON CONFLICT (run_id) DO UPDATE
+    SET counts = EXCLUDED.counts, statements = EXCLUDED.statements, last_stmt = EXCLUDED.last_stmt,
+        counted_at = clock_timestamp();
     RETURN v_counts;
 END
 $run_counts$;

@@ -165,6 +165,31 @@ def test_a_write_after_finish_in_the_same_transaction_is_counted_again(tickets, 
     assert tickets.execute("SELECT sidecar.run_counts(%s)", (run_id,)).fetchone()[0] == {"public.tickets": 2}
 
 
+def test_a_running_runs_count_is_kept_until_it_writes_again(tickets, bot):
+    """A run left running is not counted anew on every list of runs: its count is kept with the
+    statements it covers, and made again once it has written more, finished or not."""
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
+
+    def count():
+        return tickets.execute("SELECT sidecar.run_counts(%s)", (run_id,)).fetchone()[0]
+
+    def kept():
+        return tickets.execute("SELECT counts, statements FROM sidecar.run_counts WHERE run_id = %s",
+                               (run_id,)).fetchone()
+
+    assert count() == {"public.tickets": 1}
+    assert kept() == ({"public.tickets": 1}, 1)
+    bot.execute("UPDATE tickets SET status = 'closed' WHERE id IN (41, 43)")
+    assert count() == {"public.tickets": 3}
+    assert kept() == ({"public.tickets": 3}, 2)
+    bot.execute("INSERT INTO tickets VALUES (44, 'open', 3)")
+    bot.execute("SELECT sidecar.finish_run()")
+    # Kept while running, written to since: counted again, then kept as finished.
+    assert count() == {"public.tickets": 4}
+    assert kept() == ({"public.tickets": 4}, None)
+
+
 def test_set_local_run_id_tags_one_transaction_and_registers_the_run(tickets, make_conn):
     pooled = make_conn(autocommit=False, application_name="pgbouncer-client")
     run_id = uuid.uuid4()
