@@ -93,36 +93,59 @@ def _clean(image: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def changes(
-    conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: list[int] | None = None, limit: int | None = None
+    conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: list[int] | None = None, limit: int | None = None,
+    stmt_id: int | None = None, per_action: int | None = None,
 ) -> Iterator[Change]:
-    """The run's changes in statement order; a no-op row of a bulk UPDATE is left out."""
+    """The run's changes (of one statement with stmt_id) in statement order; a no-op row of a bulk
+    UPDATE is left out. Streamed from a server-side cursor: a run of millions of rows is read a
+    batch at a time, and a caller that stops early reads no further. With per_action, only the
+    first rows of each action and table are read (the database picks them; a no-op row among
+    them makes one change fewer)."""
     emitted = 0
     for info in tables_of_run(conn, run_id, action_ids):
-        pk = [sql.Identifier(c) for c in info.pk_columns]
+        lo, hi = info.stmt_range
+        if stmt_id is not None:
+            if not lo <= stmt_id <= hi:
+                continue
+            lo = hi = stmt_id
+        pk = sql.SQL(", ").join(sql.SQL("l.") + sql.Identifier(c) for c in info.pk_columns)
+        statement = statement_of_image(sql.SQL("s.op, a.key, s.at, s.action_id"), join_actions=True,
+                                       where=sql.SQL("s.run_id = %s AND (%s::bigint[] IS NULL "
+                                                     "OR s.action_id = ANY(%s::bigint[]))"))
+        rows = sql.SQL("sidecar.{log} l").format(log=sql.Identifier(info.log_table))
+        if per_action is not None:
+            # A row's images (before and after) rank together, so none is cut in two.
+            rows = sql.SQL(
+                "(SELECT l.* FROM (SELECT l.ctid AS _sc_tid, dense_rank() OVER (PARTITION BY s.action_id "
+                "ORDER BY l._stmt, {pk}) AS _sc_rank FROM {rows} CROSS JOIN LATERAL ({statement}) s "
+                "WHERE l._stmt BETWEEN %s AND %s) r JOIN {rows} ON l.ctid = r._sc_tid "
+                "WHERE r._sc_rank <= {per_action}) l"
+            ).format(pk=pk, rows=rows, statement=statement, per_action=sql.Literal(per_action))
         query = sql.SQL(
             """
             SELECT l._stmt, l._kind, row_to_json(l) AS image, s.op, s.key, s.at  -- json keeps column order
-            FROM sidecar.{log} l
+            FROM {rows}
             CROSS JOIN LATERAL ({statement}) s
             WHERE l._stmt BETWEEN %s AND %s
             ORDER BY l._stmt, {pk}, l._kind DESC  -- O (before) first
             """
-        ).format(log=sql.Identifier(info.log_table), pk=sql.SQL(", ").join(sql.SQL("l.") + c for c in pk),
-                 statement=statement_of_image(sql.SQL("s.op, a.key, s.at"), join_actions=True,
-                                              where=sql.SQL("s.run_id = %s AND (%s::bigint[] IS NULL "
-                                                            "OR s.action_id = ANY(%s::bigint[]))")))
-        pending: dict[tuple, dict] = {}
-        with conn.cursor() as cur:
-            cur.execute(query, (run_id, action_ids, action_ids, *info.stmt_range))
+        ).format(rows=rows, pk=pk, statement=statement)
+        params: tuple = (run_id, action_ids, action_ids, lo, hi)
+        if per_action is not None:
+            params = params + params
+        pending: dict[tuple, tuple[dict, str, datetime]] = {}
+        with conn.transaction(), conn.cursor(name="sidecar_changes") as cur:
+            cur.itersize = 2000
+            cur.execute(query, params)
             for stmt, kind, image, op, action, at in cur:
                 image = _clean(image)
                 key = {c: image.get(c) for c in info.pk_columns}
                 if op == "U":
                     k = (stmt, tuple(str(v) for v in key.values()))
                     if kind == "O":
-                        pending[k] = image
+                        pending[k] = (image, action or "", at)
                         continue
-                    before = pending.pop(k, None)
+                    before = pending.pop(k, (None,))[0]
                     after = image
                     if before == after:
                         continue
@@ -136,10 +159,41 @@ def changes(
                 emitted += 1
                 if limit is not None and emitted >= limit:
                     return
-                # An UPDATE that moved a row to another key leaves its old key as a deletion.
-            for (stmt, _), before in pending.items():
-                yield Change(info.table, info.tracked_id, "D", {c: before.get(c) for c in info.pk_columns},
-                             before, None, stmt, "", None, info.label_column, info.display_name)
+        # An UPDATE that moved a row to another key leaves its old key as a deletion.
+        for (stmt, _), (before, action, at) in pending.items():
+            yield Change(info.table, info.tracked_id, "D", {c: before.get(c) for c in info.pk_columns},
+                         before, None, stmt, action, at, info.label_column, info.display_name)
+            emitted += 1
+            if limit is not None and emitted >= limit:
+                return
+
+
+def change_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
+    """How many changes changes() yields for each action of the run, counted in the database."""
+    totals: dict[str, int] = {}
+    for info in tables_of_run(conn, run_id):
+        pk = sql.SQL(", ").join(sql.SQL("l.") + sql.Identifier(c) for c in info.pk_columns)
+        # One change per image of an INSERT or DELETE, and per row of an
+        # UPDATE unless its two images are the same (a no-op row); a row an
+        # UPDATE moved to another key has one image under each key.
+        for key, n in conn.execute(
+            sql.SQL(
+                """
+                SELECT a.key, count(*) FROM (
+                    SELECT s.action_id
+                    FROM sidecar.{log} l CROSS JOIN LATERAL ({statement}) s
+                    WHERE l._stmt BETWEEN %s AND %s
+                    GROUP BY l._stmt, {pk}, s.op, s.action_id
+                    HAVING s.op <> 'U' OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - '_kind') > 1) c
+                LEFT JOIN sidecar.actions a ON a.action_id = c.action_id
+                GROUP BY a.key
+                """
+            ).format(log=sql.Identifier(info.log_table), pk=pk,
+                     statement=statement_of_image(sql.SQL("s.op, s.action_id"), sql.SQL("s.run_id = %s"))),
+            (run_id, *info.stmt_range),
+        ):
+            totals[key or ""] = totals.get(key or "", 0) + n
+    return totals
 
 
 def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
@@ -156,17 +210,22 @@ def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
 def changes_by_action(conn: psycopg.Connection, run_id: uuid.UUID, *, limit: int) -> list[tuple[str, list[Change], int]]:
     """(action key, its first `limit` changes, how many more) per action, in the order the actions began.
 
-    One pass over the run's history; an action whose writes changed nothing is left out.
+    The changes are counted in the database, and read only until every
+    action has its `limit`: a run of a million rows shows its first ones
+    without reading the rest. An action whose writes changed nothing is left out.
     """
+    totals = change_counts(conn, run_id)
     shown: dict[str, list[Change]] = {key: [] for _, key, _ in actions_of_run(conn, run_id)}
-    more: dict[str, int] = dict.fromkeys(shown, 0)
-    for change in changes(conn, run_id):
+    wanted = sum(min(n, limit) for n in totals.values())
+    taken = 0
+    for change in changes(conn, run_id, per_action=limit):
+        if taken >= wanted:
+            break
         kept = shown.setdefault(change.action, [])
         if len(kept) < limit:
             kept.append(change)
-        else:
-            more[change.action] = more.get(change.action, 0) + 1
-    return [(key, kept, more[key]) for key, kept in shown.items() if kept]
+            taken += 1
+    return [(key, kept, max(totals.get(key, 0) - len(kept), 0)) for key, kept in shown.items() if kept]
 
 
 def actions_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[tuple[int, str, datetime]]:

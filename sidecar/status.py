@@ -194,7 +194,7 @@ def _in_flight(conn: psycopg.Connection, automation: str) -> list[InFlight]:
         run = InFlight(run_id, "running" if alive else "abandoned", started_at, at)
         if action_id is not None:
             # The rows of the last statement, read from its action (one step or transaction, not the whole run).
-            rows = [c for c in history.changes(conn, run_id, action_ids=[action_id]) if c.stmt_id == stmt_id]
+            rows = list(history.changes(conn, run_id, action_ids=[action_id], stmt_id=stmt_id))
             if rows:
                 run.last_write, run.last_write_rows = describe.change_sentence(rows[0]), len(rows)
         found.append(run)

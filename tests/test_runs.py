@@ -179,6 +179,30 @@ def test_show_json_has_run_actions_and_change_text(support, cli, run_bot):
     assert change["before"]["status"] == "needs review" and change["after"]["status"] == "resolved"
 
 
+def test_show_limits_each_action_and_counts_the_rest_without_no_op_rows(support, cli, run_bot):
+    """`--limit N`: the first N changes of each action, and how many more, counted in the
+    database as show would list them: a bulk UPDATE's no-op rows are no changes, a moved row is
+    a deletion and an addition."""
+    support.execute("INSERT INTO tickets SELECT g, 'open', 2 FROM generate_series(1, 30) g")
+    run_id = run_bot("SELECT set_config('sidecar.action', 'close', false)",
+                     "UPDATE tickets SET status = 'closed' WHERE id <= 30 AND id % 3 <> 0",  # 20 changed
+                     "UPDATE tickets SET status = status WHERE id <= 12",                     # no-op rows
+                     "SELECT set_config('sidecar.action', 'renumber', false)",
+                     "UPDATE tickets SET id = id + 100 WHERE id IN (41, 42)")                 # moved keys
+
+    result = cli("show", str(run_id), "--limit", "3", "--json")
+
+    assert result.exit_code == 0, result.output
+    actions = json.loads(result.stdout)["actions"]
+    assert [(a["key"], len(a["changes"]), a["more"]) for a in actions] == [("close", 3, 17), ("renumber", 3, 1)]
+    assert [c["text"] for c in actions[0]["changes"]] == [
+        "tickets #1: status 'open' -> 'closed'", "tickets #2: status 'open' -> 'closed'",
+        "tickets #4: status 'open' -> 'closed'"]
+    # Keys in order: the old keys 41 and 42 (deleted), then 141 (added); 142 is the one more.
+    assert sorted((c["op"], c["key"]["id"]) for c in actions[1]["changes"]) == [("D", 41), ("D", 42), ("I", 141)]
+    assert "  … and 17 more changes" in cli("show", str(run_id), "--limit", "3").stdout
+
+
 def test_show_of_a_failed_run_says_why(support, cli, make_conn):
     bot = make_conn()
     with pytest.raises(RuntimeError):
