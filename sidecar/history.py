@@ -134,7 +134,8 @@ def changes(
         if per_action is not None:
             params = params + params
         pending: dict[tuple, tuple[dict, str, datetime]] = {}
-        with conn.transaction(), conn.cursor(name="sidecar_changes") as cur:
+        # Named uniquely: a caller may have two of these open on one connection.
+        with conn.transaction(), conn.cursor(name=f"sidecar_changes_{uuid.uuid4().hex[:12]}") as cur:
             cur.itersize = 2000
             cur.execute(query, params)
             for stmt, kind, image, op, action, at in cur:
@@ -168,31 +169,35 @@ def changes(
                 return
 
 
-def change_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
-    """How many changes changes() yields for each action of the run, counted in the database."""
-    totals: dict[str, int] = {}
-    for info in tables_of_run(conn, run_id):
+def change_counts(conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: list[int] | None = None,
+                  exact: bool = True) -> dict[int | None, int]:
+    """How many changes changes() yields for each action of the run (by action id), counted in the
+    database. Not exact: how many rows the actions wrote, no-op rows of bulk UPDATEs included,
+    without comparing any images (an upper bound, and much cheaper)."""
+    totals: dict[int | None, int] = {}
+    for info in tables_of_run(conn, run_id, action_ids):
         pk = sql.SQL(", ").join(sql.SQL("l.") + sql.Identifier(c) for c in info.pk_columns)
         # One change per image of an INSERT or DELETE, and per row of an
         # UPDATE unless its two images are the same (a no-op row); a row an
         # UPDATE moved to another key has one image under each key.
-        for key, n in conn.execute(
+        changed = sql.SQL("HAVING s.op <> 'U' OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - '_kind') > 1"
+                          if exact else "")
+        for action_id, n in conn.execute(
             sql.SQL(
                 """
-                SELECT a.key, count(*) FROM (
+                SELECT action_id, count(*) FROM (
                     SELECT s.action_id
                     FROM sidecar.{log} l CROSS JOIN LATERAL ({statement}) s
                     WHERE l._stmt BETWEEN %s AND %s
-                    GROUP BY l._stmt, {pk}, s.op, s.action_id
-                    HAVING s.op <> 'U' OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - '_kind') > 1) c
-                LEFT JOIN sidecar.actions a ON a.action_id = c.action_id
-                GROUP BY a.key
+                    GROUP BY l._stmt, {pk}, s.op, s.action_id {changed}) c
+                GROUP BY action_id
                 """
-            ).format(log=sql.Identifier(info.log_table), pk=pk,
-                     statement=statement_of_image(sql.SQL("s.op, s.action_id"), sql.SQL("s.run_id = %s"))),
-            (run_id, *info.stmt_range),
+            ).format(log=sql.Identifier(info.log_table), pk=pk, changed=changed,
+                     statement=statement_of_image(sql.SQL("s.op, s.action_id"), sql.SQL(
+                         "s.run_id = %s AND (%s::bigint[] IS NULL OR s.action_id = ANY(%s::bigint[]))"))),
+            (run_id, action_ids, action_ids, *info.stmt_range),
         ):
-            totals[key or ""] = totals.get(key or "", 0) + n
+            totals[action_id] = totals.get(action_id, 0) + n
     return totals
 
 
@@ -210,22 +215,27 @@ def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
 def changes_by_action(conn: psycopg.Connection, run_id: uuid.UUID, *, limit: int) -> list[tuple[str, list[Change], int]]:
     """(action key, its first `limit` changes, how many more) per action, in the order the actions began.
 
-    The changes are counted in the database, and read only until every
-    action has its `limit`: a run of a million rows shows its first ones
-    without reading the rest. An action whose writes changed nothing is left out.
+    The rows each action wrote are counted in the database first. Only the
+    actions with more than `limit` (a bulk write) get an exact count of their
+    changes, and only then are the reads cut to the first `limit` rows of each
+    action: a run of a million rows shows its first ones without reading the
+    rest, a run of many small actions is read once. An action whose writes
+    changed nothing is left out.
     """
-    totals = change_counts(conn, run_id)
-    shown: dict[str, list[Change]] = {key: [] for _, key, _ in actions_of_run(conn, run_id)}
-    wanted = sum(min(n, limit) for n in totals.values())
-    taken = 0
-    for change in changes(conn, run_id, per_action=limit):
-        if taken >= wanted:
-            break
+    actions = actions_of_run(conn, run_id)
+    written = change_counts(conn, run_id, exact=False)
+    big = [a for a, n in written.items() if a is not None and n > limit]
+    exact = change_counts(conn, run_id, action_ids=big) if big else {}
+    shown: dict[str, list[Change]] = {key: [] for _, key, _ in actions}
+    more: dict[str, int] = {}
+    for action_id, key, _ in actions:
+        if action_id in exact:
+            more[key] = exact[action_id]
+    for change in changes(conn, run_id, per_action=limit if big else None):
         kept = shown.setdefault(change.action, [])
         if len(kept) < limit:
             kept.append(change)
-            taken += 1
-    return [(key, kept, max(totals.get(key, 0) - len(kept), 0)) for key, kept in shown.items() if kept]
+    return [(key, kept, max(more.get(key, len(kept)) - len(kept), 0)) for key, kept in shown.items() if kept]
 
 
 def actions_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[tuple[int, str, datetime]]:
