@@ -172,8 +172,8 @@ def changes(
 def change_counts(conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: list[int] | None = None,
                   exact: bool = True) -> dict[int | None, int]:
     """How many changes changes() yields for each action of the run (by action id), counted in the
-    database. Not exact: how many rows the actions wrote, no-op rows of bulk UPDATEs included,
-    without comparing any images (an upper bound, and much cheaper)."""
+    database. With exact=False: how many rows each statement wrote, no-op rows of bulk UPDATEs
+    included, without comparing any images (an upper bound, and much cheaper)."""
     totals: dict[int | None, int] = {}
     for info in tables_of_run(conn, run_id, action_ids):
         pk = sql.SQL(", ").join(sql.SQL("l.") + sql.Identifier(c) for c in info.pk_columns)
