@@ -31,7 +31,6 @@ def _later_writers(conn: psycopg.Connection, run_id: uuid.UUID) -> set[uuid.UUID
             # analyzed: the planner then probes them per later image, or
             # hashes them, instead of scanning later history once per row (it
             # expects one row from history newer than its statistics).
-            conn.execute("DROP TABLE IF EXISTS _sc_mine")
             conn.execute(
                 sql.SQL(
                     "CREATE TEMP TABLE _sc_mine ON COMMIT DROP AS "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from itertools import islice
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,13 +47,18 @@ class TableInfo:
     stmt_range: tuple[int, int] = (0, 0)
 
 
+# The statements s of a run (%s), or of some of its actions (%s, %s: an
+# array of action ids, or NULL for all).
+_IN_SCOPE = "s.run_id = %s AND (%s::bigint[] IS NULL OR s.action_id = ANY(%s::bigint[]))"
+
+
 def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None = None) -> list[TableInfo]:
     rows = conn.execute(
         """
         SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column, t.display_name,
                min(s.stmt_id), max(s.stmt_id)
         FROM sidecar.statements s JOIN sidecar.tracked t USING (tracked_id)
-        WHERE s.run_id = %s AND (%s::bigint[] IS NULL OR s.action_id = ANY(%s::bigint[]))
+        WHERE """ + _IN_SCOPE + """
         GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 2
         """,
         (run_id, action_ids, action_ids),
@@ -98,10 +104,14 @@ def changes(
 ) -> Iterator[Change]:
     """The run's changes (of one statement with stmt_id) in statement order; a no-op row of a bulk
     UPDATE is left out. Streamed from a server-side cursor: a run of millions of rows is read a
-    batch at a time, and a caller that stops early reads no further. With per_action, only the
-    first rows of each action and table are read (the database picks them; a no-op row among
-    them makes one change fewer)."""
-    emitted = 0
+    batch at a time, and a caller that stops early (or limit) reads no further. With per_action,
+    only the first rows of each action and table are read (the database picks them; a no-op row
+    among them makes one change fewer)."""
+    return islice(_changes(conn, run_id, action_ids, stmt_id, per_action), limit)
+
+
+def _changes(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None, stmt_id: int | None,
+             per_action: int | None) -> Iterator[Change]:
     for info in tables_of_run(conn, run_id, action_ids):
         lo, hi = info.stmt_range
         if stmt_id is not None:
@@ -109,9 +119,8 @@ def changes(
                 continue
             lo = hi = stmt_id
         pk = sql.SQL(", ").join(sql.SQL("l.") + sql.Identifier(c) for c in info.pk_columns)
-        statement = statement_of_image(sql.SQL("s.op, a.key, s.at, s.action_id"), join_actions=True,
-                                       where=sql.SQL("s.run_id = %s AND (%s::bigint[] IS NULL "
-                                                     "OR s.action_id = ANY(%s::bigint[]))"))
+        statement = statement_of_image(sql.SQL("s.op, a.key, s.at, s.action_id"), sql.SQL(_IN_SCOPE),
+                                       join_actions=True)
         rows = sql.SQL("sidecar.{log} l").format(log=sql.Identifier(info.log_table))
         if per_action is not None:
             # A row's images (before and after) rank together, so none is cut in two.
@@ -157,16 +166,10 @@ def changes(
                     ch_op = op
                 yield Change(info.table, info.tracked_id, ch_op, key, before, after, stmt, action or "", at,
                              info.label_column, info.display_name)
-                emitted += 1
-                if limit is not None and emitted >= limit:
-                    return
         # An UPDATE that moved a row to another key leaves its old key as a deletion.
         for (stmt, _), (before, action, at) in pending.items():
             yield Change(info.table, info.tracked_id, "D", {c: before.get(c) for c in info.pk_columns},
                          before, None, stmt, action, at, info.label_column, info.display_name)
-            emitted += 1
-            if limit is not None and emitted >= limit:
-                return
 
 
 def change_counts(conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: list[int] | None = None,
@@ -193,8 +196,7 @@ def change_counts(conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: li
                 GROUP BY action_id
                 """
             ).format(log=sql.Identifier(info.log_table), pk=pk, changed=changed,
-                     statement=statement_of_image(sql.SQL("s.op, s.action_id"), sql.SQL(
-                         "s.run_id = %s AND (%s::bigint[] IS NULL OR s.action_id = ANY(%s::bigint[]))"))),
+                     statement=statement_of_image(sql.SQL("s.op, s.action_id"), sql.SQL(_IN_SCOPE))),
             (run_id, action_ids, action_ids, *info.stmt_range),
         ):
             totals[action_id] = totals.get(action_id, 0) + n
@@ -227,15 +229,13 @@ def changes_by_action(conn: psycopg.Connection, run_id: uuid.UUID, *, limit: int
     big = [a for a, n in written.items() if a is not None and n > limit]
     exact = change_counts(conn, run_id, action_ids=big) if big else {}
     shown: dict[str, list[Change]] = {key: [] for _, key, _ in actions}
-    more: dict[str, int] = {}
-    for action_id, key, _ in actions:
-        if action_id in exact:
-            more[key] = exact[action_id]
+    counted = {key: exact[action_id] for action_id, key, _ in actions if action_id in exact}
     for change in changes(conn, run_id, per_action=limit if big else None):
         kept = shown.setdefault(change.action, [])
         if len(kept) < limit:
             kept.append(change)
-    return [(key, kept, max(more.get(key, len(kept)) - len(kept), 0)) for key, kept in shown.items() if kept]
+    # An action not counted exactly wrote no more rows than limit: all of them were read.
+    return [(key, kept, max(counted.get(key, len(kept)) - len(kept), 0)) for key, kept in shown.items() if kept]
 
 
 def actions_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[tuple[int, str, datetime]]:

@@ -55,10 +55,13 @@ PLANNER_SETTINGS = {"default_statistics_target": "10", "work_mem": "32MB"}
 _SESSION_SETTINGS = {"search_path": "pg_catalog, pg_temp"} | TEXT_SETTINGS | PLANNER_SETTINGS
 
 
+def _set_local(conn: psycopg.Connection, names: list[str], values: list[str]) -> None:
+    """Set these settings for the rest of the transaction, in one round trip."""
+    conn.execute("SELECT set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS u(n, v)", (names, values))
+
+
 def _session_settings(conn: psycopg.Connection) -> None:
-    """Set _SESSION_SETTINGS for the rest of the transaction, in one round trip."""
-    conn.execute("SELECT set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS u(n, v)",
-                 (list(_SESSION_SETTINGS), list(_SESSION_SETTINGS.values())))
+    _set_local(conn, list(_SESSION_SETTINGS), list(_SESSION_SETTINGS.values()))
 
 
 # What an undo sets for its transaction (sidecar._undo_begin tags it with the
@@ -75,8 +78,7 @@ def _settings_restored(conn: psycopg.Connection) -> Iterator[None]:
         "FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i)", (_UNDO_SETTINGS,)
     ).fetchone()[0]
     yield
-    conn.execute("SELECT set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS u(n, v)",
-                 (_UNDO_SETTINGS, saved))
+    _set_local(conn, _UNDO_SETTINGS, saved)
 
 
 def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> tuple[Planner, UndoResult]:

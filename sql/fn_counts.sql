@@ -21,10 +21,11 @@ DECLARE
 BEGIN
     SELECT status INTO v_status FROM sidecar.runs WHERE run_id = p_run;
     SELECT c.counts, c.statements, c.last_stmt INTO r_kept FROM sidecar.run_counts c WHERE c.run_id = p_run;
-    IF FOUND AND r_kept.statements IS NULL THEN
+    IF r_kept.counts IS NOT NULL AND r_kept.statements IS NULL THEN
         RETURN r_kept.counts;  -- kept once the run had finished
     END IF;
-    IF FOUND OR v_status = 'running' THEN
+    -- Kept while the run was running (it may have written since), or running now.
+    IF r_kept.counts IS NOT NULL OR v_status = 'running' THEN
         SELECT count(*), max(s.stmt_id) INTO v_stmts, v_last FROM sidecar.statements s WHERE s.run_id = p_run;
         IF r_kept.statements = v_stmts AND r_kept.last_stmt IS NOT DISTINCT FROM v_last THEN
             RETURN r_kept.counts;
