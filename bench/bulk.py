@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from .harness import Line, Samples, checkpoint, log, run_cli, seconds, timed
+from .harness import Line, Samples, checkpoint, log, noop_capture, run_cli, seconds, timed
 
 TABLE = "bench_w1"
 BIG_TABLE = "bench_big"
 BIG_PLAIN = "bench_big_plain"
+IMAGES = "bench_images"  # a bare history table: the floor legs write the images into it
 AUTOMATION = "bench-bulk"
 OTHER_AUTOMATION = "bench-other"  # paused during the gate leg; never writes
 
@@ -59,12 +60,39 @@ def _statement(op: str, table: str, sizes: Sizes) -> str:
     raise ValueError(op)
 
 
+# The floor of capture on this machine: the rows a tagged write adds to
+# history, copied by a plain INSERT ... SELECT (no trigger, no statement row)
+# from a temporary table that holds them (as the write's transition table
+# does) into a table shaped like a history table, with its BRIN index. Any
+# capture that keeps one typed row per image pays at least this.
+IMAGES_TABLE = """
+CREATE TABLE {i} (_stmt bigint NOT NULL, _kind "char" NOT NULL, id bigint, label text,
+                  amount numeric(12, 2), note text, at timestamptz) WITH (autovacuum_enabled = false);
+CREATE INDEX ON {i} USING brin (_stmt)
+"""
+IMAGE_ROWS = "bench_image_rows"
+
+
+def _images(op: str, table: str, sizes: Sizes) -> str:
+    """The images a tagged `op` writes (UPDATE: before, then after), as a query."""
+    t = sql.Identifier(table).as_string(None)
+    if op == "update":
+        return (f"SELECT 1::bigint, 'O'::\"char\", * FROM {t} UNION ALL "
+                f"SELECT 1, 'N', id, label, amount + 1, note, at + interval '1 day' FROM {t}")
+    if op == "delete":
+        return f"SELECT 1::bigint, 'O'::\"char\", * FROM {t} WHERE id <= {sizes.delete_rows}"
+    raise ValueError(op)
+
+
 # The modes a write runs in. untracked: the table has no sidecar trigger.
 # untagged: tracked, no sidecar.run_id. tagged: inside sidecar.start_run.
 # gate: tagged, while another automation is paused (the gate has a row to
 # read, nothing relevant to stop). hold: tagged, with a hold rule on the table
 # that matches no row (only when the rules feature exists). ruled: the same
 # table and rule, written without sidecar.run_id (a person or an app).
+# images: not the write itself but the floor, a plain copy of the rows a
+# tagged write would add to history (the table untracked). noop: untracked,
+# with harness.noop_capture's triggers, untagged: the floor of untagged writes.
 @dataclass
 class BulkBench:
     conn: psycopg.Connection
@@ -135,20 +163,35 @@ class BulkBench:
     # -- one leg -----------------------------------------------------------
     def leg(self, op: str, mode: str) -> None:
         c = self.conn
-        log_table = self.prepare(TABLE, self.sizes.rows, tracked=mode != "untracked")
+        log_table = self.prepare(TABLE, self.sizes.rows, tracked=mode not in ("untracked", "images", "noop"))
         table_bytes = c.execute("SELECT pg_total_relation_size(%s::regclass)", (TABLE,)).fetchone()[0]
         if mode in ("hold", "ruled") and not self._add_hold_rule(TABLE):
             self.samples.add(f"{op}/{mode}", float("nan"))
             self.cpu.add(f"{op}/{mode}", float("nan"))
             return
+        if mode == "images":
+            for name in (IMAGES, IMAGE_ROWS):
+                c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+            c.execute(sql.SQL(IMAGES_TABLE).format(i=sql.Identifier(IMAGES)))
+            c.execute(sql.SQL("CREATE TEMP TABLE {} AS ").format(sql.Identifier(IMAGE_ROWS))
+                      + sql.SQL(_images(op, TABLE, self.sizes)))
+        if mode == "noop":
+            noop_capture(c, [sql.Identifier(TABLE).as_string(None)], True)
         run_id = None
         if mode in ("tagged", "gate", "hold"):
             run_id = self._start_run(f"{op}/{mode}")
         if mode == "gate":
             c.execute("SELECT sidecar.pause(%s, %s)", (OTHER_AUTOMATION, "bench: gate check with a pause row present"))
         try:
-            t = timed(c, _statement(op, TABLE, self.sizes))
+            if mode == "images":
+                statement = sql.SQL("INSERT INTO {} SELECT * FROM {}").format(
+                    sql.Identifier(IMAGES), sql.Identifier(IMAGE_ROWS)).as_string(None)
+            else:
+                statement = _statement(op, TABLE, self.sizes)
+            t = timed(c, statement)
         finally:
+            if mode == "noop":
+                noop_capture(c, [sql.Identifier(TABLE).as_string(None)], False)
             if mode == "gate":
                 c.execute("SELECT sidecar.resume(%s)", (OTHER_AUTOMATION,))
             if run_id is not None:
@@ -208,6 +251,8 @@ class BulkBench:
     def run(self) -> None:
         modes = {op: ["untracked", "untagged", "tagged"] for op in ("update", "insert", "delete")}
         modes["update"].append("gate")
+        for op in ("update", "delete"):
+            modes[op] += ["images", "noop"]
         if self.rules_available():
             modes["update"] += ["hold", "ruled"]
         ops = list(modes)
@@ -223,6 +268,8 @@ class BulkBench:
                 for mode in legs[r % len(legs):] + legs[: r % len(legs)]:
                     self.leg(op, mode)
         self._drop(TABLE)
+        for name in (IMAGES, IMAGE_ROWS):
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
 
     def run_big(self) -> None:
         """W3's big undo: a tagged UPDATE of every row of a big table, undone by
@@ -261,10 +308,24 @@ class BulkBench:
             base = f"untracked {op.upper()} {seconds(s.median(f'{op}/untracked'))}"
             out.append(Line("W1", f"tagged {op.upper()} {sizes[op]} vs untracked", *s.ratio(f"{op}/tagged", f"{op}/untracked"),
                             op="<=", target=targets[op], baseline=base, cpu=self._cpu(f"{op}/tagged", f"{op}/untracked")))
+        for op in ("update", "delete"):
+            if not s.has(f"{op}/images"):
+                continue
+            # Per repeat: the write and the bare write of its images, against the write.
+            floor = Samples({"floor": [w + i for w, i in zip(s.values[f"{op}/untracked"], s.values[f"{op}/images"])],
+                             "base": s.values[f"{op}/untracked"]})
+            out.append(Line("W1", f"floor: untracked {op.upper()} + a bare write of its images", *floor.ratio("floor", "base"),
+                            baseline=f"its images copied by a plain INSERT into a history-shaped table "
+                                     f"{seconds(s.median(f'{op}/images'))}; no trigger"))
         for op in ("update", "insert", "delete"):
             base = f"untracked {op.upper()} {seconds(s.median(f'{op}/untracked'))}"
             out.append(Line("W1", f"untagged {op.upper()} {sizes[op]}, tracked table", *s.ratio(f"{op}/untagged", f"{op}/untracked"),
                             op="<=", target=1.10, baseline=base, cpu=self._cpu(f"{op}/untagged", f"{op}/untracked")))
+        for op in ("update", "delete"):
+            if s.has(f"{op}/noop"):
+                out.append(Line("W1", f"floor: untagged {op.upper()}, no-op triggers", *s.ratio(f"{op}/noop", f"{op}/untracked"),
+                                baseline="untracked table with statement triggers shaped like sidecar's, calling a "
+                                         "PL/pgSQL function that returns at once", cpu=self._cpu(f"{op}/noop", f"{op}/untracked")))
         if with_w3:
             u = self.undo_samples
             for op, target in (("update", 2.5), ("insert", None), ("delete", None)):

@@ -284,6 +284,37 @@ def run_cli(args: list[str], timeout: float = 1800) -> CliRun:
     return CliRun(elapsed, proc.returncode, usage.ru_maxrss / 1024, text)
 
 
+# The floor of any capture built on statement triggers: on untracked tables,
+# triggers with the transition tables and the WHEN clause of sidecar's capture
+# triggers, calling a PL/pgSQL function that returns at once. Untagged
+# sessions pay for the transition tables alone; tagged ones for the call too.
+_NOOP_FUNCTION = """
+CREATE OR REPLACE FUNCTION bench_noop_capture() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$ BEGIN RETURN NULL; END $$
+"""
+_NOOP_TRIGGERS = [
+    ("insert", "AFTER INSERT ON {t} REFERENCING NEW TABLE AS n"),
+    ("update", "AFTER UPDATE ON {t} REFERENCING OLD TABLE AS o NEW TABLE AS n"),
+    ("delete", "AFTER DELETE ON {t} REFERENCING OLD TABLE AS o"),
+]
+_NOOP_WHEN = "FOR EACH STATEMENT WHEN (pg_catalog.current_setting('sidecar.run_id', true) <> '') "
+
+
+def noop_capture(conn: psycopg.Connection, tables: list[str], on: bool) -> None:
+    """Add (on) or remove the no-op capture triggers of these tables (quoted names)."""
+    if on:
+        conn.execute(_NOOP_FUNCTION)
+    for t in tables:
+        for op, clause in _NOOP_TRIGGERS:
+            if on:
+                conn.execute(f"CREATE TRIGGER bench_noop_{op} {clause.format(t=t)} {_NOOP_WHEN}"
+                             "EXECUTE FUNCTION bench_noop_capture()")
+            else:
+                conn.execute(f"DROP TRIGGER bench_noop_{op} ON {t}")
+    if not on:
+        conn.execute("DROP FUNCTION bench_noop_capture()")
+
+
 def log(message: str) -> None:
     """Progress, on stderr, so that stdout holds only the report."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -7,6 +7,10 @@ baseline included, since sidecar tracks only tables with one. Legs:
   tagged     tracked, every session tagged with one run id
              (PGOPTIONS='-c sidecar.run_id=<uuid>': no extra round trip)
   gate       tagged, while another automation is paused (W4 on OLTP)
+  floor-untagged, floor-tagged
+             untracked, with harness.noop_capture's triggers; sessions
+             without, then with sidecar.run_id: what any capture built on
+             statement triggers costs before it writes anything
 After each tagged leg (W3): `sidecar show` and `sidecar undo --yes` of its
 run, whole CLI, against the leg's duration: an agent's run is many small
 transactions interleaved with other writes, not one bulk statement.
@@ -23,13 +27,14 @@ import re
 import shutil
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 from psycopg import conninfo
 
-from .harness import Line, Samples, checkpoint, log, reaped_cpu, run_cli, seconds
+from .harness import Line, Samples, checkpoint, log, noop_capture, reaped_cpu, run_cli, seconds
 
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 AUTOMATION = "bench-oltp"
@@ -102,10 +107,13 @@ class OltpBench:
 
     def leg(self, mode: str) -> None:
         c = self.conn
-        self._set_tracked(mode != "untracked")
+        floor = mode.startswith("floor-")
+        self._set_tracked(mode in ("untagged", "tagged", "gate"))
+        if floor:
+            noop_capture(c, list(TABLES), True)
         c.execute("TRUNCATE pgbench_history")
         c.execute("VACUUM ANALYZE " + ", ".join(TABLES))
-        if mode != "untracked":
+        if mode in ("untagged", "tagged", "gate"):
             # As autovacuum keeps them on a live database: every new run is
             # then newer than the statistics, which is what readers meet.
             logs = [r[0] for r in c.execute(
@@ -118,12 +126,16 @@ class OltpBench:
                                    (AUTOMATION, mode)).fetchone()[0])
         if mode == "gate":
             c.execute("SELECT sidecar.pause(%s, %s)", (OTHER_AUTOMATION, "bench: gate check with a pause row present"))
+        # floor-tagged: a run id no run has, which only the WHEN clause reads.
+        tag = str(uuid.uuid4()) if mode == "floor-tagged" else run_id
         checkpoint(c)
         cpu0 = reaped_cpu(c)
         try:
             out = self._pgbench(["-n", "-c", str(self.clients), "-j", str(self.clients), "-T", str(self.seconds)],
-                                run_id=run_id)
+                                run_id=tag)
         finally:
+            if floor:
+                noop_capture(c, list(TABLES), False)
             if mode == "gate":
                 c.execute("SELECT sidecar.resume(%s)", (OTHER_AUTOMATION,))
             if run_id is not None:
@@ -158,7 +170,7 @@ class OltpBench:
 
     def run(self) -> None:
         self.setup()
-        legs = ["untracked", "untagged", "tagged", "gate"]
+        legs = ["untracked", "untagged", "tagged", "gate", "floor-untagged", "floor-tagged"]
         for r in range(self.repeat):
             order = legs[:]
             random.Random(100 + r).shuffle(order)
@@ -184,6 +196,12 @@ class OltpBench:
             Line("W2", f"{what}: TPS untagged", *s.ratio("untagged", "untracked"), unit="%", op=">=", target=0.97,
                  baseline=base, cpu=self._cpu("untagged", "untracked")),
         ]
+        for mode, name in (("floor-untagged", "TPS untagged, no-op triggers (floor)"),
+                           ("floor-tagged", "TPS tagged, no-op triggers (floor)")):
+            if s.has(mode):
+                out.append(Line("W2", f"{what}: {name}", *s.ratio(mode, "untracked"), unit="%", baseline=(
+                    "untracked tables with statement triggers shaped like sidecar's, calling a PL/pgSQL "
+                    "function that returns at once"), cpu=self._cpu(mode, "untracked")))
         if with_w3 and self.run_tx:
             r = self.reads
             runs = f"{self.seconds} s of tagged pgbench, about {sorted(self.run_tx)[len(self.run_tx) // 2]:,} transactions"
