@@ -176,7 +176,7 @@ class BulkBench:
             c.execute(sql.SQL("CREATE TEMP TABLE {} AS ").format(sql.Identifier(IMAGE_ROWS))
                       + sql.SQL(_images(op, TABLE, self.sizes)))
         if mode == "noop":
-            noop_capture(c, [sql.Identifier(TABLE).as_string(None)], True)
+            noop_capture(c, [TABLE], True)
         run_id = None
         if mode in ("tagged", "gate", "hold"):
             run_id = self._start_run(f"{op}/{mode}")
@@ -191,7 +191,7 @@ class BulkBench:
             t = timed(c, statement)
         finally:
             if mode == "noop":
-                noop_capture(c, [sql.Identifier(TABLE).as_string(None)], False)
+                noop_capture(c, [TABLE], False)
             if mode == "gate":
                 c.execute("SELECT sidecar.resume(%s)", (OTHER_AUTOMATION,))
             if run_id is not None:

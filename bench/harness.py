@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 # Settings printed at the top, so a result can be read against its server.
 SHOWN_SETTINGS = (
@@ -301,16 +302,17 @@ _NOOP_WHEN = "FOR EACH STATEMENT WHEN (pg_catalog.current_setting('sidecar.run_i
 
 
 def noop_capture(conn: psycopg.Connection, tables: list[str], on: bool) -> None:
-    """Add (on) or remove the no-op capture triggers of these tables (quoted names)."""
+    """Add (on) or remove the no-op capture triggers of these tables."""
     if on:
         conn.execute(_NOOP_FUNCTION)
     for t in tables:
         for op, clause in _NOOP_TRIGGERS:
+            trigger = sql.Identifier(f"bench_noop_{op}")
             if on:
-                conn.execute(f"CREATE TRIGGER bench_noop_{op} {clause.format(t=t)} {_NOOP_WHEN}"
-                             "EXECUTE FUNCTION bench_noop_capture()")
+                conn.execute(sql.SQL("CREATE TRIGGER {} " + clause + " " + _NOOP_WHEN
+                                     + "EXECUTE FUNCTION bench_noop_capture()").format(trigger, t=sql.Identifier(t)))
             else:
-                conn.execute(f"DROP TRIGGER bench_noop_{op} ON {t}")
+                conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(trigger, sql.Identifier(t)))
     if not on:
         conn.execute("DROP FUNCTION bench_noop_capture()")
 
