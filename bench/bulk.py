@@ -334,9 +334,11 @@ class BulkBench:
                 if not u.has(op):
                     out.append(Line("W3", name, None, note="undo failed; see notes"))
                     continue
-                both = Samples({"undo": u.values[op], "base": s.values[f"{op}/untracked"]})
+                both = Samples({"undo": u.values[op], "base": s.values[f"{op}/untracked"],
+                                "tagged": s.values[f"{op}/tagged"]})  # the write that made the run
                 out.append(Line("W3", name, *both.ratio("undo", "base"), op="<=" if target else None, target=target,
-                                baseline=base + f"; undo {seconds(u.median(op))}"))
+                                baseline=base + f"; undo {seconds(u.median(op))}, "
+                                                f"{both.ratio('undo', 'tagged')[0]:.2f}x the tagged write"))
             if self.big:
                 b = self.big
                 rows = k(b["rows"])
