@@ -100,19 +100,20 @@ def _clean(image: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def changes(
     conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: list[int] | None = None, limit: int | None = None,
-    stmt_id: int | None = None, per_action: int | None = None,
+    stmt_id: int | None = None, per_action: int | None = None, tables: list[TableInfo] | None = None,
 ) -> Iterator[Change]:
     """The run's changes (of one statement with stmt_id) in statement order; a no-op row of a bulk
     UPDATE is left out. Streamed from a server-side cursor: a run of millions of rows is read a
     batch at a time, and a caller that stops early (or limit) reads no further. With per_action,
     only the first rows of each action and table are read (the database picks them; a no-op row
-    among them makes one change fewer)."""
-    return islice(_changes(conn, run_id, action_ids, stmt_id, per_action), limit)
+    among them makes one change fewer). tables: what tables_of_run() gives for the same run and
+    actions, when the caller has it already."""
+    return islice(_changes(conn, run_id, action_ids, stmt_id, per_action, tables), limit)
 
 
 def _changes(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None, stmt_id: int | None,
-             per_action: int | None) -> Iterator[Change]:
-    for info in tables_of_run(conn, run_id, action_ids):
+             per_action: int | None, tables: list[TableInfo] | None) -> Iterator[Change]:
+    for info in tables_of_run(conn, run_id, action_ids) if tables is None else tables:
         lo, hi = info.stmt_range
         if stmt_id is not None:
             if not lo <= stmt_id <= hi:
@@ -173,12 +174,13 @@ def _changes(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] 
 
 
 def change_counts(conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: list[int] | None = None,
-                  exact: bool = True) -> dict[int | None, int]:
+                  exact: bool = True, tables: list[TableInfo] | None = None) -> dict[int | None, int]:
     """How many changes changes() yields for each action of the run (by action id), counted in the
     database. With exact=False: how many rows each statement wrote, no-op rows of bulk UPDATEs
-    included, without comparing any images (an upper bound, and much cheaper)."""
+    included, without comparing any images (an upper bound, and much cheaper). tables: as for
+    changes()."""
     totals: dict[int | None, int] = {}
-    for info in tables_of_run(conn, run_id, action_ids):
+    for info in tables_of_run(conn, run_id, action_ids) if tables is None else tables:
         pk = sql.SQL(", ").join(sql.SQL("l.") + sql.Identifier(c) for c in info.pk_columns)
         # One change per image of an INSERT or DELETE, and per row of an
         # UPDATE unless its two images are the same (a no-op row); a row an
@@ -225,12 +227,14 @@ def changes_by_action(conn: psycopg.Connection, run_id: uuid.UUID, *, limit: int
     changed nothing is left out.
     """
     actions = actions_of_run(conn, run_id)
-    written = change_counts(conn, run_id, exact=False)
+    # Looked up once for both whole-run reads (a scan of the run's statements).
+    tables = tables_of_run(conn, run_id)
+    written = change_counts(conn, run_id, exact=False, tables=tables)
     big = [a for a, n in written.items() if a is not None and n > limit]
     exact = change_counts(conn, run_id, action_ids=big) if big else {}
     shown: dict[str, list[Change]] = {key: [] for _, key, _ in actions}
     counted = {key: exact[action_id] for action_id, key, _ in actions if action_id in exact}
-    for change in changes(conn, run_id, per_action=limit if big else None):
+    for change in changes(conn, run_id, per_action=limit if big else None, tables=tables):
         kept = shown.setdefault(change.action, [])
         if len(kept) < limit:
             kept.append(change)
