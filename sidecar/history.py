@@ -53,13 +53,15 @@ _IN_SCOPE = "s.run_id = %s AND (%s::bigint[] IS NULL OR s.action_id = ANY(%s::bi
 
 
 def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None = None) -> list[TableInfo]:
+    # Statements grouped first: the table's name is worked out once per table, not per statement.
     rows = conn.execute(
         """
         SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column, t.display_name,
-               min(s.stmt_id), max(s.stmt_id)
-        FROM sidecar.statements s JOIN sidecar.tracked t USING (tracked_id)
-        WHERE """ + _IN_SCOPE + """
-        GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 2
+               s.lo, s.hi
+        FROM (SELECT s.tracked_id, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi FROM sidecar.statements s
+              WHERE """ + _IN_SCOPE + """ GROUP BY s.tracked_id) s
+        JOIN sidecar.tracked t USING (tracked_id)
+        ORDER BY 2
         """,
         (run_id, action_ids, action_ids),
     ).fetchall()

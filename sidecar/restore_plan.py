@@ -145,11 +145,13 @@ class Planner:
         rows = conn.execute(
             """
             SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column,
-                   t.display_name, min(s.stmt_id), max(s.stmt_id),
-                   EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) AS present,
-                   CASE WHEN count(*) = 1 THEN min(s.op::text) END AS single_op
-            FROM _sc_stmts s JOIN sidecar.tracked t USING (tracked_id)
-            GROUP BY 1, 2, 3, 4, 5, 6, t.relid ORDER BY 2
+                   t.display_name, s.lo, s.hi,
+                   EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) AS present, s.single_op
+            FROM (SELECT tracked_id, min(stmt_id) AS lo, max(stmt_id) AS hi,
+                         CASE WHEN count(*) = 1 THEN min(op::text) END AS single_op
+                  FROM _sc_stmts GROUP BY tracked_id) s  -- grouped first: one name per table
+            JOIN sidecar.tracked t USING (tracked_id)
+            ORDER BY 2
             """
         ).fetchall()
         for r in rows:
