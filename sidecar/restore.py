@@ -47,8 +47,14 @@ TEXT_SETTINGS = {"datestyle": "ISO, YMD", "intervalstyle": "postgres", "bytea_ou
 # analyzed so that the planner knows their sizes and that keys are unique,
 # which a sample of 3,000 rows tells as well as the default 30,000 (reading
 # those cost a third of the time of planning a 200,000-row undo). Its hash
-# joins of a big run fit in memory rather than spilling in batches.
-PLANNER_SETTINGS = {"default_statistics_target": "10", "work_mem": "32MB"}
+# joins of a big run fit in memory rather than spilling in batches. It reads
+# the table's rows by key, rows the run wrote lately and so most likely in
+# memory: priced as random reads from disk (random_page_cost 4, the default),
+# looking up a run's few thousand rows in a table of a million took three
+# scans of the whole table (0.6 s of a 1.7 s undo); priced as cached, each
+# step looks them up by key (0.08 s). A run that wrote most of a table is
+# still read by one scan and a hash join.
+PLANNER_SETTINGS = {"default_statistics_target": "10", "work_mem": "32MB", "random_page_cost": "1.1"}
 
 
 # Names print qualified (search_path), values in fixed text forms.

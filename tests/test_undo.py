@@ -102,7 +102,7 @@ def test_the_undo_leaves_the_callers_settings_as_they_were(support, run_bot):
     first = run_bot("UPDATE tickets SET status = 'resolved' WHERE id = 41")
     second = run_bot("UPDATE tickets SET status = 'resolved' WHERE id = 42")
     settings = "SELECT array_agg(coalesce(current_setting(n, true), '') ORDER BY n) FROM unnest(%s::text[]) AS n"
-    names = ["work_mem", "default_statistics_target", "search_path", "datestyle", "sidecar.run_id"]
+    names = ["work_mem", "default_statistics_target", "random_page_cost", "search_path", "datestyle", "sidecar.run_id"]
     mine = support.execute(settings, (names,)).fetchone()[0]
 
     undo(support, first)
