@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from .harness import Line, Samples, checkpoint, log, noop_capture, run_cli, seconds, timed
+from .harness import NOOP_NOTE, Line, Samples, checkpoint, log, noop_capture, run_cli, seconds, timed
 
 TABLE = "bench_w1"
 BIG_TABLE = "bench_big"
@@ -121,6 +121,10 @@ class BulkBench:
             c.execute(sql.SQL("TRUNCATE sidecar.{}").format(sql.Identifier(row[0])))
         c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
 
+    def _drop_images(self) -> None:
+        for name in (IMAGES, IMAGE_ROWS):
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+
     def prepare(self, table: str, rows: int, tracked: bool) -> str | None:
         """A freshly loaded table; returns its history table when tracked."""
         c = self.conn
@@ -170,8 +174,7 @@ class BulkBench:
             self.cpu.add(f"{op}/{mode}", float("nan"))
             return
         if mode == "images":
-            for name in (IMAGES, IMAGE_ROWS):
-                c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+            self._drop_images()
             c.execute(sql.SQL(IMAGES_TABLE).format(i=sql.Identifier(IMAGES)))
             c.execute(sql.SQL("CREATE TEMP TABLE {} AS ").format(sql.Identifier(IMAGE_ROWS))
                       + sql.SQL(_images(op, TABLE, self.sizes)))
@@ -268,8 +271,7 @@ class BulkBench:
                 for mode in legs[r % len(legs):] + legs[: r % len(legs)]:
                     self.leg(op, mode)
         self._drop(TABLE)
-        for name in (IMAGES, IMAGE_ROWS):
-            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+        self._drop_images()
 
     def run_big(self) -> None:
         """W3's big undo: a tagged UPDATE of every row of a big table, undone by
@@ -324,8 +326,7 @@ class BulkBench:
         for op in ("update", "delete"):
             if s.has(f"{op}/noop"):
                 out.append(Line("W1", f"floor: untagged {op.upper()}, no-op triggers", *s.ratio(f"{op}/noop", f"{op}/untracked"),
-                                baseline="untracked table with statement triggers shaped like sidecar's, calling a "
-                                         "PL/pgSQL function that returns at once", cpu=self._cpu(f"{op}/noop", f"{op}/untracked")))
+                                baseline=NOOP_NOTE, cpu=self._cpu(f"{op}/noop", f"{op}/untracked")))
         if with_w3:
             u = self.undo_samples
             for op, target in (("update", 2.5), ("insert", None), ("delete", None)):

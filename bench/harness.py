@@ -299,6 +299,8 @@ _NOOP_TRIGGERS = [
     ("delete", "AFTER DELETE ON {t} REFERENCING OLD TABLE AS o"),
 ]
 _NOOP_WHEN = "FOR EACH STATEMENT WHEN (pg_catalog.current_setting('sidecar.run_id', true) <> '') "
+# What a floor line built on them compares (its baseline note).
+NOOP_NOTE = "untracked, with statement triggers shaped like sidecar's, calling a PL/pgSQL function that returns at once"
 
 
 def noop_capture(conn: psycopg.Connection, tables: list[str], on: bool) -> None:

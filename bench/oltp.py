@@ -34,7 +34,7 @@ from pathlib import Path
 import psycopg
 from psycopg import conninfo
 
-from .harness import Line, Samples, checkpoint, log, noop_capture, reaped_cpu, run_cli, seconds
+from .harness import NOOP_NOTE, Line, Samples, checkpoint, log, noop_capture, reaped_cpu, run_cli, seconds
 
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 AUTOMATION = "bench-oltp"
@@ -108,12 +108,13 @@ class OltpBench:
     def leg(self, mode: str) -> None:
         c = self.conn
         floor = mode.startswith("floor-")
-        self._set_tracked(mode in ("untagged", "tagged", "gate"))
+        tracked = mode in ("untagged", "tagged", "gate")
+        self._set_tracked(tracked)
         if floor:
             noop_capture(c, list(TABLES), True)
         c.execute("TRUNCATE pgbench_history")
         c.execute("VACUUM ANALYZE " + ", ".join(TABLES))
-        if mode in ("untagged", "tagged", "gate"):
+        if tracked:
             # As autovacuum keeps them on a live database: every new run is
             # then newer than the statistics, which is what readers meet.
             logs = [r[0] for r in c.execute(
@@ -199,9 +200,8 @@ class OltpBench:
         for mode, name in (("floor-untagged", "TPS untagged, no-op triggers (floor)"),
                            ("floor-tagged", "TPS tagged, no-op triggers (floor)")):
             if s.has(mode):
-                out.append(Line("W2", f"{what}: {name}", *s.ratio(mode, "untracked"), unit="%", baseline=(
-                    "untracked tables with statement triggers shaped like sidecar's, calling a PL/pgSQL "
-                    "function that returns at once"), cpu=self._cpu(mode, "untracked")))
+                out.append(Line("W2", f"{what}: {name}", *s.ratio(mode, "untracked"), unit="%", baseline=NOOP_NOTE,
+                                cpu=self._cpu(mode, "untracked")))
         if with_w3 and self.run_tx:
             r = self.reads
             runs = f"{self.seconds} s of tagged pgbench, about {sorted(self.run_tx)[len(self.run_tx) // 2]:,} transactions"

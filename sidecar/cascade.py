@@ -12,20 +12,17 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from .history import statement_of_image
+from .history import statement_of_image, tables_of_run
 from .restore import Scope, UndoResult, undo
 
 
 def _later_writers(conn: psycopg.Connection, run_id: uuid.UUID) -> set[uuid.UUID]:
     """Runs that wrote a row after this run wrote it (undo runs and undone runs left out)."""
     found: set[uuid.UUID] = set()
-    tables = conn.execute(
-        "SELECT t.log_table, t.pk_columns::text[], min(s.stmt_id), max(s.stmt_id) FROM sidecar.statements s "
-        "JOIN sidecar.tracked t USING (tracked_id) WHERE s.run_id = %s GROUP BY t.tracked_id",
-        (run_id,),
-    ).fetchall()
+    tables = tables_of_run(conn, run_id)
     with conn.transaction():
-        for log, pk, lo, hi in tables:
+        for info in tables:
+            log, pk, (lo, hi) = info.log_table, info.pk_columns, info.stmt_range
             keys = sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in pk)
             # The rows this run wrote, each with its first write, keyed and
             # analyzed: the planner then probes them per later image, or

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import SidecarError, UsageError
-from .history import TableInfo, statement_of_image
+from .history import _IN_SCOPE, TableInfo, statement_of_image
 from .scope import Scope
 
 CONFLICTS_LISTED = 200
@@ -129,8 +129,7 @@ class Planner:
             action_ids = [a for _, a in found]
         conn.execute(
             "CREATE TEMP TABLE _sc_stmts ON COMMIT DROP AS "
-            "SELECT stmt_id, tracked_id, op FROM sidecar.statements "
-            "WHERE run_id = %s AND (%s::bigint[] IS NULL OR action_id = ANY(%s::bigint[]))",
+            "SELECT s.stmt_id, s.tracked_id, s.op FROM sidecar.statements s WHERE " + _IN_SCOPE,
             (scope.run_id, action_ids, action_ids),
         )
         # Keyed: the images are read by statement id, and a run's newest
