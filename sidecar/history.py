@@ -207,15 +207,32 @@ def change_counts(conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: li
     return totals
 
 
-def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
+@dataclass
+class RowCounts:
+    """Rows a run changed per table; not complete: counted at counted_at, and the run has written since."""
+    tables: dict[str, int]
+    complete: bool
+    counted_at: datetime | None
+
+
+# Past this many statements, a running run that has written since its count
+# was kept is not counted again (counting reads all its images) until it has
+# finished: lists of runs show the kept count as a lower bound.
+RECOUNT_MAX = 50_000
+
+
+def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> RowCounts:
     """Rows the run changed, per table: each row once, however often it was written.
 
     The no-op rows of a bulk UPDATE (captured, see triggers/capture.sql) are
     left out as in changes(): `UPDATE t SET v = v` changed no row. Counted in
-    the database (sidecar.run_counts), which keeps the count of a finished run.
+    the database (sidecar.run_rows), which keeps the count of a finished run,
+    and of a big running run until it finishes (then complete is false once
+    the run has written since: the counts are those at counted_at).
     """
-    counts = conn.execute("SELECT sidecar.run_counts(%s)", (run_id,)).fetchone()[0]
-    return {table: n for table, n in sorted(counts.items())}
+    counts, complete, counted_at = conn.execute("SELECT * FROM sidecar.run_rows(%s, %s)",
+                                                  (run_id, RECOUNT_MAX)).fetchone()
+    return RowCounts({table: n for table, n in sorted(counts.items())}, complete, counted_at)
 
 
 def changes_by_action(conn: psycopg.Connection, run_id: uuid.UUID, *, limit: int) -> list[tuple[str, list[Change], int]]:

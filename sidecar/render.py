@@ -37,6 +37,8 @@ def when(t: datetime | None) -> str:
 
 def run_line(r) -> str:
     rows = ", ".join(f"{describe.table_name(t)} {n}" for t, n in sorted(r.rows.items())) or "no rows"
+    if not r.rows_complete:
+        rows = f"at least {rows} (counted {when(r.rows_counted_at)})"
     extra = ""
     if r.undo_of:
         extra = f"  (undo of {str(r.undo_of)[:8]})"
@@ -73,9 +75,12 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list) -> str:
     if info.undone_by:
         lines.append(f"  undone by   {info.undone_by}")
     total = sum(info.rows.values())
-    lines.append(f"  changed     {plural(total, 'row')}"
+    lines.append(f"  changed     {'' if info.rows_complete else 'at least '}{plural(total, 'row')}"
                  + (" in " + ", ".join(f"{describe.table_name(t)} ({n})" for t, n in sorted(info.rows.items()))
-                    if info.rows else ""))
+                    if info.rows else "")
+                 + ("" if info.rows_complete else
+                    f" (counted at {when(info.rows_counted_at)}; the run has written since, and is "
+                    "counted again once it has finished)"))
     for key, changes, more in actions:
         lines.append("")
         lines.append(f"Action {key}")

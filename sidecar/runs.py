@@ -180,6 +180,9 @@ class RunInfo:
 
     steps_done: int = 0
     alive: bool = True
+    # False: rows are the counts kept at rows_counted_at of a big run that has written since.
+    rows_complete: bool = True
+    rows_counted_at: datetime | None = None
 
     @property
     def state(self) -> str:
@@ -202,16 +205,13 @@ FROM sidecar.runs r
 """
 
 
-def _row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> dict[str, int]:
+def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
     from .history import row_counts
 
-    return row_counts(conn, run_id)
-
-
-def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
     info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12])
     if with_rows:
-        info.rows = _row_counts(conn, info.run_id)
+        counts = row_counts(conn, info.run_id)
+        info.rows, info.rows_complete, info.rows_counted_at = counts.tables, counts.complete, counts.counted_at
     return info
 
 

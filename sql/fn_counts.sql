@@ -2,13 +2,23 @@
 -- this file changes.
 
 -- {"schema.table": rows changed, ...}: each row once however often the run
--- wrote it, no-op rows left out. Kept in sidecar.run_counts: a finished run's
--- count as it is (a later write tagged with it drops the count), a running
--- run's while its statements are the ones counted (how many, and the newest;
--- one scan of the run's index entries, not of its images).
-CREATE OR REPLACE FUNCTION sidecar.run_counts(p_run uuid)
-RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $run_counts$
+-- wrote it, no-op rows left out; complete is false when the count is one
+-- kept from earlier (counted_at) and the run has written since. Kept in
+-- sidecar.run_counts: a finished run's count as it is (a later write tagged
+-- with it drops the count), a running run's while its statements are the
+-- ones counted (how many, and the newest; one scan of the run's index
+-- entries, not of its images).
+--
+-- Counting reads every image of the run. A run left running for days (a
+-- bot tagged through a setting) writes all the time, so a list of runs
+-- would count it all again every time it is shown: minutes for millions of
+-- statements. Past p_recount_max statements, a running run's kept count is
+-- returned as it is (rows changed only ever grow while it runs: a lower
+-- bound), and it is counted again once it has finished.
+CREATE OR REPLACE FUNCTION sidecar.run_rows(p_run uuid, p_recount_max bigint DEFAULT 50000,
+                                            OUT counts jsonb, OUT complete boolean, OUT counted_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $run_rows$
 DECLARE
     v_counts  jsonb;
     v_status  text;
@@ -20,15 +30,31 @@ DECLARE
     r_kept    record;
 BEGIN
     SELECT status INTO v_status FROM sidecar.runs WHERE run_id = p_run;
-    SELECT c.counts, c.statements, c.last_stmt INTO r_kept FROM sidecar.run_counts c WHERE c.run_id = p_run;
+    SELECT c.counts, c.statements, c.last_stmt, c.counted_at INTO r_kept
+    FROM sidecar.run_counts c WHERE c.run_id = p_run;
+    complete := true;
+    counted_at := r_kept.counted_at;
     IF r_kept.counts IS NOT NULL AND r_kept.statements IS NULL THEN
-        RETURN r_kept.counts;  -- kept once the run had finished
+        counts := r_kept.counts;  -- kept once the run had finished
+        RETURN;
     END IF;
     -- Kept while the run was running (it may have written since), or running now.
     IF r_kept.counts IS NOT NULL OR v_status = 'running' THEN
-        SELECT count(*), max(s.stmt_id) INTO v_stmts, v_last FROM sidecar.statements s WHERE s.run_id = p_run;
+        -- Counted up to one past the limit: a big run's index entries are not all read.
+        SELECT count(*) INTO v_stmts
+        FROM (SELECT FROM sidecar.statements s WHERE s.run_id = p_run LIMIT p_recount_max + 1) n;
+        SELECT max(s.stmt_id) INTO v_last FROM sidecar.statements s WHERE s.run_id = p_run;
         IF r_kept.statements = v_stmts AND r_kept.last_stmt IS NOT DISTINCT FROM v_last THEN
-            RETURN r_kept.counts;
+            counts := r_kept.counts;
+            RETURN;
+        END IF;
+        IF v_status = 'running' AND v_stmts > p_recount_max AND r_kept.counts IS NOT NULL THEN
+            counts := r_kept.counts;
+            complete := r_kept.last_stmt IS NOT DISTINCT FROM v_last;
+            RETURN;
+        END IF;
+        IF v_stmts > p_recount_max THEN  -- counted in full below
+            SELECT count(*) INTO v_stmts FROM sidecar.statements s WHERE s.run_id = p_run;
         END IF;
     END IF;
     v_counts := '{}';
@@ -69,7 +95,15 @@ BEGIN
     VALUES (p_run, v_counts, v_stmts, v_last)
     ON CONFLICT (run_id) DO UPDATE
     SET counts = EXCLUDED.counts, statements = EXCLUDED.statements, last_stmt = EXCLUDED.last_stmt,
-        counted_at = clock_timestamp();
-    RETURN v_counts;
+        counted_at = clock_timestamp()
+    RETURNING c.counted_at INTO counted_at;
+    counts := v_counts;
 END
+$run_rows$;
+
+-- The counts alone, as sidecar.run_rows() gives them.
+CREATE OR REPLACE FUNCTION sidecar.run_counts(p_run uuid)
+RETURNS jsonb LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $run_counts$
+    SELECT r.counts FROM sidecar.run_rows(p_run) r
 $run_counts$;

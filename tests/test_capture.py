@@ -190,6 +190,32 @@ def test_a_running_runs_count_is_kept_until_it_writes_again(tickets, bot):
     assert kept() == ({"public.tickets": 4}, None)
 
 
+def test_a_big_running_runs_kept_count_is_a_lower_bound_until_it_finishes(tickets, bot):
+    """Counting reads all of a run's images: a run left running for days is not counted again on
+    every list of runs once it is past the limit of statements, but said to be counted earlier."""
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    for ticket in (41, 42, 43):
+        bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = %s", (ticket,))
+
+    def rows(recount_max):
+        return tickets.execute("SELECT counts, complete, counted_at FROM sidecar.run_rows(%s, %s)",
+                               (run_id, recount_max)).fetchone()
+
+    first = rows(2)  # never counted: counted in full, however big
+    assert first[:2] == ({"public.tickets": 3}, True)
+    assert rows(2) == first  # nothing written since
+    bot.execute("INSERT INTO tickets VALUES (44, 'open', 3)")
+    assert rows(2) == ({"public.tickets": 3}, False, first[2])  # past the limit: kept as it was
+    assert rows(50_000)[:2] == ({"public.tickets": 4}, True)  # under it: counted again
+    bot.execute("INSERT INTO tickets VALUES (45, 'open', 3)")
+    assert rows(2)[:2] == ({"public.tickets": 4}, False)
+    bot.execute("SELECT sidecar.finish_run()")
+    # Finished: counted in full once, and kept as finished.
+    assert rows(2)[:2] == ({"public.tickets": 5}, True)
+    assert tickets.execute("SELECT statements FROM sidecar.run_counts WHERE run_id = %s",
+                           (run_id,)).fetchone() == (None,)
+
+
 def test_set_local_run_id_tags_one_transaction_and_registers_the_run(tickets, make_conn):
     pooled = make_conn(autocommit=False, application_name="pgbouncer-client")
     run_id = uuid.uuid4()

@@ -17,6 +17,7 @@ pytest.importorskip("starlette", reason="the console extra is not installed: pip
 from starlette.testclient import TestClient  # noqa: E402
 
 import sidecar  # noqa: E402
+import sidecar.history  # noqa: E402
 from sidecar import demo  # noqa: E402
 from sidecar.console.app import create_app  # noqa: E402
 from tests.fix_sidecar import snapshot, track  # noqa: E402
@@ -251,6 +252,20 @@ def test_run_page_in_plain_language(scene, browser):
     assert "status of tickets #42 from &#39;needs review&#39; to &#39;resolved&#39;" in page
     assert "match:ticket-43" in page
     assert '<time datetime="' in page and " UTC</time>" in page
+
+
+def test_a_big_running_runs_pages_say_its_rows_were_counted_earlier(scene, browser, bot, monkeypatch):
+    monkeypatch.setattr(sidecar.history, "RECOUNT_MAX", 1)
+    run_id = bot.execute("SELECT sidecar.start_run('always-on-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 41")
+    bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 44")
+    b = browser(scene.users["viewer"])
+    assert "At least" not in b.get(f"/runs/{run_id}").text  # counted when first shown
+    bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 44")
+    page = b.get(f"/runs/{run_id}").text
+    assert "At least 2 rows in tickets (2)" in page
+    assert "the run has written since, and is counted again once it has finished" in page
+    assert "at least tickets 2" in b.get("/runs").text
 
 
 def test_undo_preview_lists_the_conflict(scene, browser, sc):

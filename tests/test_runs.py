@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+import sidecar.history
 import sidecar.runs
 from sidecar.errors import UsageError
 from tests.fix_sidecar import track
@@ -100,6 +101,23 @@ def test_rows_changed_counts_each_row_once_and_not_the_rows_left_as_they_were(su
     out = cli("show", str(run_id)).stdout
     assert "  changed     1 row in tickets (1)" in out
     assert json.loads(cli("runs", "--json").stdout)["runs"][0]["rows"] == {"public.tickets": 1}
+
+
+def test_a_big_running_run_shows_the_rows_it_had_changed_when_last_counted(support, cli, bot, monkeypatch):
+    monkeypatch.setattr(sidecar.history, "RECOUNT_MAX", 1)
+    run_id = bot.execute("SELECT sidecar.start_run('always-on-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
+    bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 41")
+    assert cli("runs").stdout.splitlines()[1].endswith("running    tickets 2")
+
+    bot.execute("UPDATE customers SET name = 'Northwind Solar Inc.' WHERE id = 1")
+    line = cli("runs").stdout.splitlines()[1]
+    assert "running    at least tickets 2 (counted 20" in line
+    assert "  changed     at least 2 rows in tickets (2) (counted at 20" in cli("show", str(run_id)).stdout
+    assert json.loads(cli("runs", "--json").stdout)["runs"][0]["rows_complete"] is False
+
+    bot.execute("SELECT sidecar.finish_run()")
+    assert cli("runs").stdout.splitlines()[1].endswith("succeeded  customers 1, tickets 2")
 
 
 def test_runs_json_is_one_document_with_stable_keys(support, cli, run_bot):

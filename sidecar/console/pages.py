@@ -116,7 +116,7 @@ def runs_list(p: Page):
 
 def _run_summary(info: runs.RunInfo) -> str:
     total = sum(info.rows.values())
-    text = plural(total, "row") + " changed"
+    text = ("" if info.rows_complete else "At least ") + plural(total, "row") + " changed"
     if info.rows:
         text += " in " + ", ".join(f"{describe.table_name(t)} ({n:,})" for t, n in sorted(info.rows.items()))
     if info.undo_of:
