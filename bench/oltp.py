@@ -162,7 +162,7 @@ class OltpBench:
         """W3: `sidecar show` and `sidecar undo` of the run pgbench just wrote."""
         self.run_tx.append(transactions)
         self.reads.add("base", float(self.seconds))
-        for what, args in (("show", ["show", run_id]), ("undo", ["undo", run_id, "--yes"])):
+        for what, args in (("show", ["show", run_id, "--actions", "0"]), ("undo", ["undo", run_id, "--yes"])):
             res = run_cli([*args, "--dsn", self.dsn], timeout=max(600, 30 * self.seconds))
             if res.returncode != 0:
                 self.notes.append(f"W3 {what} of the pgbench run exited {res.returncode}: {res.output.strip()[-300:]}")
@@ -205,7 +205,7 @@ class OltpBench:
         if with_w3 and self.run_tx:
             r = self.reads
             runs = f"{self.seconds} s of tagged pgbench, about {sorted(self.run_tx)[len(self.run_tx) // 2]:,} transactions"
-            for what, name in (("show", "`sidecar show` of a tagged pgbench run (whole CLI)"),
+            for what, name in (("show", "`sidecar show --actions 0` of a tagged pgbench run (whole CLI)"),
                                ("undo", "undo of a tagged pgbench run (whole CLI)")):
                 if not r.has(what):
                     out.append(Line("W3", name, None, note=f"{what} failed; see notes"))

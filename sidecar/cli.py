@@ -189,13 +189,16 @@ def runs_cmd(dsn, automation, since, limit, as_json):
 @dsn_option
 @click.argument("run_id")
 @click.option("--limit", default=200, show_default=True, help="Changes shown per action.")
+@click.option("--actions", "actions_max", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Actions shown, the first ones (0: all).")
 @json_option
 @handles_errors
-def show(dsn, run_id, limit, as_json):
+def show(dsn, run_id, limit, actions_max, as_json):
     """A run's actions and changes in plain language."""
     with _connect(dsn) as conn:
         info = runs.get(conn, run_id)
-        actions = history.changes_by_action(conn, info.run_id, limit=limit)
+        actions, more_actions = history.changes_by_action(conn, info.run_id, limit=limit,
+                                                          actions=actions_max or None)
         events = conn.execute(
             "SELECT at, actor, summary FROM sidecar.events WHERE run_id = %s ORDER BY at", (info.run_id,)
         ).fetchall()
@@ -204,10 +207,11 @@ def show(dsn, run_id, limit, as_json):
             "run": info,
             "actions": [{"key": k, "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c))
                                                for c in ch], "more": m} for k, ch, m in actions],
+            "more_actions": more_actions,
             "events": [{"at": a, "actor": b, "summary": s} for a, b, s in events],
         }))
     else:
-        click.echo(render.show_run(info, actions, events))
+        click.echo(render.show_run(info, actions, events, more_actions))
 
 
 @cli.command()

@@ -235,33 +235,47 @@ def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> RowCounts:
     return RowCounts({table: n for table, n in sorted(counts.items())}, complete, counted_at)
 
 
-def changes_by_action(conn: psycopg.Connection, run_id: uuid.UUID, *, limit: int) -> list[tuple[str, list[Change], int]]:
-    """(action key, its first `limit` changes, how many more) per action, in the order the actions began.
+def changes_by_action(conn: psycopg.Connection, run_id: uuid.UUID, *, limit: int,
+                      actions: int | None = None) -> tuple[list[tuple[str, list[Change], int]], int]:
+    """(action key, its first `limit` changes, how many more) per action, in the order the actions began;
+    and how many actions were left out: with `actions`, only the first ones are read.
 
     The rows each action wrote are counted in the database first. Only the
     actions with more than `limit` (a bulk write) get an exact count of their
     changes, and only then are the reads cut to the first `limit` rows of each
     action: a run of a million rows shows its first ones without reading the
-    rest, a run of many small actions is read once. An action whose writes
-    changed nothing is left out.
+    rest, a run of many small actions is read once. A run left running for
+    days has millions of actions: with `actions`, the statements of the first
+    ones are found by their action ids, and only their history is read. An
+    action whose writes changed nothing is left out.
     """
-    actions = actions_of_run(conn, run_id)
+    listed = actions_of_run(conn, run_id, limit=None if actions is None else actions + 1)
+    left_out = 0
+    action_ids = None
+    if actions is not None and len(listed) > actions:
+        listed = listed[:actions]
+        action_ids = [a for a, _, _ in listed]
+        left_out = conn.execute("SELECT count(*) FROM sidecar.actions WHERE run_id = %s",
+                                (run_id,)).fetchone()[0] - actions
     # Looked up once for both whole-run reads (a scan of the run's statements).
-    tables = tables_of_run(conn, run_id)
-    written = change_counts(conn, run_id, exact=False, tables=tables)
+    tables = tables_of_run(conn, run_id, action_ids)
+    written = change_counts(conn, run_id, action_ids=action_ids, exact=False, tables=tables)
     big = [a for a, n in written.items() if a is not None and n > limit]
     exact = change_counts(conn, run_id, action_ids=big) if big else {}
-    shown: dict[str, list[Change]] = {key: [] for _, key, _ in actions}
-    counted = {key: exact[action_id] for action_id, key, _ in actions if action_id in exact}
-    for change in changes(conn, run_id, per_action=limit if big else None, tables=tables):
+    shown: dict[str, list[Change]] = {key: [] for _, key, _ in listed}
+    counted = {key: exact[action_id] for action_id, key, _ in listed if action_id in exact}
+    for change in changes(conn, run_id, action_ids=action_ids, per_action=limit if big else None, tables=tables):
         kept = shown.setdefault(change.action, [])
         if len(kept) < limit:
             kept.append(change)
     # An action not counted exactly wrote no more rows than limit: all of them were read.
-    return [(key, kept, max(counted.get(key, len(kept)) - len(kept), 0)) for key, kept in shown.items() if kept]
+    return ([(key, kept, max(counted.get(key, len(kept)) - len(kept), 0)) for key, kept in shown.items() if kept],
+            left_out)
 
 
-def actions_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[tuple[int, str, datetime]]:
+def actions_of_run(conn: psycopg.Connection, run_id: uuid.UUID,
+                   limit: int | None = None) -> list[tuple[int, str, datetime]]:
     return conn.execute(
-        "SELECT action_id, key, started_at FROM sidecar.actions WHERE run_id = %s ORDER BY action_id", (run_id,)
+        "SELECT action_id, key, started_at FROM sidecar.actions WHERE run_id = %s ORDER BY action_id LIMIT %s",
+        (run_id, limit),
     ).fetchall()

@@ -57,7 +57,7 @@ def runs_table(runs) -> str:
     return "\n".join([head] + [run_line(r) for r in runs])
 
 
-def show_run(info, actions: list[tuple[int, str, list]], events: list) -> str:
+def show_run(info, actions: list[tuple[int, str, list]], events: list, more_actions: int = 0) -> str:
     lines = [
         f"Run {info.run_id}",
         f"  automation  {info.automation}",
@@ -88,6 +88,10 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list) -> str:
             lines.append(f"  {describe.change_line(ch)}")
         if more:
             lines.append(f"  … and {plural(more, 'more change')}")
+    if more_actions:
+        lines.append("")
+        lines.append(f"… and {plural(more_actions, 'more action')} (--actions 0 shows them all; "
+                     "the console pages through them)")
     if events:
         lines.append("")
         lines.append("Events")

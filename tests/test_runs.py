@@ -187,7 +187,8 @@ def test_show_json_has_run_actions_and_change_text(support, cli, run_bot):
 
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert sorted(doc) == ["actions", "events", "run"]
+    assert sorted(doc) == ["actions", "events", "more_actions", "run"]
+    assert doc["more_actions"] == 0
     assert doc["run"]["run_id"] == str(run_id) and doc["run"]["meta"] == {"rule": "auto-close"}
     (action,) = doc["actions"]
     assert action["key"].startswith("tx:")
@@ -219,6 +220,26 @@ def test_show_limits_each_action_and_counts_the_rest_without_no_op_rows(support,
     # Keys in order: the old keys 41 and 42 (deleted), then 141 (added); 142 is the one more.
     assert sorted((c["op"], c["key"]["id"]) for c in actions[1]["changes"]) == [("D", 41), ("D", 42), ("I", 141)]
     assert "  … and 17 more changes" in cli("show", str(run_id), "--limit", "3").stdout
+
+
+def test_show_reads_only_the_first_actions_of_a_run_of_many(support, cli, run_bot):
+    """A run left running for days has millions of actions: `--actions N` (100 by default) reads and
+    shows the first N, and says how many more there are."""
+    run_id = run_bot("UPDATE tickets SET status = 'a' WHERE id = 41",
+                     "UPDATE tickets SET status = 'b' WHERE id = 42",
+                     "UPDATE customers SET name = 'c' WHERE id = 1",
+                     "UPDATE tickets SET status = 'd' WHERE id = 41")
+
+    out = cli("show", str(run_id), "--actions", "2").stdout
+    assert "tickets #41: status 'open' -> 'a'" in out and "tickets #42: status 'needs review' -> 'b'" in out
+    assert "'c'" not in out and "'d'" not in out
+    assert out.count("\nAction tx:") == 2
+    assert "… and 2 more actions (--actions 0 shows them all; the console pages through them)" in out
+    assert json.loads(cli("show", str(run_id), "--actions", "3", "--json").stdout)["more_actions"] == 1
+    everything = cli("show", str(run_id), "--actions", "0").stdout
+    assert everything.count("\nAction tx:") == 4 and "more action" not in everything
+    assert cli("show", str(run_id)).stdout == everything  # 100 by default
+    assert cli("show", str(run_id), "--actions", "-1").exit_code == 2
 
 
 def test_show_of_a_failed_run_says_why(support, cli, make_conn):
