@@ -52,20 +52,34 @@ class TableInfo:
 _IN_SCOPE = "s.run_id = %s AND (%s::bigint[] IS NULL OR s.action_id = ANY(%s::bigint[]))"
 
 
-def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None = None) -> list[TableInfo]:
+def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None = None,
+                  first: int | None = None) -> list[TableInfo]:
+    """The tables the run (or some of its actions) wrote, each with the range of its statements;
+    with first, of the first statements only (a run left running for days has millions)."""
+    statements = "sidecar.statements s WHERE " + _IN_SCOPE
+    if first is not None:
+        statements = "(SELECT s.* FROM " + statements + " ORDER BY s.stmt_id LIMIT %s) s"
     # Statements grouped first: the table's name is worked out once per table, not per statement.
     rows = conn.execute(
         """
         SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column, t.display_name,
                s.lo, s.hi
-        FROM (SELECT s.tracked_id, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi FROM sidecar.statements s
-              WHERE """ + _IN_SCOPE + """ GROUP BY s.tracked_id) s
+        FROM (SELECT s.tracked_id, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi FROM """ + statements + """
+              GROUP BY s.tracked_id) s
         JOIN sidecar.tracked t USING (tracked_id)
         ORDER BY 2
         """,
-        (run_id, action_ids, action_ids),
+        (run_id, action_ids, action_ids) + (() if first is None else (first,)),
     ).fetchall()
     return [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows]
+
+
+def statements_after(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None,
+                     tables: list[TableInfo]) -> bool:
+    """Whether the run (or the actions) wrote statements past the ranges of these tables."""
+    last = max((t.stmt_range[1] for t in tables), default=0)
+    return conn.execute("SELECT EXISTS (SELECT FROM sidecar.statements s WHERE " + _IN_SCOPE + " AND s.stmt_id > %s)",
+                        (run_id, action_ids, action_ids, last)).fetchone()[0]
 
 
 def statement_of_image(columns: sql.Composable, where: sql.Composable, *, join_actions: bool = False,

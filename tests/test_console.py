@@ -17,6 +17,7 @@ pytest.importorskip("starlette", reason="the console extra is not installed: pip
 from starlette.testclient import TestClient  # noqa: E402
 
 import sidecar  # noqa: E402
+import sidecar.console.changes  # noqa: E402
 import sidecar.history  # noqa: E402
 from sidecar import demo  # noqa: E402
 from sidecar.console.app import create_app  # noqa: E402
@@ -318,6 +319,24 @@ def test_run_page_is_paginated(scene, browser, sc, run_bot):
     assert "customers &#34;Customer 100&#34;" in first and "customers &#34;Customer 150&#34;" not in first
     third = b.get(f"/runs/{big}?page=3").text
     assert "customers &#34;Customer 219&#34;" in third and "customers &#34;Customer 100&#34;" not in third
+
+
+def test_a_run_of_many_actions_is_paged_without_counting_them_all(scene, browser, sc, run_bot, monkeypatch):
+    """A run left running for days has millions of changes: pagers count up to a limit and say
+    "more than", and a page is found among the run's first statements, as few as it needs."""
+    monkeypatch.setattr(sidecar.console.changes, "COUNT_MAX", 60)
+    sc.execute("INSERT INTO customers SELECT g, 'Customer ' || g, NULL FROM generate_series(100, 169) g")
+    many = run_bot(*[f"UPDATE customers SET billing_email = 'c{i}@example.com' WHERE id = {i}" for i in range(100, 170)])
+    b = browser(scene.users["viewer"])
+    first = b.get(f"/runs/{many}").text
+    assert "in more than 60 actions" in first
+    assert first.count("Page 1 (more than 60 in all)") == 2  # actions and changes
+    assert "customers &#34;Customer 149&#34;" in first and "customers &#34;Customer 150&#34;" not in first
+    second = b.get(f"/runs/{many}?page=2").text  # past the first 64 statements
+    assert "customers &#34;Customer 150&#34;" in second and "customers &#34;Customer 169&#34;" in second
+    assert "customers &#34;Customer 149&#34;" not in second
+    assert "Page 2 (more than 60 in all)" in second
+    assert 'href="?page=3" rel="next"' in second and ">Last<" not in second.split("Pages of changes")[1]
 
 
 def test_long_values_are_cut_with_a_way_to_see_all(scene, browser, run_bot):

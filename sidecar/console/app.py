@@ -107,15 +107,17 @@ class Pager:
     per_page: int = PER_PAGE
     args: dict[str, str] = field(default_factory=dict)
     param: str = "page"
+    more: bool = False  # total was counted only so far: there are more
 
     @classmethod
-    def of(cls, request: Request, total: int, per_page: int = PER_PAGE, param: str = "page") -> "Pager":
+    def of(cls, request: Request, total: int, per_page: int = PER_PAGE, param: str = "page",
+           more: bool = False) -> "Pager":
         try:
             number = max(1, int(request.query_params.get(param, "1")))
         except ValueError:
             number = 1
         args = {k: v for k, v in request.query_params.items() if k != param and v}
-        return cls(number, total, per_page, args, param)
+        return cls(number, total, per_page, args, param, more)
 
     @property
     def offset(self) -> int:
@@ -123,7 +125,7 @@ class Pager:
 
     @property
     def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
+        return max(1, -(-self.total // self.per_page), self.number if self.more else 1)
 
     def url(self, number: int) -> str:
         return "?" + urlencode({**self.args, self.param: number})

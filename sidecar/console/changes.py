@@ -1,4 +1,4 @@
-"""A run's changes and actions one page at a time, for runs of 100,000 changes.
+"""A run's changes and actions one page at a time, for runs of millions of changes.
 
 `sidecar.history.changes` streams a run's changes in order, which suits the
 CLI; a web page wants page 1,200 of them without reading the first 1,199. Here
@@ -17,7 +17,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from ..history import Change, TableInfo, _clean, statement_of_image, tables_of_run
+from ..history import Change, TableInfo, _clean, statement_of_image, statements_after, tables_of_run
 
 
 @dataclass
@@ -48,12 +48,32 @@ def _union(tables: list[TableInfo], run_id: uuid.UUID, action_id: int | None) ->
     return sql.SQL(" UNION ALL ").join(_slots(t, run_id, action_id) for t in tables)
 
 
-def count(conn: psycopg.Connection, run_id: uuid.UUID, action_id: int | None = None) -> int:
-    """How many changes page() pages through."""
-    tables = tables_of_run(conn, run_id, [action_id] if action_id else None)
-    if not tables:
-        return 0
-    return conn.execute(sql.SQL("SELECT count(*) FROM ({}) q").format(_union(tables, run_id, action_id))).fetchone()[0]
+# Changes and actions counted for a pager, at most: a run left running for
+# days has millions, and counting them all took longer than anyone waits for a page.
+COUNT_MAX = 10_000
+
+
+def _first(conn: psycopg.Connection, run_id: uuid.UUID, action_id: int | None,
+           first: int) -> tuple[list[TableInfo], bool]:
+    """The tables of the first `first` statements of the run (or action); and whether those are all."""
+    ids = [action_id] if action_id else None
+    tables = tables_of_run(conn, run_id, ids, first=first)
+    return tables, not statements_after(conn, run_id, ids, tables)
+
+
+def count(conn: psycopg.Connection, run_id: uuid.UUID, action_id: int | None = None) -> tuple[int, bool]:
+    """How many changes page() pages through, counted up to COUNT_MAX; and whether there are more.
+    Counted over the run's first statements, four times as many each time until that is enough."""
+    first = 1024
+    while True:
+        tables, whole = _first(conn, run_id, action_id, first)
+        if not tables:
+            return 0, False
+        n = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT FROM ({}) q LIMIT %s) q").format(
+            _union(tables, run_id, action_id)), (COUNT_MAX + 1,)).fetchone()[0]
+        if n > COUNT_MAX or whole:
+            return min(n, COUNT_MAX), n > COUNT_MAX
+        first *= 4
 
 
 def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None = None,
@@ -64,14 +84,22 @@ def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None =
     (before == after): telling it apart for every row would cost a join over the
     whole run, so only the page's rows are compared, by whoever shows them.
     """
-    tables = tables_of_run(conn, run_id, [action_id] if action_id else None)
-    if not tables:
-        return []
-    slots = conn.execute(
-        sql.SQL("SELECT _stmt, tracked_id, ctid::text FROM ({}) q ORDER BY _stmt, tracked_id, ctid OFFSET %s LIMIT %s")
-        .format(_union(tables, run_id, action_id)),
-        (offset, limit),
-    ).fetchall()
+    # Changes are in statement order: the page is looked for among the run's
+    # first statements, four times as many each time it is not found there,
+    # so that a page near the start of a run of millions reads little.
+    first = 64
+    while True:
+        tables, whole = _first(conn, run_id, action_id, first)
+        if not tables:
+            return []
+        slots = conn.execute(
+            sql.SQL("SELECT _stmt, tracked_id, ctid::text FROM ({}) q "
+                    "ORDER BY _stmt, tracked_id, ctid OFFSET %s LIMIT %s").format(_union(tables, run_id, action_id)),
+            (offset, limit),
+        ).fetchall()
+        if len(slots) == limit or whole:
+            break
+        first *= 4
     if not slots:
         return []
     statements = {
@@ -134,21 +162,21 @@ def _canonical(key: dict) -> str:
 
 
 def actions(conn: psycopg.Connection, run_id: uuid.UUID, *, offset: int = 0,
-            limit: int = 50) -> tuple[list[ActionRow], int]:
-    """The run's actions that wrote rows, with rows written per action, and how many there are."""
+            limit: int = 50) -> tuple[list[ActionRow], int, bool]:
+    """The run's actions that wrote rows, with rows written per action; how many there are, counted
+    up to COUNT_MAX; and whether there are more."""
+    wrote = "a.run_id = %s AND EXISTS (SELECT FROM sidecar.statements s WHERE s.action_id = a.action_id)"
+    n = conn.execute("SELECT count(*) FROM (SELECT FROM sidecar.actions a WHERE " + wrote + " LIMIT %s) q",
+                     (run_id, COUNT_MAX + 1)).fetchone()[0]
+    total, more = min(n, COUNT_MAX), n > COUNT_MAX
     found = conn.execute(
-        "SELECT a.action_id, a.key, a.started_at, count(*) OVER () FROM sidecar.actions a "
-        "WHERE a.run_id = %s AND EXISTS (SELECT FROM sidecar.statements s WHERE s.action_id = a.action_id) "
-        "ORDER BY a.action_id OFFSET %s LIMIT %s",
+        "SELECT a.action_id, a.key, a.started_at FROM sidecar.actions a WHERE " + wrote
+        + " ORDER BY a.action_id OFFSET %s LIMIT %s",
         (run_id, offset, limit),
     ).fetchall()
     if not found:
-        total = 0 if offset == 0 else conn.execute(
-            "SELECT count(*) FROM sidecar.actions a WHERE a.run_id = %s "
-            "AND EXISTS (SELECT FROM sidecar.statements s WHERE s.action_id = a.action_id)", (run_id,)
-        ).fetchone()[0]
-        return [], total
-    rows = [ActionRow(a, k, at) for a, k, at, _ in found]
+        return [], total, more
+    rows = [ActionRow(a, k, at) for a, k, at in found]
     ids = [r.action_id for r in rows]
     by_id = {r.action_id: r for r in rows}
     for info in tables_of_run(conn, run_id, ids):
@@ -162,7 +190,7 @@ def actions(conn: psycopg.Connection, run_id: uuid.UUID, *, offset: int = 0,
             (ids, *info.stmt_range),
         ):
             by_id[action_id].rows += n
-    return rows, found[0][3]
+    return rows, total, more
 
 
 def action_id_of(conn: psycopg.Connection, run_id: uuid.UUID, key: str) -> int | None:

@@ -204,9 +204,10 @@ def run_page(p: Page):
     if action_key and action_id is None:
         raise UsageError(f"run {str(info.run_id)[:8]} has no action {action_key!r}")
     apager = Pager.of(p.request, 0, per_page=20, param="apage")
-    action_rows, actions_total = changes.actions(p.conn, info.run_id, offset=apager.offset, limit=apager.per_page)
-    apager.total = actions_total
-    pager = Pager.of(p.request, changes.count(p.conn, info.run_id, action_id))
+    action_rows, apager.total, apager.more = changes.actions(p.conn, info.run_id, offset=apager.offset,
+                                                             limit=apager.per_page)
+    total, more = changes.count(p.conn, info.run_id, action_id)
+    pager = Pager.of(p.request, total, more=more)
     shown = changes.page(p.conn, info.run_id, action_id=action_id, offset=pager.offset, limit=pager.per_page)
     events = p.conn.execute(
         "SELECT at, actor, kind, summary FROM sidecar.events WHERE run_id = %s ORDER BY at, event_id",
