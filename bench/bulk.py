@@ -68,7 +68,7 @@ def _statement(op: str, table: str, sizes: Sizes) -> str:
 IMAGES_TABLE = """
 CREATE TABLE {i} (_stmt bigint NOT NULL, _kind "char" NOT NULL, id bigint, label text,
                   amount numeric(12, 2), note text, at timestamptz) WITH (autovacuum_enabled = false);
-CREATE INDEX ON {i} USING brin (_stmt)
+CREATE INDEX ON {i} USING brin (_stmt) WITH (autosummarize = on)
 """
 IMAGE_ROWS = "bench_image_rows"
 

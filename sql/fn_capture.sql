@@ -453,8 +453,12 @@ BEGIN
         UPDATE sidecar.tracked SET log_table = v_log WHERE tracked_id = v_id;
         EXECUTE format('CREATE TABLE sidecar.%I (_stmt bigint NOT NULL, _kind "char" NOT NULL)', v_log);
         -- History is appended in statement order: a BRIN index finds a run's
-        -- rows at almost no cost to the write.
-        EXECUTE format('CREATE INDEX %I ON sidecar.%I USING brin (_stmt)', v_log || '_stmt', v_log);
+        -- rows at almost no cost to the write. Each block range is summarized
+        -- as soon as it is full: a range not summarized yet is read by every
+        -- scan, and the newest history, the most read, would be all such
+        -- ranges until the next VACUUM.
+        EXECUTE format('CREATE INDEX %I ON sidecar.%I USING brin (_stmt) WITH (autosummarize = on)',
+                       v_log || '_stmt', v_log);
         EXECUTE format('COMMENT ON TABLE sidecar.%I IS %L', v_log,
                        format('sidecar history of %s: row images by statement (_kind O = before, N = after)', p_table));
         -- privileges.sql grants the operator roles SELECT on the tables that

@@ -21,6 +21,16 @@ def test_track_installs_capture_triggers(sc, cli):
     assert _triggers(sc, "tickets") == [
         "sidecar_capture_delete", "sidecar_capture_insert", "sidecar_capture_update", "sidecar_refuse_truncate"]
     assert [t.table for t in sidecar.tracking.list_tracked(sc)] == ["public.tickets"]
+    assert _history_indexes(sc, "tickets") == [("brin", ["autosummarize=on"])]
+
+
+def _history_indexes(conn, table: str) -> list[tuple]:
+    """(access method, options) of the indexes of the table's history."""
+    return conn.execute(
+        "SELECT am.amname, ic.reloptions FROM sidecar.tracked t "
+        "JOIN pg_index i ON i.indrelid = format('sidecar.%%I', t.log_table)::regclass "
+        "JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam "
+        "WHERE t.relid = %s::regclass", (table,)).fetchall()
 
 
 def test_track_schema_qualified_and_mixed_case_names(sc, cli, run_bot):

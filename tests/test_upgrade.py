@@ -41,6 +41,11 @@ def test_upgrade_keeps_history_and_undo_works(conn, make_conn):
     assert report.migrations and "001_schema.sql" not in report.migrations
     assert sidecar.schema.installed_version(conn) >= 3
     assert not sidecar.schema.install(conn).changed
+    # History's BRIN index summarizes each block range once it is full, and its ranges are summarized.
+    index = "sidecar.tickets_log_1_stmt"
+    assert conn.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (index,)).fetchone()[0] == [
+        "autosummarize=on"]
+    assert conn.execute("SELECT brin_summarize_new_values(%s::regclass)", (index,)).fetchone()[0] == 0
 
     # History captured before the upgrade undoes with the new code.
     undo(conn, old_run)
