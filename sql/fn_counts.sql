@@ -14,7 +14,8 @@
 -- would count it all again every time it is shown: minutes for millions of
 -- statements. Past p_recount_max statements, a running run's kept count is
 -- returned as it is (rows changed only ever grow while it runs: a lower
--- bound), and it is counted again once it has finished.
+-- bound; one never counted is counted over its first p_recount_max
+-- statements), and it is counted again in full once it has finished.
 CREATE OR REPLACE FUNCTION sidecar.run_rows(p_run uuid, p_recount_max bigint DEFAULT 50000,
                                             OUT counts jsonb, OUT complete boolean, OUT counted_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -48,12 +49,18 @@ BEGIN
             counts := r_kept.counts;
             RETURN;
         END IF;
-        IF v_status = 'running' AND v_stmts > p_recount_max AND r_kept.counts IS NOT NULL THEN
-            counts := r_kept.counts;
-            complete := r_kept.last_stmt IS NOT DISTINCT FROM v_last;
-            RETURN;
-        END IF;
-        IF v_stmts > p_recount_max THEN  -- counted in full below
+        IF v_status = 'running' AND v_stmts > p_recount_max THEN
+            IF r_kept.counts IS NOT NULL THEN
+                counts := r_kept.counts;
+                complete := r_kept.last_stmt IS NOT DISTINCT FROM v_last;
+                RETURN;
+            END IF;
+            -- Never counted: its first p_recount_max statements are, and kept.
+            SELECT s.stmt_id INTO v_last FROM sidecar.statements s WHERE s.run_id = p_run
+            ORDER BY s.stmt_id OFFSET greatest(p_recount_max, 1) - 1 LIMIT 1;
+            v_stmts := greatest(p_recount_max, 1);
+            complete := false;
+        ELSIF v_stmts > p_recount_max THEN  -- counted in full below
             SELECT count(*) INTO v_stmts FROM sidecar.statements s WHERE s.run_id = p_run;
         END IF;
     END IF;
@@ -61,7 +68,7 @@ BEGIN
     FOR r_table IN
         SELECT t.relid, t.log_table, t.pk_columns, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi
         FROM sidecar.statements s JOIN sidecar.tracked t USING (tracked_id)
-        WHERE s.run_id = p_run
+        WHERE s.run_id = p_run AND (complete OR s.stmt_id <= v_last)
         GROUP BY t.tracked_id
     LOOP
         SELECT string_agg(format('l.%I', c), ', ') INTO v_pk FROM unnest(r_table.pk_columns) AS c;

@@ -104,7 +104,7 @@ def test_rows_changed_counts_each_row_once_and_not_the_rows_left_as_they_were(su
 
 
 def test_a_big_running_run_shows_the_rows_it_had_changed_when_last_counted(support, cli, bot, monkeypatch):
-    monkeypatch.setattr(sidecar.history, "RECOUNT_MAX", 1)
+    monkeypatch.setattr(sidecar.history, "RECOUNT_MAX", 2)
     run_id = bot.execute("SELECT sidecar.start_run('always-on-bot')").fetchone()[0]
     bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
     bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 41")
