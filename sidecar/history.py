@@ -45,6 +45,7 @@ class TableInfo:
     label_column: str | None
     display_name: str | None
     stmt_range: tuple[int, int] = (0, 0)
+    statements: int = 0  # of the table, in scope
 
 
 # The statements s of a run (%s), or of some of its actions (%s, %s: an
@@ -63,23 +64,15 @@ def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[
     rows = conn.execute(
         """
         SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column, t.display_name,
-               s.lo, s.hi
-        FROM (SELECT s.tracked_id, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi FROM """ + statements + """
+               s.lo, s.hi, s.n
+        FROM (SELECT s.tracked_id, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi, count(*) AS n FROM """ + statements + """
               GROUP BY s.tracked_id) s
         JOIN sidecar.tracked t USING (tracked_id)
         ORDER BY 2
         """,
         (run_id, action_ids, action_ids) + (() if first is None else (first,)),
     ).fetchall()
-    return [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows]
-
-
-def statements_after(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] | None,
-                     tables: list[TableInfo]) -> bool:
-    """Whether the run (or the actions) wrote statements past the ranges of these tables."""
-    last = max((t.stmt_range[1] for t in tables), default=0)
-    return conn.execute("SELECT EXISTS (SELECT FROM sidecar.statements s WHERE " + _IN_SCOPE + " AND s.stmt_id > %s)",
-                        (run_id, action_ids, action_ids, last)).fetchone()[0]
+    return [TableInfo(*r[:6], stmt_range=(r[6], r[7]), statements=r[8]) for r in rows]
 
 
 def statement_of_image(columns: sql.Composable, where: sql.Composable, *, join_actions: bool = False,

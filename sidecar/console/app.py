@@ -125,7 +125,7 @@ class Pager:
 
     @property
     def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page), self.number if self.more else 1)
+        return max(1, -(-self.total // self.per_page))
 
     def url(self, number: int) -> str:
         return "?" + urlencode({**self.args, self.param: number})

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
-from ..history import Change, TableInfo, _clean, statement_of_image, statements_after, tables_of_run
+from ..history import Change, TableInfo, _clean, statement_of_image, tables_of_run
 
 
 @dataclass
@@ -53,27 +54,35 @@ def _union(tables: list[TableInfo], run_id: uuid.UUID, action_id: int | None) ->
 COUNT_MAX = 10_000
 
 
-def _first(conn: psycopg.Connection, run_id: uuid.UUID, action_id: int | None,
-           first: int) -> tuple[list[TableInfo], bool]:
-    """The tables of the first `first` statements of the run (or action); and whether those are all."""
+def _prefixes(conn: psycopg.Connection, run_id: uuid.UUID, action_id: int | None,
+              first: int) -> Iterator[tuple[list[TableInfo], bool]]:
+    """The tables of the run's (or action's) first `first` statements, then of four times as many,
+    and so on; each with whether those are all its statements."""
     ids = [action_id] if action_id else None
-    tables = tables_of_run(conn, run_id, ids, first=first)
-    return tables, not statements_after(conn, run_id, ids, tables)
+    while True:
+        tables = tables_of_run(conn, run_id, ids, first=first)
+        whole = sum(t.statements for t in tables) < first
+        yield tables, whole
+        if whole:
+            return
+        first *= 4
+
+
+def _capped(conn: psycopg.Connection, query: sql.Composable, params: tuple) -> tuple[int, bool]:
+    """How many rows the query gives, counted up to COUNT_MAX; and whether there are more."""
+    n = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT FROM ({}) q LIMIT %s) q").format(query),
+                     (*params, COUNT_MAX + 1)).fetchone()[0]
+    return min(n, COUNT_MAX), n > COUNT_MAX
 
 
 def count(conn: psycopg.Connection, run_id: uuid.UUID, action_id: int | None = None) -> tuple[int, bool]:
     """How many changes page() pages through, counted up to COUNT_MAX; and whether there are more.
     Counted over the run's first statements, four times as many each time until that is enough."""
-    first = 1024
-    while True:
-        tables, whole = _first(conn, run_id, action_id, first)
-        if not tables:
-            return 0, False
-        n = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT FROM ({}) q LIMIT %s) q").format(
-            _union(tables, run_id, action_id)), (COUNT_MAX + 1,)).fetchone()[0]
-        if n > COUNT_MAX or whole:
-            return min(n, COUNT_MAX), n > COUNT_MAX
-        first *= 4
+    for tables, whole in _prefixes(conn, run_id, action_id, 1024):
+        n, more = _capped(conn, _union(tables, run_id, action_id), ()) if tables else (0, False)
+        if more or whole:
+            break
+    return n, more
 
 
 def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None = None,
@@ -87,9 +96,7 @@ def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None =
     # Changes are in statement order: the page is looked for among the run's
     # first statements, four times as many each time it is not found there,
     # so that a page near the start of a run of millions reads little.
-    first = 64
-    while True:
-        tables, whole = _first(conn, run_id, action_id, first)
+    for tables, whole in _prefixes(conn, run_id, action_id, 64):
         if not tables:
             return []
         slots = conn.execute(
@@ -99,7 +106,6 @@ def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None =
         ).fetchall()
         if len(slots) == limit or whole:
             break
-        first *= 4
     if not slots:
         return []
     statements = {
@@ -166,9 +172,7 @@ def actions(conn: psycopg.Connection, run_id: uuid.UUID, *, offset: int = 0,
     """The run's actions that wrote rows, with rows written per action; how many there are, counted
     up to COUNT_MAX; and whether there are more."""
     wrote = "a.run_id = %s AND EXISTS (SELECT FROM sidecar.statements s WHERE s.action_id = a.action_id)"
-    n = conn.execute("SELECT count(*) FROM (SELECT FROM sidecar.actions a WHERE " + wrote + " LIMIT %s) q",
-                     (run_id, COUNT_MAX + 1)).fetchone()[0]
-    total, more = min(n, COUNT_MAX), n > COUNT_MAX
+    total, more = _capped(conn, sql.SQL("SELECT FROM sidecar.actions a WHERE " + wrote), (run_id,))
     found = conn.execute(
         "SELECT a.action_id, a.key, a.started_at FROM sidecar.actions a WHERE " + wrote
         + " ORDER BY a.action_id OFFSET %s LIMIT %s",
