@@ -52,7 +52,7 @@ def find_pgbench(bindir: Path | None) -> str:
     found = shutil.which("pgbench")
     if found:
         return found
-    raise SystemExit("bench: pgbench not found; install the PostgreSQL client tools or pass --skip-oltp")
+    raise SystemExit("bench: pgbench not found; install the PostgreSQL client tools, or leave W2 out with --only W1,W3,W4,W5")
 
 
 @dataclass

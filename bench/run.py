@@ -116,6 +116,9 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dsn", help="An existing server (any database on it): the suite creates and drops "
                             f"database {BENCH_DB} there. Default: a throwaway cluster of its own.")
+@click.option("--bindir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="PostgreSQL server binaries for the throwaway cluster (and its pgbench), e.g. another "
+                   "major version. Default: the first that sidecar.cluster finds.")
 @click.option("--repeat", default=5, show_default=True, help="Interleaved repeats of each W1/W3/W4 leg.")
 @click.option("--quick", is_flag=True, help="Small sizes, 1 repeat, short pgbench: a smoke test in under a minute.")
 @click.option("--big/--no-big", default=True, show_default=True,
@@ -126,12 +129,14 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
               help="Workloads to run, e.g. W1,W3 (W3, W4 and W5 reuse W1's tables and run its legs).")
 @click.option("--markdown", is_flag=True, help="Print the result table as Markdown (for bench/README.md).")
 @click.option("--strict", is_flag=True, help="Exit 1 when a line FAILs.")
-def main(dsn, repeat, quick, big, oltp_seconds, oltp_repeat, only, markdown, strict):
+def main(dsn, bindir, repeat, quick, big, oltp_seconds, oltp_repeat, only, markdown, strict):
     """Measure capture, gate and undo costs as ratios against baselines of the same run."""
     workloads = {w.strip().upper() for w in only.split(",") if w.strip()}
     unknown = workloads - set(WORKLOADS)
     if unknown:
         raise click.UsageError(f"unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
+    if dsn and bindir:
+        raise click.UsageError("--bindir is for the throwaway cluster; leave it out with --dsn")
     sizes, oltp_scale = Sizes(), 10
     if quick:
         sizes, repeat, oltp_scale, oltp_seconds, oltp_repeat, big = QUICK, 1, 1, 3, 1, False
@@ -141,7 +146,7 @@ def main(dsn, repeat, quick, big, oltp_seconds, oltp_repeat, only, markdown, str
         if dsn:
             lines = run_suite(dsn, "--dsn", bindir=None, **kwargs)
         else:
-            with ThrowawayCluster(fsync=True, settings=CLUSTER_SETTINGS) as cluster:
+            with ThrowawayCluster(bindir=bindir, fsync=True, settings=CLUSTER_SETTINGS) as cluster:
                 lines = run_suite(cluster.dsn, f"throwaway cluster from {cluster.bindir}", bindir=cluster.bindir,
                                   **kwargs)
     except (psycopg.Error, RuntimeError, OSError) as exc:
