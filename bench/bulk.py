@@ -72,6 +72,26 @@ CREATE INDEX ON {i} USING brin (_stmt) WITH (autosummarize = on)
 """
 IMAGE_ROWS = "bench_image_rows"
 
+# The other layout's floor: an UPDATE's before- and after-image side by side
+# in one row, so half as many rows. A statement trigger gets them in two
+# transition tables, which say nothing of which old row became which new one:
+# capture would have to pair them by key (a row whose key changed stays two
+# rows). So: the two sets of images in temporary tables, paired by a FULL JOIN
+# on the key, written by a plain INSERT into a table shaped for them.
+PAIRED_TABLE = """
+CREATE TABLE {i} (_stmt bigint NOT NULL, _kind "char" NOT NULL, id bigint, label text,
+                  amount numeric(12, 2), note text, at timestamptz, new_id bigint, new_label text,
+                  new_amount numeric(12, 2), new_note text, new_at timestamptz) WITH (autovacuum_enabled = false);
+CREATE INDEX ON {i} USING brin (_stmt) WITH (autosummarize = on)
+"""
+OLD_ROWS, NEW_ROWS = "bench_old_rows", "bench_new_rows"
+PAIRED_WRITE = """
+INSERT INTO {i}
+SELECT 1, CASE WHEN o.id IS NULL THEN 'N' WHEN n.id IS NULL THEN 'O' ELSE 'U' END,
+       o.id, o.label, o.amount, o.note, o.at, n.id, n.label, n.amount, n.note, n.at
+FROM {old} o FULL JOIN {new} n ON n.id = o.id
+"""
+
 
 def _images(op: str, table: str, sizes: Sizes) -> str:
     """The images a tagged `op` writes (UPDATE: before, then after), as a query."""
@@ -91,8 +111,9 @@ def _images(op: str, table: str, sizes: Sizes) -> str:
 # that matches no row (only when the rules feature exists). ruled: the same
 # table and rule, written without sidecar.run_id (a person or an app).
 # images: not the write itself but the floor, a plain copy of the rows a
-# tagged write would add to history (the table untracked). noop: untracked,
-# with harness.noop_capture's triggers, untagged: the floor of untagged writes.
+# tagged write would add to history (the table untracked). paired: the same,
+# for an UPDATE, in the layout of PAIRED_TABLE. noop: untracked, with
+# harness.noop_capture's triggers, untagged: the floor of untagged writes.
 @dataclass
 class BulkBench:
     conn: psycopg.Connection
@@ -122,7 +143,7 @@ class BulkBench:
         c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
 
     def _drop_images(self) -> None:
-        for name in (IMAGES, IMAGE_ROWS):
+        for name in (IMAGES, IMAGE_ROWS, OLD_ROWS, NEW_ROWS):
             self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
 
     def prepare(self, table: str, rows: int, tracked: bool) -> str | None:
@@ -167,7 +188,7 @@ class BulkBench:
     # -- one leg -----------------------------------------------------------
     def leg(self, op: str, mode: str) -> None:
         c = self.conn
-        log_table = self.prepare(TABLE, self.sizes.rows, tracked=mode not in ("untracked", "images", "noop"))
+        log_table = self.prepare(TABLE, self.sizes.rows, tracked=mode not in ("untracked", "images", "paired", "noop"))
         table_bytes = c.execute("SELECT pg_total_relation_size(%s::regclass)", (TABLE,)).fetchone()[0]
         if mode in ("hold", "ruled") and not self._add_hold_rule(TABLE):
             self.samples.add(f"{op}/{mode}", float("nan"))
@@ -178,6 +199,14 @@ class BulkBench:
             c.execute(sql.SQL(IMAGES_TABLE).format(i=sql.Identifier(IMAGES)))
             c.execute(sql.SQL("CREATE TEMP TABLE {} AS ").format(sql.Identifier(IMAGE_ROWS))
                       + sql.SQL(_images(op, TABLE, self.sizes)))
+        if mode == "paired":
+            self._drop_images()
+            c.execute(sql.SQL(PAIRED_TABLE).format(i=sql.Identifier(IMAGES)))
+            for name, query in ((OLD_ROWS, "SELECT * FROM {t}"),
+                                (NEW_ROWS, "SELECT id, label, amount + 1 AS amount, note, at + interval '1 day' AS at FROM {t}")):
+                c.execute(sql.SQL("CREATE TEMP TABLE {} AS ").format(sql.Identifier(name))
+                          + sql.SQL(query).format(t=sql.Identifier(TABLE)))
+                c.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))
         if mode == "noop":
             noop_capture(c, [TABLE], True)
         run_id = None
@@ -189,6 +218,9 @@ class BulkBench:
             if mode == "images":
                 statement = sql.SQL("INSERT INTO {} SELECT * FROM {}").format(
                     sql.Identifier(IMAGES), sql.Identifier(IMAGE_ROWS)).as_string(None)
+            elif mode == "paired":
+                statement = sql.SQL(PAIRED_WRITE).format(
+                    i=sql.Identifier(IMAGES), old=sql.Identifier(OLD_ROWS), new=sql.Identifier(NEW_ROWS)).as_string(None)
             else:
                 statement = _statement(op, TABLE, self.sizes)
             t = timed(c, statement)
@@ -256,6 +288,7 @@ class BulkBench:
         modes["update"].append("gate")
         for op in ("update", "delete"):
             modes[op] += ["images", "noop"]
+        modes["update"].append("paired")
         if self.rules_available():
             modes["update"] += ["hold", "ruled"]
         ops = list(modes)
@@ -319,6 +352,13 @@ class BulkBench:
             out.append(Line("W1", f"floor: untracked {op.upper()} + a bare write of its images", *floor.ratio("floor", "base"),
                             baseline=f"its images copied by a plain INSERT into a history-shaped table "
                                      f"{seconds(s.median(f'{op}/images'))}; no trigger"))
+            if s.has(f"{op}/paired"):
+                paired = Samples({"floor": [w + i for w, i in zip(s.values[f"{op}/untracked"], s.values[f"{op}/paired"])],
+                                  "base": s.values[f"{op}/untracked"]})
+                out.append(Line("W1", f"floor: untracked {op.upper()} + its images paired by key, one row each",
+                                *paired.ratio("floor", "base"),
+                                baseline=f"before- and after-images joined on the key and written side by side "
+                                         f"{seconds(s.median(f'{op}/paired'))}; no trigger"))
         for op in ("update", "insert", "delete"):
             base = f"untracked {op.upper()} {seconds(s.median(f'{op}/untracked'))}"
             out.append(Line("W1", f"untagged {op.upper()} {sizes[op]}, tracked table", *s.ratio(f"{op}/untagged", f"{op}/untracked"),
