@@ -276,6 +276,9 @@ DECLARE
     v_key        jsonb;
     v_table      text;
     v_pending    bigint;
+    v_relid      regclass;
+    v_match      text;
+    v_exists     boolean;
 BEGIN
     -- An approval applies what an operator reviewed: sidecar._approve marks
     -- the item with this transaction's id, which no session can forge.
@@ -299,6 +302,24 @@ BEGIN
     LIMIT 1;
     IF NOT FOUND THEN
         RETURN false;
+    END IF;
+
+    -- An INSERT of a key the table already has does not add a row: ON
+    -- CONFLICT DO UPDATE (and MERGE) update it instead, and their UPDATE
+    -- trigger holds that change; DO NOTHING leaves it; a plain INSERT fails
+    -- on the key. Held as an insert, it would do what the statement does not,
+    -- and its approval could never apply. So it goes on unheld.
+    IF p_op = 'INSERT' THEN
+        SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND '), t.relid INTO v_match, v_relid
+        FROM sidecar.tracked t CROSS JOIN LATERAL unnest(t.pk_columns) AS c
+        WHERE t.tracked_id = p_tracked_id
+        GROUP BY t.relid;
+        EXECUTE format('SELECT EXISTS (SELECT FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) k WHERE %2$s)',
+                       v_relid, v_match)
+            INTO v_exists USING p_new;
+        IF v_exists THEN
+            RETURN false;
+        END IF;
     END IF;
 
     -- The gate holds for held writes too: a paused automation's write fails.

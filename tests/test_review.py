@@ -249,6 +249,56 @@ def test_approve_of_a_held_insert_is_refused_when_the_key_exists_now(billing, cl
     assert billing.execute("SELECT customer FROM invoices WHERE id = 40").fetchone() == ("someone else",)
 
 
+def test_an_upsert_is_held_as_the_change_it_makes(billing, cli, run_bot, pg_major):
+    """INSERT ... ON CONFLICT DO UPDATE and MERGE fire the INSERT triggers for rows that exist
+    already; what would land there is an update of the row (or nothing), and that is what is
+    held, approved and applied, not an insert that could never be approved."""
+    _hold_refunds(cli)
+    billing.execute("UPDATE invoices SET status = 'paid' WHERE id = 9")  # a person, outside any run
+    statements = [
+        "INSERT INTO invoices (id, customer, refund_amount, status) "
+        "VALUES (17, 'customer 17', 900, 'refunded'), (30, 'new customer', 800, 'refunded') "
+        "ON CONFLICT (id) DO UPDATE SET refund_amount = excluded.refund_amount, status = excluded.status",
+        # Nothing to hold: the row exists, so the statement leaves it alone.
+        "INSERT INTO invoices (id, customer, refund_amount) VALUES (9, 'customer 9', 999) ON CONFLICT DO NOTHING",
+    ]
+    if pg_major >= 15:
+        statements.append(
+            "MERGE INTO invoices i USING (VALUES (18, 700), (31, 600)) AS s(id, amount) ON i.id = s.id "
+            "WHEN MATCHED THEN UPDATE SET refund_amount = s.amount "
+            "WHEN NOT MATCHED THEN INSERT (id, customer, refund_amount) VALUES (s.id, 'merged', s.amount)")
+    run_bot(*statements)
+
+    assert billing.execute("SELECT count(*) FROM invoices WHERE id >= 30").fetchone()[0] == 0
+    assert _row(billing, 17) == (0, "open") and _row(billing, 9) == (0, "paid")
+    lines = [i.text for i in sidecar.review.queue(billing)]
+    expected = [
+        "Set refund amount of invoice #17 from 0 to 900 and status from 'open' to 'refunded' (rule: refund over limit)",
+        "Add invoice #30 (customer 'new customer', refund amount 800, status 'refunded') (rule: refund over limit)",
+    ]
+    if pg_major >= 15:
+        expected += [
+            "Set refund amount of invoice #18 from 0 to 700 (rule: refund over limit)",
+            "Add invoice #31 (customer 'merged', refund amount 600, status 'open') (rule: refund over limit)",
+        ]
+    assert sorted(lines) == sorted(expected)
+
+    for item in sidecar.review.queue(billing):
+        result = cli("approve", str(item.pending_id))
+        assert result.exit_code == 0, result.output
+    assert _row(billing, 17) == (900, "refunded") and _row(billing, 30) == (800, "refunded")
+    if pg_major >= 15:
+        assert _row(billing, 18) == (700, "open") and _row(billing, 31) == (600, "open")
+
+
+def test_a_plain_insert_of_a_key_that_exists_fails_as_it_would_untracked(billing, cli, run_bot):
+    _hold_refunds(cli)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        run_bot("INSERT INTO invoices (id, customer, refund_amount) VALUES (17, 'again', 900)")
+    assert sidecar.review.queue(billing) == []
+    assert _row(billing, 17) == (0, "open")
+
+
 def test_approve_twice_or_an_unknown_id_is_bad_input(billing, cli, run_bot):
     _hold_refunds(cli)
     run_bot(_refund(17, 900))

@@ -132,6 +132,39 @@ def test_undo_of_one_update_that_changed_keys_puts_the_old_keys_back(support, ru
     assert result.tables["public.tickets"]["insert"] == 2 and result.tables["public.tickets"]["delete"] == 2
 
 
+def test_upserts_and_merge_are_shown_and_undone_like_plain_writes(support, cli, run_bot, pg_major):
+    """Bots write with INSERT ... ON CONFLICT DO UPDATE and MERGE: one statement that fires the
+    INSERT, UPDATE and DELETE triggers, each with its own transition tables."""
+    if pg_major < 15:
+        pytest.skip("MERGE needs PostgreSQL 15")
+    before = _state(support)
+    run_id = run_bot(
+        "INSERT INTO tickets (id, status, customer_id) VALUES (42, 'resolved', 2), (60, 'new', 3) "
+        "ON CONFLICT (id) DO UPDATE SET status = excluded.status, customer_id = excluded.customer_id",
+        """MERGE INTO tickets t
+           USING (VALUES (41, 'closed'), (44, 'spam'), (61, 'new')) AS s(id, status) ON t.id = s.id
+           WHEN MATCHED AND s.status = 'spam' THEN DELETE
+           WHEN MATCHED THEN UPDATE SET status = s.status
+           WHEN NOT MATCHED THEN INSERT (id, status, customer_id) VALUES (s.id, s.status, 1)""",
+    )
+    assert _status(support, 42) == "resolved" and _status(support, 44) is None and _status(support, 61) == "new"
+
+    shown = cli("show", str(run_id))
+    assert shown.exit_code == 0, shown.output
+    for change in ("tickets #42: status 'needs review' -> 'resolved', customer_id 1 -> 2",
+                   "tickets #60: added (status 'new', customer_id 3",
+                   "tickets #41: status 'open' -> 'closed'",
+                   "tickets #44: deleted (was status 'waiting', customer_id 3",
+                   "tickets #61: added (status 'new', customer_id 1"):
+        assert change in shown.stdout, shown.stdout
+
+    result = cli("undo", str(run_id), "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert _state(support) == before
+    assert "  tickets: 1 put back, 2 restored, 2 removed" in result.stdout
+
+
 def test_a_run_that_changed_nothing_has_nothing_to_undo(support, cli, run_bot):
     run_id = run_bot("UPDATE customers SET name = 'Contoso' WHERE id = 3")
     result = cli("undo", str(run_id), "--yes")
