@@ -165,6 +165,36 @@ def test_upserts_and_merge_are_shown_and_undone_like_plain_writes(support, cli, 
     assert "  tickets: 1 put back, 2 restored, 2 removed" in result.stdout
 
 
+def test_rows_a_foreign_key_cascades_to_and_rows_copied_in_are_the_runs_and_undone(sc, cli, bot, run_bot):
+    """ON DELETE / ON UPDATE CASCADE change child rows in the run's session, and COPY
+    fires the INSERT triggers like an INSERT: all of it is the run's, and its undo's."""
+    sc.execute("CREATE TABLE accounts (id int PRIMARY KEY, name text NOT NULL)")
+    sc.execute("CREATE TABLE orders (id int PRIMARY KEY, account_id int NOT NULL "
+               "REFERENCES accounts ON DELETE CASCADE ON UPDATE CASCADE, item text NOT NULL)")
+    sc.execute("INSERT INTO accounts VALUES (1, 'Acme'), (2, 'Globex')")
+    sc.execute("INSERT INTO orders VALUES (10, 1, 'anvil'), (11, 1, 'rope'), (12, 2, 'widget')")
+    track(sc, "accounts", "orders")
+    before = snapshot(sc, "accounts", "id") + snapshot(sc, "orders", "id")
+
+    with sidecar.runs.Run(bot, "ledger-bot") as run:
+        bot.execute("DELETE FROM accounts WHERE id = 1")
+        bot.execute("UPDATE accounts SET id = 200 WHERE id = 2")
+        with bot.cursor().copy("COPY orders (id, account_id, item) FROM STDIN") as copy:
+            copy.write_row((20, 200, "gear"))
+    assert sc.execute("SELECT id, account_id FROM orders ORDER BY id").fetchall() == [(12, 200), (20, 200)]
+
+    shown = cli("show", str(run.run_id))
+    assert "changed     7 rows in accounts (3), orders (4)" in shown.stdout, shown.stdout
+    for change in ("orders #10: deleted (was account_id 1, item 'anvil')",
+                   "orders #12: account_id 2 -> 200", "orders #20: added (account_id 200, item 'gear')"):
+        assert change in shown.stdout, shown.stdout
+
+    result = cli("undo", str(run.run_id), "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert snapshot(sc, "accounts", "id") + snapshot(sc, "orders", "id") == before
+
+
 def test_a_run_that_changed_nothing_has_nothing_to_undo(support, cli, run_bot):
     run_id = run_bot("UPDATE customers SET name = 'Contoso' WHERE id = 3")
     result = cli("undo", str(run_id), "--yes")
