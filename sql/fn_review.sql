@@ -9,6 +9,8 @@
 --   SC022 approval conflict: the row changed since it was held. Raised and
 --         caught inside sidecar._approve, which then applies nothing and
 --         returns the conflicts; callers see a result, not this error.
+--   SC023 a rule would hold a row that a foreign key's action (ON DELETE
+--         CASCADE, SET NULL...) changes: the statement is refused, whole
 --
 -- NOTIFY on channel 'sidecar', JSON payloads:
 --   {"event": "held", "pending_id", "run_id", "action", "table", "op", "key", "rule_id", "reason"}
@@ -328,11 +330,24 @@ BEGIN
     v_action := r_run.action_id;
     v_action_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
 
-    SELECT jsonb_object_agg(c, coalesce(p_old, p_new) -> c::text ORDER BY o), sidecar._qualname(t.relid)
-      INTO v_key, v_table
+    SELECT jsonb_object_agg(c, coalesce(p_old, p_new) -> c::text ORDER BY o), sidecar._qualname(t.relid), t.relid
+      INTO v_key, v_table, v_relid
     FROM sidecar.tracked t CROSS JOIN LATERAL unnest(t.pk_columns) WITH ORDINALITY AS k(c, o)
     WHERE t.tracked_id = p_tracked_id
     GROUP BY t.relid;
+
+    -- A foreign key's action (ON DELETE CASCADE, SET NULL, ON UPDATE CASCADE)
+    -- runs inside the write that caused it, and PostgreSQL lets a BEFORE
+    -- trigger skip it: held, the row would be left referring to a parent that
+    -- is gone. That cannot wait for review, so the whole statement is refused.
+    IF p_op <> 'INSERT' AND pg_trigger_depth() > 1 AND sidecar._foreign_key_action(v_relid, p_op, p_old) THEN
+        RAISE EXCEPTION 'sidecar: % % is changed by a foreign key''s action (a % of the row it refers to), and hold rule % holds it: %',
+                        v_table, v_key, CASE p_op WHEN 'DELETE' THEN 'delete' ELSE 'delete or key change' END,
+                        r_rule.rule_id, r_rule.reason
+            USING ERRCODE = 'SC023',
+                  HINT = 'Nothing of this statement was written: a foreign key''s action cannot wait for review. '
+                         'A person can make the change outside any run, or the rule can be narrowed (sidecar rule list).';
+    END IF;
 
     INSERT INTO sidecar.pending (run_id, action_id, tracked_id, op, key, old_row, new_row, rule_id, reason)
     VALUES (v_run, v_action, p_tracked_id, left(p_op, 1), v_key, p_old, p_new, r_rule.rule_id, r_rule.reason)
@@ -346,6 +361,44 @@ BEGIN
     RETURN true;
 END
 $_hold$;
+
+-- Whether a change of a row of p_relid (p_op: DELETE or UPDATE, p_old its
+-- image) is a foreign key's action: the table has a foreign key whose action
+-- makes such a change, and the row it referred to is gone. (A parent this
+-- role cannot read is taken to be gone: refusing is the safe side.)
+CREATE OR REPLACE FUNCTION sidecar._foreign_key_action(p_relid regclass, p_op text, p_old jsonb)
+RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_foreign_key_action$
+DECLARE
+    r_fk    record;
+    v_gone  boolean;
+BEGIN
+    FOR r_fk IN
+        SELECT con.confrelid::regclass AS parent,
+               string_agg(format('p.%I = o.%I', pa.attname, ca.attname), ' AND ' ORDER BY k.ord) AS match,
+               string_agg(format('o.%I IS NOT NULL', ca.attname), ' AND ' ORDER BY k.ord) AS referring
+        FROM pg_catalog.pg_constraint con
+        CROSS JOIN LATERAL unnest(con.conkey, con.confkey) WITH ORDINALITY AS k(child_att, parent_att, ord)
+        JOIN pg_catalog.pg_attribute ca ON ca.attrelid = con.conrelid AND ca.attnum = k.child_att
+        JOIN pg_catalog.pg_attribute pa ON pa.attrelid = con.confrelid AND pa.attnum = k.parent_att
+        WHERE con.conrelid = p_relid AND con.contype = 'f'
+          AND CASE WHEN p_op = 'DELETE' THEN con.confdeltype = 'c'
+                   ELSE con.confdeltype IN ('n', 'd') OR con.confupdtype IN ('c', 'n', 'd') END
+        GROUP BY con.oid, con.confrelid
+    LOOP
+        IF NOT has_table_privilege(r_fk.parent, 'SELECT') THEN
+            RETURN true;
+        END IF;
+        EXECUTE format('SELECT EXISTS (SELECT FROM jsonb_populate_record(NULL::%s, $1) o WHERE %s '
+                       'AND NOT EXISTS (SELECT FROM %s p WHERE %s))', p_relid, r_fk.referring, r_fk.parent, r_fk.match)
+            INTO v_gone USING p_old;
+        IF v_gone THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END
+$_foreign_key_action$;
 
 -- Apply one held item (in sidecar._approve, with the original run and action
 -- set): NULL when applied, else the conflict as JSON

@@ -299,6 +299,52 @@ def test_a_plain_insert_of_a_key_that_exists_fails_as_it_would_untracked(billing
     assert _row(billing, 17) == (0, "open")
 
 
+def test_a_foreign_keys_action_on_a_row_a_rule_holds_refuses_the_whole_statement(sc, cli, run_bot):
+    """PostgreSQL lets a BEFORE trigger skip a foreign key's ON DELETE CASCADE or SET NULL: a
+    hold there would leave rows that refer to nothing. The statement is refused instead."""
+    sc.execute("CREATE TABLE accounts (id int PRIMARY KEY, name text NOT NULL)")
+    sc.execute("CREATE TABLE orders (id int PRIMARY KEY, account_id int REFERENCES accounts "
+               "ON DELETE CASCADE ON UPDATE CASCADE, status text NOT NULL)")
+    sc.execute("CREATE TABLE notes (id int PRIMARY KEY, account_id int REFERENCES accounts ON DELETE SET NULL, "
+               "body text NOT NULL)")
+    sc.execute("INSERT INTO accounts VALUES (1, 'Acme'), (2, 'Globex'), (3, 'Initech')")
+    sc.execute("INSERT INTO orders VALUES (10, 1, 'paid'), (11, 1, 'open'), (20, 2, 'paid'), (30, 3, 'open')")
+    sc.execute("INSERT INTO notes VALUES (1, 3, 'call back')")
+    track(sc, "orders", "notes")  # the parent need not be tracked
+    for table, predicate in (("orders", "OLD.status = 'paid'"), ("notes", "OLD.account_id IS NOT NULL")):
+        assert cli("rule", "add", table, "--when", predicate, "--hold", "--reason", "keep").exit_code == 0
+    before = snapshot(sc, "accounts", "id") + snapshot(sc, "orders", "id") + snapshot(sc, "notes", "id")
+
+    for statement in ("DELETE FROM accounts WHERE id = 1",          # cascades to a paid order
+                      "UPDATE accounts SET id = 200 WHERE id = 2",  # ON UPDATE CASCADE
+                      "DELETE FROM accounts WHERE id = 3"):         # SET NULL on a note
+        with pytest.raises(psycopg.Error) as caught:
+            run_bot(statement)
+        assert caught.value.sqlstate == "SC023", caught.value
+        assert "is changed by a foreign key's action" in str(caught.value)
+        assert "Nothing of this statement was written" in caught.value.diag.message_hint
+
+    assert "public.orders {\"id\": 10} is changed by a foreign key's action (a delete of the row it refers to), " \
+           "and hold rule 1 holds it: keep" in str(_refused(run_bot, "DELETE FROM accounts WHERE id = 1"))
+    assert snapshot(sc, "accounts", "id") + snapshot(sc, "orders", "id") + snapshot(sc, "notes", "id") == before
+    assert sidecar.review.queue(sc) == []
+
+    # A cascade to rows no rule holds goes through; the automation's own writes are still held.
+    sc.execute("UPDATE orders SET status = 'open' WHERE id = 20")
+    run_bot("UPDATE accounts SET id = 200 WHERE id = 2", "DELETE FROM orders WHERE id = 10")
+    assert sc.execute("SELECT id, account_id FROM orders ORDER BY id").fetchall() == [(10, 1), (11, 1), (20, 200), (30, 3)]
+    assert [i.text for i in sidecar.review.queue(sc)] == [
+        "Delete orders #10 (was account id 1, status 'paid') (rule: keep)"]
+
+
+def _refused(run_bot, statement: str) -> psycopg.Error:
+    try:
+        run_bot(statement)
+    except psycopg.Error as exc:
+        return exc
+    raise AssertionError(f"{statement} was not refused")
+
+
 def test_approve_twice_or_an_unknown_id_is_bad_input(billing, cli, run_bot):
     _hold_refunds(cli)
     run_bot(_refund(17, 900))
