@@ -102,10 +102,12 @@ def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> t
     planner.plan(lock=False)
     notes = planner.notes + [
         lost + ("" if force else " (undo needs --force to restore the rest)") for lost in planner.lost]
+    conflicts = planner.conflicts()
+    conflicts += planner.conflicts(CONFLICTS_LISTED - len(conflicts), kept=True)
     result = UndoResult(
         scope.run_id, scope.kind, None,
         {p.table: dict(p.counts) for p in planner.ordered()},
-        planner.conflicts(), sum(p.counts.get("conflict", 0) + p.counts.get("forced", 0) for p in planner.tables),
+        conflicts, sum(p.counts.get("conflict", 0) + p.counts.get("forced", 0) for p in planner.tables),
         notes, applied=False, forced=force,
     )
     return planner, result

@@ -113,15 +113,21 @@ def mark_orphans(planner: Planner) -> None:
             planner.count(plan)
 
 
-def keep_referenced(planner: Planner, order: list[TablePlan]) -> None:
-    """Mark 'kept' the rows to delete that a row which stays still references.
+def keep_referenced(planner: Planner, order: list[TablePlan], *, predicted: bool = False) -> bool:
+    """Mark 'kept' the rows to delete that a row which stays still references; True when any.
 
     A row still referenced (by a row a person added since, say) is not
-    deleted: it is reported as a conflict instead of failing the whole undo.
-    Rows that are themselves being deleted do not count as references, so a
+    deleted: it is reported as a conflict instead of failing the whole undo
+    (or, where the key cascades, deleting that person's row with it). Rows
+    that are themselves being deleted do not count as references, so a
     self-referencing table (a new manager and the hire under them) or a
     cycle of deferrable keys is deleted whole. Keeping one row can keep the
     rows it references, so this repeats until nothing changes.
+
+    An undo runs this once its rows are put back and restored, so the tables
+    hold what references remain. A plan that is only looked at (a preview,
+    `--sql`) runs it with predicted: a row the plan puts back or restores
+    then refers by the values it will get, not by those it has now.
     """
     by_table = {p.table: p for p in order}
     checks = []
@@ -130,21 +136,30 @@ def keep_referenced(planner: Planner, order: list[TablePlan]) -> None:
             continue
         for child, child_cols, parent_cols in foreign_keys(planner.conn, plan, pointing_at=True):
             child_plan = by_table.get(child)
-            leaving = sql.SQL("true")
-            if child_plan is not None and child_plan.counts.get("delete"):
-                leaving = sql.SQL("NOT EXISTS (SELECT FROM {cp} cp WHERE {on} AND cp.step = 'delete')").format(
-                    cp=_tmp("plan", child_plan),
+            refers = lambda alias: sql.SQL(" AND ").join(  # noqa: E731
+                sql.SQL("{}.{} = cur.{}").format(sql.Identifier(alias), _q(cc), _q(pc))
+                for cc, pc in zip(child_cols, parent_cols))
+            # Predicted, a child row the plan puts back or restores refers by its first image
+            # (when the undo restores its key columns; else by what it holds now).
+            by_first = predicted and child_plan is not None and all(
+                c in {col.name for col in child_plan.columns} for c in child_cols)
+            changing = ("delete", "insert", "update") if by_first else ("delete",)
+            staying = sql.SQL("true")
+            if child_plan is not None:
+                staying = sql.SQL("NOT EXISTS (SELECT FROM {cp} cp WHERE {on} AND cp.step = ANY({steps}))").format(
+                    cp=_tmp("plan", child_plan), steps=sql.Literal(list(changing)),
                     on=sql.SQL(" AND ").join(
                         sql.SQL("cp.{c} = ch.{c}").format(c=_q(c)) for c in child_plan.info.pk_columns),
                 )
+            referenced = sql.SQL("EXISTS (SELECT FROM {child} ch WHERE {on} AND {staying})").format(
+                child=sql.Identifier(*_split(child)), on=refers("ch"), staying=staying)
+            if by_first:
+                referenced = sql.SQL(
+                    "({} OR EXISTS (SELECT FROM {cp} cp JOIN {cf} cf ON {cpf} "
+                    "WHERE cp.step IN ('insert', 'update') AND {on}))"
+                ).format(referenced, cp=_tmp("plan", child_plan), cf=_tmp("first", child_plan),
+                         cpf=key_join("cp", "cf", child_plan), on=refers("cf"))
             checks.append(sql.SQL(
-                "UPDATE {plan} p SET step = 'kept' FROM {t} cur WHERE {pcur} AND p.step = 'delete' "
-                "AND EXISTS (SELECT FROM {child} ch WHERE {on} AND {leaving})"
-            ).format(
-                plan=_tmp("plan", plan), t=plan.ident,
-                pcur=key_join("p", "cur", plan), child=sql.Identifier(*_split(child)),
-                on=sql.SQL(" AND ").join(
-                    sql.SQL("ch.{} = cur.{}").format(_q(cc), _q(pc)) for cc, pc in zip(child_cols, parent_cols)),
-                leaving=leaving,
-            ))
-    until_stable(planner.conn, checks)
+                "UPDATE {plan} p SET step = 'kept' FROM {t} cur WHERE {pcur} AND p.step = 'delete' AND {referenced}"
+            ).format(plan=_tmp("plan", plan), t=plan.ident, pcur=key_join("p", "cur", plan), referenced=referenced))
+    return until_stable(planner.conn, checks)

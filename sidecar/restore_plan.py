@@ -390,15 +390,16 @@ class Planner:
                 _tmp("plan", plan))
         ).fetchall()
         plan.counts = {step: n for step, n, _ in rows}
-        if plan.counts.get("orphan"):
-            plan.counts["conflict"] = plan.counts.get("conflict", 0) + plan.counts["orphan"]
+        for step in ("orphan", "kept"):
+            if plan.counts.get(step):
+                plan.counts["conflict"] = plan.counts.get("conflict", 0) + plan.counts[step]
         forced = sum(f for _, _, f in rows)
         if forced:
             plan.counts["forced"] = forced
 
     def plan(self, *, lock_timeout: str | None = None, lock: bool = True) -> None:
         """Build the plan; with lock (an undo about to apply it) the rows it compares are locked first."""
-        from .restore_keys import mark_orphans  # builds on this module's plan tables
+        from .restore_keys import keep_referenced, mark_orphans  # build on this module's plan tables
 
         if lock_timeout:
             self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
@@ -413,6 +414,11 @@ class Planner:
             self.progress(f"locking and checking the rows of {plan.table}")
             self._lock_and_classify(plan, lock)
         mark_orphans(self)
+        if not lock and keep_referenced(self, self.ordered(), predicted=True):
+            # A plan only looked at (preview, --sql) says now which rows the
+            # undo will keep because rows changed since refer to them.
+            for plan in self.tables:
+                self.count(plan)
 
     def ordered(self) -> list[TablePlan]:
         """The tables parents first (foreign keys among the tables in the plan)."""

@@ -276,6 +276,13 @@ def test_a_child_row_added_by_a_person_keeps_the_runs_parent(support, cli, run_b
     run_id = run_bot("INSERT INTO customers VALUES (9, 'Fabrikam')")
     support.execute("INSERT INTO tickets (id, status, customer_id) VALUES (60, 'open', 9)")
 
+    # The preview says so too, rather than promising a delete that will not happen.
+    preview = cli("undo", str(run_id), "--preview")
+    assert "Total: 0 rows to restore, 1 conflict" in preview.stdout, preview.output
+    assert ('  conflict: customers "Fabrikam": added by the run, and rows changed since still refer to it; '
+            "left as it is") in preview.stdout
+    assert "remove" not in preview.stdout
+
     result = cli("undo", str(run_id), "--yes")
 
     assert result.exit_code == 3, result.output
@@ -283,6 +290,32 @@ def test_a_child_row_added_by_a_person_keeps_the_runs_parent(support, cli, run_b
     assert "  customers: 1 skipped (conflict)" in result.stdout
     assert ('  conflict: customers "Fabrikam": added by the run, and rows changed since still refer to it; '
             "left as it is") in result.stdout
+
+
+def test_a_preview_counts_the_references_the_undo_itself_takes_away(support, cli, run_bot):
+    """The run added a customer and moved a ticket to it: the undo moves the ticket back,
+    so nothing refers to the customer any more and it goes, in the preview as in the undo.
+    A ticket a person added under a cascading key keeps its customer, and is not deleted."""
+    support.execute("ALTER TABLE tickets DROP CONSTRAINT tickets_customer_id_fkey, ADD FOREIGN KEY (customer_id) "
+                    "REFERENCES customers ON DELETE CASCADE")
+    run_id = run_bot("INSERT INTO customers VALUES (9, 'Fabrikam'), (10, 'Tailspin')",
+                     "UPDATE tickets SET customer_id = 9 WHERE id = 44",
+                     "INSERT INTO tickets (id, status, customer_id) VALUES (61, 'new', 9)")
+    support.execute("INSERT INTO tickets (id, status, customer_id) VALUES (60, 'open', 10)")  # a person, since
+
+    preview = cli("undo", str(run_id), "--preview")
+    assert "Total: 3 rows to restore, 1 conflict" in preview.stdout, preview.output
+    assert 'remove customers "Fabrikam" (added by the run)' in preview.stdout
+    assert 'conflict: customers "Tailspin": added by the run, and rows changed since still refer to it' \
+        in preview.stdout
+
+    result = cli("undo", str(run_id), "--yes")
+
+    assert result.exit_code == 3, result.output
+    assert "  customers: 1 removed, 1 skipped (conflict)" in result.stdout
+    assert support.execute("SELECT id FROM customers WHERE id >= 9").fetchall() == [(10,)]
+    assert support.execute("SELECT id, customer_id FROM tickets WHERE id IN (44, 60, 61) ORDER BY id").fetchall() == [
+        (44, 3), (60, 10)]
 
 
 def test_a_row_whose_old_parent_was_deleted_since_is_a_conflict(support, cli, run_bot):
