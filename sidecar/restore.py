@@ -145,7 +145,17 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
                 "; ".join(planner.lost) + ". Nothing was changed: add --force to restore everything else")
         planner.notes.extend(planner.lost)
         conflicts = planner.conflicts()
-        counts = apply(planner)
+        try:
+            counts = apply(planner)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
+            # Values rows of the run traded among themselves, or a key
+            # restore_unique does not check ahead (an expression, a WHERE).
+            detail = f" ({exc.diag.message_detail.rstrip('.')})" if exc.diag.message_detail else ""
+            raise SidecarError(
+                f"restoring {exc.diag.schema_name}.{exc.diag.table_name} would break its key "
+                f"{exc.diag.constraint_name}{detail}: rows of the run traded values of that key, or a row changed "
+                "since holds one; nothing was changed. Undo the other rows with --row, and these by hand"
+            ) from None
         # Rows kept because rows changed since refer to them are conflicts too,
         # known only once applied: list them with the others.
         conflicts += planner.conflicts(CONFLICTS_LISTED - len(conflicts), kept=True)

@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import SidecarError
-from .restore_keys import keep_referenced
+from .restore_keys import foreign_keys, keep_referenced
 from .restore_plan import Planner, TablePlan, _q, _split, _tmp, key_join
 
 
@@ -22,6 +22,14 @@ def apply(planner: Planner) -> dict[str, dict[str, int]]:
     order = planner.ordered()
     done: dict[str, dict[str, int]] = {p.table: {} for p in order}
     with _user_triggers_disabled(conn, [p.table for p in order]):
+        # Rows the run added that no row refers to go first: a row put back or
+        # restored may need a unique value one of them holds (the run replaced
+        # a user by a new one with the same email). The rest go last, once the
+        # rows that referred to them are restored.
+        for plan in reversed(order):
+            if plan.counts.get("delete"):
+                planner.progress(f"removing {plan.counts['delete']:,} rows of {plan.table}")
+            done[plan.table]["delete"] = _delete(planner, plan, unreferenced=True)
         for plan in order:
             if plan.counts.get("insert"):
                 planner.progress(f"putting back {plan.counts['insert']:,} rows of {plan.table}")
@@ -30,11 +38,15 @@ def apply(planner: Planner) -> dict[str, dict[str, int]]:
             if plan.counts.get("update"):
                 planner.progress(f"restoring {plan.counts['update']:,} rows of {plan.table}")
             done[plan.table]["update"] = _update(planner, plan)
-        keep_referenced(planner, order)
-        for plan in reversed(order):
-            if plan.counts.get("delete"):
-                planner.progress(f"removing {plan.counts['delete']:,} rows of {plan.table}")
-            done[plan.table]["delete"] = _delete(planner, plan)
+        left = [p for p in order if p.counts.get("delete", 0) > done[p.table]["delete"]]
+        keep_referenced(planner, left)
+        for plan in reversed(left):
+            done[plan.table]["delete"] += _delete(planner, plan)
+        for plan in order:
+            kept = plan.counts.get("delete", 0) - done[plan.table]["delete"]
+            if kept:  # listed as conflicts by conflicts(kept=True)
+                plan.counts["conflict"] = plan.counts.get("conflict", 0) + kept
+                plan.counts["kept"] = kept
     return done
 
 
@@ -84,18 +96,23 @@ def _update(planner: Planner, plan: TablePlan) -> int:
     return cur.rowcount
 
 
-def _delete(planner: Planner, plan: TablePlan) -> int:
+def _delete(planner: Planner, plan: TablePlan, *, unreferenced: bool = False) -> int:
+    """Delete the plan's rows to delete (unreferenced: only those no row refers to now)."""
     if not plan.counts.get("delete"):
         return 0
+    free = [
+        sql.SQL("NOT EXISTS (SELECT FROM {child} ch WHERE {on})").format(
+            child=sql.Identifier(*_split(child)),
+            on=sql.SQL(" AND ").join(
+                sql.SQL("ch.{} = cur.{}").format(_q(cc), _q(pc)) for cc, pc in zip(child_cols, parent_cols)))
+        for child, child_cols, parent_cols in foreign_keys(planner.conn, plan, pointing_at=True)
+    ] if unreferenced else []
     cur = planner.conn.execute(
-        sql.SQL("DELETE FROM {t} AS cur USING {plan} p WHERE {pcur} AND p.step = 'delete'").format(
+        sql.SQL("DELETE FROM {t} AS cur USING {plan} p WHERE {pcur} AND p.step = 'delete' AND {free}").format(
             t=plan.ident, plan=_tmp("plan", plan), pcur=key_join("p", "cur", plan),
+            free=sql.SQL(" AND ").join(free) if free else sql.SQL("true"),
         )
     )
-    kept = plan.counts["delete"] - cur.rowcount
-    if kept:  # listed as conflicts by conflicts(kept=True)
-        plan.counts["conflict"] = plan.counts.get("conflict", 0) + kept
-        plan.counts["kept"] = kept
     return cur.rowcount
 
 

@@ -390,7 +390,7 @@ class Planner:
                 _tmp("plan", plan))
         ).fetchall()
         plan.counts = {step: n for step, n, _ in rows}
-        for step in ("orphan", "kept"):
+        for step in ("orphan", "kept", "clash"):
             if plan.counts.get(step):
                 plan.counts["conflict"] = plan.counts.get("conflict", 0) + plan.counts[step]
         forced = sum(f for _, _, f in rows)
@@ -400,6 +400,7 @@ class Planner:
     def plan(self, *, lock_timeout: str | None = None, lock: bool = True) -> None:
         """Build the plan; with lock (an undo about to apply it) the rows it compares are locked first."""
         from .restore_keys import keep_referenced, mark_orphans  # build on this module's plan tables
+        from .restore_unique import mark_clashes
 
         if lock_timeout:
             self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
@@ -413,6 +414,7 @@ class Planner:
         for plan in self.ordered():
             self.progress(f"locking and checking the rows of {plan.table}")
             self._lock_and_classify(plan, lock)
+        mark_clashes(self)
         mark_orphans(self)
         if not lock and keep_referenced(self, self.ordered(), predicted=True):
             # A plan only looked at (preview, --sql) says now which rows the
@@ -460,7 +462,7 @@ class Planner:
                     ORDER BY {pkp}
                     """
                 ).format(
-                    which=sql.SQL("p.step = 'kept'" if kept else "p.step IN ('conflict', 'orphan') OR p.forced"),
+                    which=sql.SQL("p.step = 'kept'" if kept else "p.step IN ('conflict', 'orphan', 'clash') OR p.forced"),
                     t=plan.ident, plan=_tmp("plan", plan), last=_tmp("last", plan), log=_q(plan.info.log_table),
                     pcur=key_join("p", "cur", plan), pl=key_join("p", "l", plan), ph=key_join("p", "h", plan),
                     pkp=sql.SQL(", ").join(sql.SQL("p.{}").format(_q(c)) for c in pk),
@@ -501,6 +503,7 @@ class Planner:
 # Conflicts that are not a later change of the row itself, by plan step.
 _REASONS = {
     "kept": "added by the run, and rows changed since still refer to it",
+    "clash": "another row holds its old value of a unique key now, so it cannot be restored as it was",
     "orphan": "a row it referred to before the run was deleted since, so it cannot be restored as it was",
 }
 

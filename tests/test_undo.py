@@ -318,6 +318,68 @@ def test_a_preview_counts_the_references_the_undo_itself_takes_away(support, cli
         (44, 3), (60, 10)]
 
 
+@pytest.fixture
+def users(sc):
+    sc.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL)")
+    sc.execute("INSERT INTO users VALUES (1, 'ann@example.com', 'Ann'), (2, 'bob@example.com', 'Bob'), "
+               "(3, 'cy@example.com', 'Cy')")
+    track(sc, "users")
+    return sc
+
+
+@pytest.mark.parametrize("statements", [
+    # The bot gave Ann's address to a new user: the new user goes before Ann gets it back.
+    ("UPDATE users SET email = 'ann.old@example.com' WHERE id = 1",
+     "INSERT INTO users VALUES (4, 'ann@example.com', 'Ann B.')"),
+    # The bot replaced Bob by a new row with the same address.
+    ("DELETE FROM users WHERE id = 2", "INSERT INTO users VALUES (5, 'bob@example.com', 'Robert')"),
+])
+def test_a_run_that_moved_a_unique_value_to_a_new_row_is_undone(users, cli, run_bot, statements):
+    before = snapshot(users, "users", "id")
+    run_id = run_bot(*statements)
+
+    result = cli("undo", str(run_id), "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert snapshot(users, "users", "id") == before
+
+
+def test_a_unique_value_a_person_took_since_is_a_conflict(users, cli, run_bot):
+    run_id = run_bot("UPDATE users SET email = 'ann.old@example.com' WHERE id = 1",
+                     "DELETE FROM users WHERE id = 3",
+                     "UPDATE users SET name = 'Robert' WHERE id = 2")
+    users.execute("UPDATE users SET email = 'ann@example.com' WHERE id = 2")  # a person, since
+    users.execute("INSERT INTO users VALUES (6, 'cy@example.com', 'Cyrus')")
+
+    preview = cli("undo", str(run_id), "--preview")
+    assert "Total: 0 rows to restore, 3 conflicts" in preview.stdout, preview.output
+    taken = "another row holds its old value of a unique key now, so it cannot be restored as it was"
+    for row in ("users #1", "users #3"):
+        assert f"conflict: {row}: {taken}; left as it is" in preview.stdout
+
+    result = cli("undo", str(run_id), "--yes")
+
+    assert result.exit_code == 3, result.output
+    assert "  users: 3 skipped (conflict)" in result.stdout
+    assert users.execute("SELECT id, email FROM users ORDER BY id").fetchall() == [
+        (1, "ann.old@example.com"), (2, "ann@example.com"), (6, "cy@example.com")]
+
+
+def test_values_the_run_traded_between_rows_fail_the_undo_whole_naming_the_key(users, cli, run_bot):
+    run_id = run_bot("UPDATE users SET email = 'tmp' WHERE id = 1",
+                     "UPDATE users SET email = 'ann@example.com' WHERE id = 2",
+                     "UPDATE users SET email = 'bob@example.com' WHERE id = 1",
+                     "UPDATE users SET name = 'Cyrus' WHERE id = 3")
+    after = snapshot(users, "users", "id")
+
+    result = cli("undo", str(run_id), "--yes")
+
+    assert result.exit_code == 1
+    assert "restoring public.users would break its key users_email_key (Key (email)=" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert snapshot(users, "users", "id") == after
+
+
 def test_a_row_whose_old_parent_was_deleted_since_is_a_conflict(support, cli, run_bot):
     # The bot moves ticket 44 from Contoso to Northwind Systems; later a person deletes Contoso.
     run_id = run_bot("UPDATE tickets SET customer_id = 2 WHERE id = 44",
