@@ -18,7 +18,8 @@ from sqlglot.dialects.postgres import Postgres
 
 from .restore import TEXT_SETTINGS
 from .restore_apply import user_triggers
-from .restore_plan import Planner, TablePlan, _q, _split, _tmp
+from .restore_keys import foreign_keys
+from .restore_plan import Planner, TablePlan, _q, _split, _tmp, key_join
 
 STREAM_BATCH = 2000
 
@@ -73,14 +74,15 @@ def _key(plan: TablePlan, image: dict[str, str | None]) -> exp.Expression:
     ])
 
 
-def _rows(conn: psycopg.Connection, plan: TablePlan, step: str) -> Iterator[tuple[dict, dict | None, bool]]:
+def _rows(conn: psycopg.Connection, plan: TablePlan, step: str,
+          where: sql.Composable = sql.SQL("true")) -> Iterator[tuple[dict, dict | None, bool]]:
     """(first image, last image, forced) as PostgreSQL text forms, streamed with a server-side cursor."""
     names = [c.name for c in plan.columns]
     texts = lambda alias: sql.SQL(", ").join(sql.SQL("{}.{}::text").format(_q(alias), _q(n)) for n in names)  # noqa: E731
     query = sql.SQL(
         "SELECT {f}, l._kind = 'N', {l}, p.forced FROM {plan} p JOIN {first} f ON {pf} JOIN {last} l ON {pl} "
-        "WHERE p.step = %s ORDER BY {pk}"
-    ).format(
+        "WHERE p.step = %s AND {where} ORDER BY {pk}"
+    ).format(where=where,
         f=texts("f"), l=texts("l"), plan=_tmp("plan", plan), first=_tmp("first", plan), last=_tmp("last", plan),
         pf=sql.SQL(" AND ").join(sql.SQL("p.{c} = f.{c}").format(c=_q(k)) for k in plan.info.pk_columns),
         pl=sql.SQL(" AND ").join(sql.SQL("p.{c} = l.{c}").format(c=_q(k)) for k in plan.info.pk_columns),
@@ -94,6 +96,23 @@ def _rows(conn: psycopg.Connection, plan: TablePlan, step: str) -> Iterator[tupl
             first = dict(zip(names, row[:n]))
             last = dict(zip(names, row[n + 1:-1])) if row[n] else None
             yield first, last, row[-1]
+
+
+def _deletes(conn: psycopg.Connection, plan: TablePlan, *, referenced: bool) -> Iterator[str]:
+    """DELETEs of the plan's rows to delete that some row refers to now (or that none does)."""
+    refs = [
+        sql.SQL("EXISTS (SELECT FROM {child} ch JOIN {t} cur ON {pf} WHERE {on})").format(
+            child=sql.Identifier(*_split(child)), t=plan.ident, pf=key_join("cur", "p", plan),
+            on=sql.SQL(" AND ").join(sql.SQL("ch.{} = cur.{}").format(_q(cc), _q(pc))
+                                     for cc, pc in zip(child_cols, parent_cols)))
+        for child, child_cols, parent_cols in foreign_keys(conn, plan, pointing_at=True)
+    ]
+    if referenced and not refs:
+        return
+    any_ref = sql.SQL("({})").format(sql.SQL(" OR ").join(refs)) if refs else sql.SQL("false")
+    for first, last, forced in _rows(conn, plan, "delete", any_ref if referenced else sql.SQL("NOT ") + any_ref):
+        where = _key(plan, first) if forced or last is None else exp.and_(_key(plan, last), _guard(plan, last))
+        yield _render(exp.Delete(this=_table(plan.table), where=exp.Where(this=where)))
 
 
 def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
@@ -116,6 +135,11 @@ def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
     for table, trigger in triggers:
         yield sql.SQL("ALTER TABLE {} DISABLE TRIGGER {};\n").format(sql.Identifier(*_split(table)), _q(trigger)).as_string(conn)
 
+    # As sidecar undo does: first the rows the run added that no row refers to
+    # now (one may hold a unique value a row put back or restored needs), then
+    # the rest once the rows that referred to them are restored.
+    for p in reversed(order):
+        yield from _deletes(conn, p, referenced=False)
     for p in order:
         cols = p.columns
         for first, _, _ in _rows(conn, p, "insert"):
@@ -140,10 +164,7 @@ def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
             )
             yield _render(update)
     for p in reversed(order):
-        for first, last, forced in _rows(conn, p, "delete"):
-            where = _key(p, first) if forced or last is None else exp.and_(_key(p, last), _guard(p, last))
-            delete = exp.Delete(this=_table(p.table), where=exp.Where(this=where))
-            yield _render(delete)
+        yield from _deletes(conn, p, referenced=True)
 
     for table, trigger in triggers:
         yield sql.SQL("ALTER TABLE {} ENABLE TRIGGER {};\n").format(sql.Identifier(*_split(table)), _q(trigger)).as_string(conn)

@@ -334,13 +334,19 @@ def users(sc):
     # The bot replaced Bob by a new row with the same address.
     ("DELETE FROM users WHERE id = 2", "INSERT INTO users VALUES (5, 'bob@example.com', 'Robert')"),
 ])
-def test_a_run_that_moved_a_unique_value_to_a_new_row_is_undone(users, cli, run_bot, statements):
+@pytest.mark.parametrize("kind", ["undo", "sql"])
+def test_a_run_that_moved_a_unique_value_to_a_new_row_is_undone(users, cli, run_bot, statements, kind):
     before = snapshot(users, "users", "id")
     run_id = run_bot(*statements)
 
-    result = cli("undo", str(run_id), "--yes")
-
-    assert result.exit_code == 0, result.output
+    if kind == "undo":
+        result = cli("undo", str(run_id), "--yes")
+        assert result.exit_code == 0, result.output
+    else:  # the script a DBA reviews and runs with psql does the same, in the same order
+        script = cli("undo", str(run_id), "--sql").output
+        writes = [line.split()[0] for line in script.splitlines() if line.startswith(("DELETE", "INSERT", "UPDATE"))]
+        assert writes[0] == "DELETE" and len(writes) == 2, script
+        users.execute(script)
     assert snapshot(users, "users", "id") == before
 
 
