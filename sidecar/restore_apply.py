@@ -30,14 +30,21 @@ def apply(planner: Planner) -> dict[str, dict[str, int]]:
             if plan.counts.get("delete"):
                 planner.progress(f"removing {plan.counts['delete']:,} rows of {plan.table}")
             done[plan.table]["delete"] = _delete(planner, plan, unreferenced=True)
+        # Parents are put back before the rows that refer to them are restored.
+        # When that order breaks a unique key (the undo of an undo gives an
+        # email back to a new user that a restored user still holds), the
+        # restores are tried first.
+        try:
+            with conn.transaction():  # a savepoint
+                _put_back_and_restore(planner, order, done, ("insert", "update"))
+        except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation):
+            _put_back_and_restore(planner, order, done, ("update", "insert"))
         for plan in order:
-            if plan.counts.get("insert"):
-                planner.progress(f"putting back {plan.counts['insert']:,} rows of {plan.table}")
-            done[plan.table]["insert"] = _insert(planner, plan)
-        for plan in order:
-            if plan.counts.get("update"):
-                planner.progress(f"restoring {plan.counts['update']:,} rows of {plan.table}")
-            done[plan.table]["update"] = _update(planner, plan)
+            lost = plan.counts.get("insert", 0) - done[plan.table]["insert"]
+            if lost:
+                # Someone inserted the same key after the plan was made: a conflict, not an overwrite.
+                planner.notes.append(f"{plan.table}: {lost} row(s) reappeared while undoing and were left as they are")
+                plan.counts["conflict"] = plan.counts.get("conflict", 0) + lost
         left = [p for p in order if p.counts.get("delete", 0) > done[p.table]["delete"]]
         keep_referenced(planner, left)
         for plan in reversed(left):
@@ -50,28 +57,37 @@ def apply(planner: Planner) -> dict[str, dict[str, int]]:
     return done
 
 
+def _put_back_and_restore(planner: Planner, order: list[TablePlan], done: dict[str, dict[str, int]],
+                          steps: tuple[str, str]) -> None:
+    for step in steps:
+        for plan in order:
+            if plan.counts.get(step):
+                what = "putting back" if step == "insert" else "restoring"
+                planner.progress(f"{what} {plan.counts[step]:,} rows of {plan.table}")
+            done[plan.table][step] = (_insert if step == "insert" else _update)(planner, plan)
+
+
 def _insert(planner: Planner, plan: TablePlan) -> int:
     if not plan.counts.get("insert"):
         return 0
     cols = sql.SQL(", ").join(_q(c.name) for c in plan.columns)
     fcols = sql.SQL(", ").join(sql.SQL("f.{}").format(_q(c.name)) for c in plan.columns)
+    # A row whose key reappeared since the plan was made is left as it is (a
+    # conflict); any other unique key that refuses a row is an error, which
+    # apply() answers by trying the other order.
+    pk = planner.conn.execute("SELECT sidecar._pk_columns(%s::regclass)", (plan.table,)).fetchone()[0]
+    target = sql.SQL("({})").format(sql.SQL(", ").join(_q(c) for c in pk)) if pk else sql.SQL("")
     cur = planner.conn.execute(
         sql.SQL(
             "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE "
             "SELECT {fcols} FROM {first} f JOIN {plan} p ON {pf} WHERE p.step = 'insert' "
-            "ON CONFLICT DO NOTHING"
+            "ON CONFLICT {target} DO NOTHING"
         ).format(
             t=plan.ident, cols=cols, fcols=fcols, first=_tmp("first", plan),
-            plan=_tmp("plan", plan), pf=key_join("p", "f", plan),
+            plan=_tmp("plan", plan), pf=key_join("p", "f", plan), target=target,
         )
     )
-    inserted = cur.rowcount
-    lost = plan.counts["insert"] - inserted
-    if lost:
-        # Someone inserted the same key after the plan was made: a conflict, not an overwrite.
-        planner.notes.append(f"{plan.table}: {lost} row(s) reappeared while undoing and were left as they are")
-        plan.counts["conflict"] = plan.counts.get("conflict", 0) + lost
-    return inserted
+    return cur.rowcount
 
 
 def _update(planner: Planner, plan: TablePlan) -> int:

@@ -350,6 +350,21 @@ def test_a_run_that_moved_a_unique_value_to_a_new_row_is_undone(users, cli, run_
     assert snapshot(users, "users", "id") == before
 
 
+def test_the_undo_of_such_an_undo_gives_the_value_back_to_the_new_row(users, cli, run_bot):
+    """Undone again, the new user is put back with the address the old user holds until it is
+    restored in turn: parents-first order would break the key, so the restores go first."""
+    run_id = run_bot("UPDATE users SET email = 'ann.old@example.com' WHERE id = 1",
+                     "INSERT INTO users VALUES (4, 'ann@example.com', 'Ann B.')")
+    after = snapshot(users, "users", "id")
+    undo_run = undo(users, run_id).undo_run_id
+
+    result = cli("undo", str(undo_run), "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert "  users: 1 put back, 1 restored" in result.stdout
+    assert snapshot(users, "users", "id") == after
+
+
 def test_a_unique_value_a_person_took_since_is_a_conflict(users, cli, run_bot):
     run_id = run_bot("UPDATE users SET email = 'ann.old@example.com' WHERE id = 1",
                      "DELETE FROM users WHERE id = 3",
