@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import SidecarError
-from .restore_keys import foreign_keys, keep_referenced
+from .restore_keys import foreign_keys, keep_referenced, refers
 from .restore_plan import Planner, TablePlan, _q, _split, _tmp, key_join
 
 
@@ -118,9 +118,7 @@ def _delete(planner: Planner, plan: TablePlan, *, unreferenced: bool = False) ->
         return 0
     free = [
         sql.SQL("NOT EXISTS (SELECT FROM {child} ch WHERE {on})").format(
-            child=sql.Identifier(*_split(child)),
-            on=sql.SQL(" AND ").join(
-                sql.SQL("ch.{} = cur.{}").format(_q(cc), _q(pc)) for cc, pc in zip(child_cols, parent_cols)))
+            child=sql.Identifier(*_split(child)), on=refers("ch", child_cols, parent_cols))
         for child, child_cols, parent_cols in foreign_keys(planner.conn, plan, pointing_at=True)
     ] if unreferenced else []
     cur = planner.conn.execute(

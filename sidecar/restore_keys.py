@@ -63,6 +63,13 @@ def foreign_keys(conn: psycopg.Connection, plan: TablePlan, *, pointing_at: bool
     ).fetchall()
 
 
+def refers(child: str, child_cols: list[str], parent_cols: list[str], parent: str = "cur") -> sql.Composable:
+    """The condition that row `child` refers to row `parent` by one foreign key's columns."""
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(sql.Identifier(child), _q(cc), sql.Identifier(parent), _q(pc))
+        for cc, pc in zip(child_cols, parent_cols))
+
+
 def until_stable(conn: psycopg.Connection, updates: list[sql.Composable]) -> bool:
     """Run the updates again and again until none changes a row; True when any did."""
     changed = False
@@ -136,9 +143,6 @@ def keep_referenced(planner: Planner, order: list[TablePlan], *, predicted: bool
             continue
         for child, child_cols, parent_cols in foreign_keys(planner.conn, plan, pointing_at=True):
             child_plan = by_table.get(child)
-            refers = lambda alias: sql.SQL(" AND ").join(  # noqa: E731
-                sql.SQL("{}.{} = cur.{}").format(sql.Identifier(alias), _q(cc), _q(pc))
-                for cc, pc in zip(child_cols, parent_cols))
             # Predicted, a child row the plan puts back or restores refers by its first image
             # (when the undo restores its key columns; else by what it holds now).
             by_first = predicted and child_plan is not None and all(
@@ -152,13 +156,13 @@ def keep_referenced(planner: Planner, order: list[TablePlan], *, predicted: bool
                         sql.SQL("cp.{c} = ch.{c}").format(c=_q(c)) for c in child_plan.info.pk_columns),
                 )
             referenced = sql.SQL("EXISTS (SELECT FROM {child} ch WHERE {on} AND {staying})").format(
-                child=sql.Identifier(*_split(child)), on=refers("ch"), staying=staying)
+                child=sql.Identifier(*_split(child)), on=refers("ch", child_cols, parent_cols), staying=staying)
             if by_first:
                 referenced = sql.SQL(
                     "({} OR EXISTS (SELECT FROM {cp} cp JOIN {cf} cf ON {cpf} "
                     "WHERE cp.step IN ('insert', 'update') AND {on}))"
                 ).format(referenced, cp=_tmp("plan", child_plan), cf=_tmp("first", child_plan),
-                         cpf=key_join("cp", "cf", child_plan), on=refers("cf"))
+                         cpf=key_join("cp", "cf", child_plan), on=refers("cf", child_cols, parent_cols))
             checks.append(sql.SQL(
                 "UPDATE {plan} p SET step = 'kept' FROM {t} cur WHERE {pcur} AND p.step = 'delete' AND {referenced}"
             ).format(plan=_tmp("plan", plan), t=plan.ident, pcur=key_join("p", "cur", plan), referenced=referenced))

@@ -18,7 +18,7 @@ from sqlglot.dialects.postgres import Postgres
 
 from .restore import TEXT_SETTINGS
 from .restore_apply import user_triggers
-from .restore_keys import foreign_keys
+from .restore_keys import foreign_keys, refers
 from .restore_plan import Planner, TablePlan, _q, _split, _tmp, key_join
 
 STREAM_BATCH = 2000
@@ -103,8 +103,7 @@ def _deletes(conn: psycopg.Connection, plan: TablePlan, *, referenced: bool) -> 
     refs = [
         sql.SQL("EXISTS (SELECT FROM {child} ch JOIN {t} cur ON {pf} WHERE {on})").format(
             child=sql.Identifier(*_split(child)), t=plan.ident, pf=key_join("cur", "p", plan),
-            on=sql.SQL(" AND ").join(sql.SQL("ch.{} = cur.{}").format(_q(cc), _q(pc))
-                                     for cc, pc in zip(child_cols, parent_cols)))
+            on=refers("ch", child_cols, parent_cols))
         for child, child_cols, parent_cols in foreign_keys(conn, plan, pointing_at=True)
     ]
     if referenced and not refs:
