@@ -82,11 +82,11 @@ def _rows(conn: psycopg.Connection, plan: TablePlan, step: str,
     query = sql.SQL(
         "SELECT {f}, l._kind = 'N', {l}, p.forced FROM {plan} p JOIN {first} f ON {pf} JOIN {last} l ON {pl} "
         "WHERE p.step = %s AND {where} ORDER BY {pk}"
-    ).format(where=where,
+    ).format(
         f=texts("f"), l=texts("l"), plan=_tmp("plan", plan), first=_tmp("first", plan), last=_tmp("last", plan),
         pf=sql.SQL(" AND ").join(sql.SQL("p.{c} = f.{c}").format(c=_q(k)) for k in plan.info.pk_columns),
         pl=sql.SQL(" AND ").join(sql.SQL("p.{c} = l.{c}").format(c=_q(k)) for k in plan.info.pk_columns),
-        pk=sql.SQL(", ").join(sql.SQL("p.{}").format(_q(k)) for k in plan.info.pk_columns),
+        pk=sql.SQL(", ").join(sql.SQL("p.{}").format(_q(k)) for k in plan.info.pk_columns), where=where,
     )
     n = len(names)
     with conn.cursor(name=f"sc_sql_{plan.suffix}_{step}") as cur:
