@@ -342,20 +342,23 @@ class Planner:
                 SELECT {pk},
                        CASE
                          WHEN f._kind = 'N' AND l._kind = 'O' THEN 'none'
-                         WHEN f._kind = 'O' AND cur._sc_found AND ({cur_is_first}) THEN 'done'
-                         WHEN f._kind = 'N' AND cur._sc_found IS NULL THEN 'done'
-                         WHEN l._kind = 'N' AND (cur._sc_found IS NULL OR NOT ({cur_is_last})) THEN 'conflict'
-                         WHEN l._kind = 'O' AND cur._sc_found THEN 'conflict'
-                         WHEN f._kind = 'O' AND cur._sc_found IS NULL THEN 'insert'
+                         WHEN f._kind = 'O' AND {found} AND ({cur_is_first}) THEN 'done'
+                         WHEN f._kind = 'N' AND NOT {found} THEN 'done'
+                         WHEN l._kind = 'N' AND (NOT {found} OR NOT ({cur_is_last})) THEN 'conflict'
+                         WHEN l._kind = 'O' AND {found} THEN 'conflict'
+                         WHEN f._kind = 'O' AND NOT {found} THEN 'insert'
                          WHEN f._kind = 'O' THEN 'update'
                          ELSE 'delete'
                        END AS step,
                        false AS forced
                 FROM {first} f
                 JOIN {last} l ON {fl}
-                LEFT JOIN (SELECT cur.*, true AS _sc_found FROM {t} cur) cur ON {fcur}
+                LEFT JOIN {t} cur ON {fcur}
                 """
             ).format(
+                # The row is there now: a key column of the joined row is set (a name of
+                # sidecar's own next to the table's columns could clash with one of them).
+                found=sql.SQL("(cur.{} IS NOT NULL)").format(_q(plan.info.pk_columns[0])),
                 plan=_tmp("plan", plan), pk=pk, first=_tmp("first", plan), last=_tmp("last", plan),
                 fl=key_join("f", "l", plan), t=plan.ident,
                 fcur=key_join("f", "cur", plan),

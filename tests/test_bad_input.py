@@ -43,6 +43,32 @@ def test_quoted_unicode_and_reserved_identifiers(sc, run_bot, cli):
     assert row.exit_code == 2  # unquoted: not that table, and the message says how to quote
 
 
+def test_columns_named_like_sidecars_own_work_or_are_refused_clearly(sc, run_bot, cli):
+    """Column names the undo's own queries use (step, forced, _sc_found) are the table's
+    like any other; the two history keeps for itself (_stmt, _kind) are refused by name."""
+    sc.execute("CREATE TABLE jobs (id int PRIMARY KEY, step text, forced bool, _sc_found bool, _sc_kind text)")
+    sc.execute("INSERT INTO jobs VALUES (1, 'queued', false, false, 'a')")
+    track(sc, "jobs")
+    before = snapshot(sc, "jobs")
+    run_id = run_bot("UPDATE jobs SET step = 'done', forced = true, _sc_found = true, _sc_kind = 'b'",
+                     "INSERT INTO jobs VALUES (2, 'new', true, true, 'c')")
+    result = cli("undo", str(run_id), "--yes")
+    assert result.exit_code == 0, result.output
+    assert snapshot(sc, "jobs") == before
+
+    sc.execute("CREATE TABLE tasks (id int PRIMARY KEY, _kind text)")
+    result = cli("track", "tasks")
+    assert result.exit_code == 2
+    assert "table public.tasks has a column named _kind, a name sidecar's history keeps for its own use" \
+        in result.stderr
+    assert sc.execute("SELECT count(*) FROM sidecar.tracked WHERE relid = 'tasks'::regclass").fetchone()[0] == 0
+    # On a tracked table, the DDL that would bring the name in is refused, and so left undone.
+    with pytest.raises(psycopg.Error, match="has a column named _stmt"):
+        sc.execute("ALTER TABLE jobs RENAME COLUMN step TO _stmt")
+    assert [r[0] for r in sc.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'jobs'::regclass "
+                                     "AND attnum = 2")] == ["step"]
+
+
 @pytest.mark.parametrize("kind", ["undo", "sql script"])
 def test_values_at_the_edges_come_back_exactly(sc, run_bot, cli, pg_major, kind):
     numeric_inf = ", 'Infinity'::numeric, '-Infinity'::numeric" if pg_major >= 14 else ""
