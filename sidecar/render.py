@@ -139,6 +139,9 @@ def undo_result(result, *, would: bool = False) -> str:
             parts.append(f"{counts['conflict']:,} skipped (conflict)")
         lines.append(f"  {describe.table_name(table)}: " + (", ".join(p for p in parts if p) or "nothing to do"))
     lines += conflict_lines(result.conflicts, result.conflict_count, result.forced)
+    if result.held_rejected:
+        lines.append(f"  rejected {plural(result.held_rejected, 'held change')} of what was undone, "
+                     "which had not landed (sidecar queue --all lists them)")
     for note in result.notes:
         lines.append(f"  note: {note}")
     if not result.tables:

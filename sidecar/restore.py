@@ -33,6 +33,7 @@ class UndoResult:
     notes: list[str]
     applied: bool
     forced: bool = False
+    held_rejected: int = 0  # held changes of what was undone, rejected with it
 
     @property
     def restored(self) -> int:
@@ -163,14 +164,16 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
         for plan in planner.tables:
             counts[plan.table]["conflict"] = plan.counts.get("conflict", 0)
             counts[plan.table]["done"] = plan.counts.get("done", 0)
+        held = conn.execute("SELECT sidecar._reject_undone(%s)", (undo_run,)).fetchone()[0]
         result = UndoResult(scope.run_id, scope.kind, undo_run, counts, conflicts, conflict_count,
-                            planner.notes, applied=True, forced=force)
+                            planner.notes, applied=True, forced=force, held_rejected=held)
         from .describe import plural
 
         summary = (
             f"Undid {'run' if scope.kind == 'run' else scope.kind + ' of run'} {str(scope.run_id)[:8]}: "
             f"restored {plural(result.restored, 'row')}"
             + (f", skipped {plural(conflict_count, 'conflicting row')}" if conflict_count else "")
+            + (f", rejected {plural(held, 'held change')}" if held else "")
             + (f" ({reason})" if reason else "")
         )
         conn.execute(

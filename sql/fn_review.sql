@@ -632,6 +632,39 @@ BEGIN
 END
 $_reject$;
 
+-- Reject the held changes still open in what an undo (p_undo, in its own
+-- transaction) undid: the run, its actions or its rows. Approved later, they
+-- would land after the undo, under a run that reads as undone. Returns how
+-- many were rejected.
+CREATE OR REPLACE FUNCTION sidecar._reject_undone(p_undo uuid)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_reject_undone$
+DECLARE
+    r_undo  record;
+    v_ids   bigint[];
+BEGIN
+    SELECT * INTO STRICT r_undo FROM sidecar.runs WHERE run_id = p_undo AND undo_of IS NOT NULL;
+    SELECT array_agg(p.pending_id ORDER BY p.pending_id) INTO v_ids
+    FROM sidecar.pending p
+    JOIN sidecar.tracked t ON t.tracked_id = p.tracked_id
+    LEFT JOIN sidecar.actions a ON a.action_id = p.action_id
+    WHERE p.run_id = r_undo.undo_of AND p.status IN ('pending', 'conflict')
+      AND (jsonb_array_length(coalesce(r_undo.meta -> 'actions', '[]')) = 0
+           OR a.key IN (SELECT jsonb_array_elements_text(r_undo.meta -> 'actions')))
+      AND (jsonb_array_length(coalesce(r_undo.meta -> 'rows', '[]')) = 0
+           OR EXISTS (SELECT FROM jsonb_array_elements(r_undo.meta -> 'rows') AS r(row)
+                      WHERE r.row ->> 'table' = sidecar._qualname(t.relid)
+                        AND NOT EXISTS (SELECT FROM jsonb_object_keys(r.row -> 'key') AS k(col)
+                                        WHERE (p.key ->> k.col) IS DISTINCT FROM (r.row -> 'key' ->> k.col))));
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM sidecar._reject(v_ids, format('what it belongs to was undone (undo run %s)', p_undo),
+                            format('%s held change(s) of run %s', cardinality(v_ids), r_undo.undo_of));
+    RETURN cardinality(v_ids);
+END
+$_reject_undone$;
+
 -- A held item as the event trail names it:
 -- held change 12 (update of public.invoices {"id": 17}; rule: refund over limit).
 CREATE OR REPLACE FUNCTION sidecar._pending_label(p_pending_id bigint)

@@ -345,6 +345,35 @@ def _refused(run_bot, statement: str) -> psycopg.Error:
     raise AssertionError(f"{statement} was not refused")
 
 
+def test_undoing_a_run_or_an_action_rejects_its_held_changes(billing, cli, run_bot):
+    """Approved after the undo, a held change would land under a run that reads as undone."""
+    _hold_refunds(cli)
+    first = run_bot(_action("refund:17"), _refund(17, 900), _action("refund:18"), _refund(18, 700), _refund(19, 50))
+    second = run_bot(_action("refund:20"), _refund(20, 800), _action("refund:16"), _refund(16, 600))
+    held = {i.action: i.pending_id for i in sidecar.review.queue(billing)}
+    assert set(held) == {"refund:17", "refund:18", "refund:20", "refund:16"}
+
+    result = cli("undo", str(first), "--yes")
+    assert result.exit_code == 0, result.output
+    assert "  rejected 2 held changes of what was undone, which had not landed" in result.stdout
+    assert _row(billing, 19) == (0, "open")
+
+    result = cli("undo", str(second), "--action", "refund:20", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "  rejected 1 held change of what was undone" in result.stdout
+
+    assert [i.pending_id for i in sidecar.review.queue(billing)] == [held["refund:16"]]
+    assert {pid: _status_of(billing, pid) for pid in held.values()} == {
+        held["refund:17"]: "rejected", held["refund:18"]: "rejected", held["refund:20"]: "rejected",
+        held["refund:16"]: "pending"}
+    refused = cli("approve", str(held["refund:17"]))
+    assert refused.exit_code != 0 and "already rejected" in refused.stderr
+    assert _row(billing, 17) == (0, "open")
+    why = billing.execute("SELECT decided_why FROM sidecar.pending WHERE pending_id = %s",
+                          (held["refund:17"],)).fetchone()[0]
+    assert why.startswith("what it belongs to was undone (undo run ")
+
+
 def test_approve_twice_or_an_unknown_id_is_bad_input(billing, cli, run_bot):
     _hold_refunds(cli)
     run_bot(_refund(17, 900))

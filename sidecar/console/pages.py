@@ -289,6 +289,8 @@ def undo_apply(p: Page):
     result = restore.undo(p.conn, scope, reason=p.field("reason") or None)
     scope_text = "run" if scope.kind == "run" else f"{scope.kind} of run"
     message = f"Undid {scope_text} {str(scope.run_id)[:8]}: restored {plural(result.restored, 'row')}."
+    if result.held_rejected:
+        message += f" Rejected {plural(result.held_rejected, 'held change')} of it that had not landed."
     if result.conflict_count:
         message += (f" Kept {plural(result.conflict_count, 'conflicting row')} as they are (changed since): "
                     + "; ".join(f"{x['label']} (changed by {x['who']})" for x in map(_conflict, result.conflicts)))
