@@ -282,6 +282,25 @@ def test_undo_preview_lists_the_conflict(scene, browser, sc):
     assert snapshot(sc, "tickets") == before
 
 
+def test_undo_says_why_a_row_the_run_added_stays(scene, browser, sc, run_bot):
+    """Not a later edit of the row: rows changed since refer to it. The preview and the
+    undo's message say that, not 'changed since by someone'."""
+    run_id = run_bot("INSERT INTO customers (id, name) VALUES (9, 'Fabrikam')", automation="billing-bot")
+    sc.execute("INSERT INTO tickets (id, customer_id, subject) VALUES (90, 9, 'filed by a person')")
+    b = browser(scene.users["undoer"])
+    page = b.get(f"/runs/{run_id}/undo").text
+    assert "0 rows to restore" in page and "1 conflict" in page
+    conflicts = page[page.index("Conflicts: kept as they are"):]
+    assert "added by the run, and rows changed since still refer to it" in conflicts
+    assert "changed since by" not in conflicts
+
+    r = b.post(f"/runs/{run_id}/undo", {"reason": "test"}, page=f"/runs/{run_id}/undo")
+    assert r.status_code == 303
+    message = b.get(r.headers["location"]).text
+    assert "added by the run, and rows changed since still refer to it" in message
+    assert sc.execute("SELECT name FROM customers WHERE id = 9").fetchone() == ("Fabrikam",)
+
+
 def test_undo_restores_rows_and_keeps_the_conflict(scene, browser, sc):
     b = browser(scene.users["undoer"])
     r = b.post(f"/runs/{scene.run_id}/undo", {"reason": "wrong customers"}, page=f"/runs/{scene.run_id}/undo")

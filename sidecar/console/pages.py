@@ -280,7 +280,9 @@ def _conflict(c: restore.Conflict) -> dict:
     else:
         what = [(k, c.run_left.get(k), v) for k, v in c.now.items() if k in c.run_left and c.run_left.get(k) != v]
     who = f"run {str(c.changed_by_run)[:8]}" if c.changed_by_run else "someone outside any run"
-    return {"label": label, "who": who, "what": what, "run": c.changed_by_run}
+    # A row left for a reason of its own (rows still refer to it, its old unique value is
+    # taken...) was not changed since: the reason says why, not a later writer.
+    return {"label": label, "who": who, "what": what, "run": c.changed_by_run, "reason": c.reason}
 
 
 @page("undo")
@@ -293,7 +295,8 @@ def undo_apply(p: Page):
         message += f" Rejected {plural(result.held_rejected, 'held change')} of it that had not landed."
     if result.conflict_count:
         message += (f" Kept {plural(result.conflict_count, 'conflicting row')} as they are (changed since): "
-                    + "; ".join(f"{x['label']} (changed by {x['who']})" for x in map(_conflict, result.conflicts)))
+                    + "; ".join(f"{x['label']} ({x['reason'] or 'changed by ' + x['who']})"
+                                for x in map(_conflict, result.conflicts)))
     return p.redirect(f"/runs/{scope.run_id}", message, "warn" if result.conflict_count else "ok")
 
 
