@@ -145,7 +145,7 @@ class Planner:
             """
             SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column,
                    t.display_name, s.lo, s.hi,
-                   EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) AS present, s.single_op
+                   EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) AS present, s.single_op, t.active
             FROM (SELECT tracked_id, min(stmt_id) AS lo, max(stmt_id) AS hi,
                          CASE WHEN count(*) = 1 THEN min(op::text) END AS single_op
                   FROM _sc_stmts GROUP BY tracked_id) s  -- grouped first: one name per table
@@ -156,6 +156,9 @@ class Planner:
         for r in rows:
             if not r[8]:
                 self.lost.append(f"table {r[1]} was dropped since the run; its rows cannot be put back")
+            elif not r[10]:
+                self.notes.append(f"{r[1]} is not tracked any more: its rows are restored, but this undo of them is "
+                                  f"not recorded and cannot itself be undone (sidecar track {r[1]} first records it)")
         infos = [TableInfo(*r[:6], stmt_range=(r[6], r[7])) for r in rows if r[8]]
         single_op = {r[0]: r[9] for r in rows}
         if scope.rows:

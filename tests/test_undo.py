@@ -195,6 +195,25 @@ def test_rows_a_foreign_key_cascades_to_and_rows_copied_in_are_the_runs_and_undo
     assert snapshot(sc, "accounts", "id") + snapshot(sc, "orders", "id") == before
 
 
+def test_a_table_no_longer_tracked_is_restored_and_the_undo_says_it_is_not_recorded(support, cli, run_bot):
+    before = _state(support)
+    run_id = run_bot("UPDATE tickets SET status = 'resolved' WHERE id = 42",
+                     "UPDATE customers SET name = 'Contoso Ltd' WHERE id = 3")
+    assert cli("untrack", "tickets").exit_code == 0  # history kept
+    note = ("note: public.tickets is not tracked any more: its rows are restored, but this undo of them is "
+            "not recorded and cannot itself be undone (sidecar track public.tickets first records it)")
+    assert note in cli("undo", str(run_id), "--preview").stdout
+
+    result = cli("undo", str(run_id), "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert note in result.stdout
+    assert _state(support) == before
+    # Only what was tracked is the undo run's own history.
+    undo_run = result.stdout.split(" as run ")[1].split()[0]
+    assert "changed     1 row in customers (1)" in cli("show", undo_run).stdout
+
+
 def test_a_run_that_changed_nothing_has_nothing_to_undo(support, cli, run_bot):
     run_id = run_bot("UPDATE customers SET name = 'Contoso' WHERE id = 3")
     result = cli("undo", str(run_id), "--yes")
