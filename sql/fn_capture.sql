@@ -6,6 +6,7 @@
 --   SC001 automation or table paused       SC002 TRUNCATE refused
 --   SC003 bad sidecar.run_id               SC004 table cannot be tracked
 --   SC005 no run active in this session
+--   SC009 a write tagged with a run that was undone
 
 -- Functions of earlier releases (an upgrade must not leave them behind).
 DROP FUNCTION IF EXISTS sidecar._pause_message(text, int);
@@ -310,6 +311,8 @@ DECLARE
     v_run_text text := coalesce(current_setting('sidecar.run_id', true), '');
     v_key      text;
     v_status   text;
+    v_undone_by uuid;
+    v_undone_at timestamptz;
 BEGIN
     -- Checked by pattern, not by catching the cast error: an exception
     -- block would open a subtransaction on the write path.
@@ -320,9 +323,23 @@ BEGIN
     END IF;
     run_id := v_run_text::uuid;
     v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
-    SELECT r.automation, r.undo_of IS NOT NULL, a.action_id, r.status INTO automation, is_undo, action_id, v_status
+    SELECT r.automation, r.undo_of IS NOT NULL, a.action_id, r.status, r.undone_by
+      INTO automation, is_undo, action_id, v_status, v_undone_by
     FROM sidecar.runs r LEFT JOIN sidecar.actions a ON a.run_id = r.run_id AND a.key = v_key
     WHERE r.run_id = _tag.run_id;
+    -- A run undone whole is over: what its automation writes next would land
+    -- under a run that reads as undone, and outside what the undo covered.
+    -- (Unless that undo was undone in turn: then the run's changes are back.)
+    IF v_undone_by IS NOT NULL THEN
+        SELECT u.started_at INTO v_undone_at FROM sidecar.runs u
+        WHERE u.run_id = v_undone_by AND u.undone_by IS NULL;
+    END IF;
+    IF v_undone_at IS NOT NULL THEN
+        RAISE EXCEPTION 'sidecar: run % was undone by run % at %; its automation writes on under a new run',
+                        run_id, v_undone_by, to_char(v_undone_at, 'YYYY-MM-DD HH24:MI:SS TZ')
+            USING ERRCODE = 'SC009',
+                  HINT = 'Nothing of this statement was written. Start a new run: SELECT sidecar.start_run(...).';
+    END IF;
     IF v_status IS DISTINCT FROM 'running' AND v_status IS NOT NULL THEN
         -- A write tagged with a finished run: its kept counts are out of date.
         DELETE FROM sidecar.run_counts c WHERE c.run_id = _tag.run_id;

@@ -214,6 +214,26 @@ def test_a_table_no_longer_tracked_is_restored_and_the_undo_says_it_is_not_recor
     assert "changed     1 row in customers (1)" in cli("show", undo_run).stdout
 
 
+def test_a_run_undone_while_its_automation_runs_takes_no_more_writes(support, bot, cli):
+    """Its next write would land under a run that reads as undone, outside what the undo did."""
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
+    assert cli("undo", str(run_id), "--yes").exit_code == 0
+
+    with pytest.raises(psycopg.Error) as refused:
+        bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 41")
+    assert refused.value.sqlstate == "SC009"
+    assert f"run {run_id} was undone by run " in str(refused.value)
+    assert "Nothing of this statement was written" in refused.value.diag.message_hint
+    assert (_status(support, 41), _status(support, 42)) == ("open", "needs review")
+
+    # Once that undo is undone in turn, the run's changes are back and it may write on.
+    undo_run = support.execute("SELECT undone_by FROM sidecar.runs WHERE run_id = %s", (run_id,)).fetchone()[0]
+    assert cli("undo", str(undo_run), "--yes").exit_code == 0
+    bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 41")
+    assert (_status(support, 41), _status(support, 42)) == ("resolved", "resolved")
+
+
 def test_a_run_that_changed_nothing_has_nothing_to_undo(support, cli, run_bot):
     run_id = run_bot("UPDATE customers SET name = 'Contoso' WHERE id = 3")
     result = cli("undo", str(run_id), "--yes")
