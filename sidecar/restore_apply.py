@@ -75,7 +75,7 @@ def _insert(planner: Planner, plan: TablePlan) -> int:
     # A row whose key reappeared since the plan was made is left as it is (a
     # conflict); any other unique key that refuses a row is an error, which
     # apply() answers by trying the other order.
-    pk = planner.conn.execute("SELECT sidecar._pk_columns(%s::regclass)", (plan.table,)).fetchone()[0]
+    pk = conflict_key(planner.conn, plan)
     target = sql.SQL("({})").format(sql.SQL(", ").join(_q(c) for c in pk)) if pk else sql.SQL("")
     cur = planner.conn.execute(
         sql.SQL(
@@ -88,6 +88,11 @@ def _insert(planner: Planner, plan: TablePlan) -> int:
         )
     )
     return cur.rowcount
+
+
+def conflict_key(conn: psycopg.Connection, plan: TablePlan) -> list[str] | None:
+    """The table's primary key now, which a put-back row may find taken again (None: it has none)."""
+    return conn.execute("SELECT sidecar._pk_columns(%s::regclass)", (plan.table,)).fetchone()[0]
 
 
 def _update(planner: Planner, plan: TablePlan) -> int:

@@ -17,7 +17,7 @@ from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
 from .restore import TEXT_SETTINGS
-from .restore_apply import user_triggers
+from .restore_apply import conflict_key, user_triggers
 from .restore_keys import foreign_keys, refers
 from .restore_plan import Planner, TablePlan, _q, _split, _tmp, key_join
 
@@ -141,13 +141,15 @@ def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
         yield from _deletes(conn, p, referenced=False)
     for p in order:
         cols = p.columns
+        # Only a key that reappeared is skipped; any other unique key stops the script.
+        key = [exp.to_identifier(c, quoted=True) for c in conflict_key(conn, p) or []]
         for first, _, _ in _rows(conn, p, "insert"):
             insert = exp.insert(
                 exp.values([tuple(_literal(first[c.name], c.type_name) for c in cols)]),
                 _table(p.table),
                 columns=[exp.to_identifier(c.name, quoted=True) for c in cols],
             )
-            insert.set("conflict", exp.OnConflict(action=exp.var("DO NOTHING")))
+            insert.set("conflict", exp.OnConflict(action=exp.var("DO NOTHING"), conflict_keys=key or None))
             insert.meta["overriding_system_value"] = True
             yield _render(insert)
     for p in order:
