@@ -4,7 +4,8 @@
 (set by ``sidecar track --owner --risk --kind``), capture mode and state, hold
 rules, and which automations wrote how many rows to it lately; it warns about
 high-risk tables automations write without a hold rule, tables nobody owns,
-capture that is off, and untracked tables automations appear to write.
+capture that is off, untracked tables automations appear to write, and
+untracked tables a foreign key's action changes along with a tracked one.
 
 Who is on duty for each automation (``owners``) is in sidecar/owners.py.
 """
@@ -45,7 +46,7 @@ class TableEntry:
 
 @dataclass
 class InventoryWarning:
-    kind: str  # high-risk-no-hold | no-owner | capture-off | untracked-writes
+    kind: str  # high-risk-no-hold | no-owner | capture-off | untracked-writes | cascade-untracked
     table: str
     automations: list[str]
     message: str
@@ -118,6 +119,24 @@ SELECT s.tracked_id, array_agg(DISTINCT r.automation ORDER BY r.automation)
 FROM sidecar.statements s JOIN sidecar.runs r ON r.run_id = s.run_id
 WHERE r.undo_of IS NULL AND r.automation <> ALL(%s)
 GROUP BY s.tracked_id
+"""
+
+# Foreign keys from untracked tables whose actions change their rows when a
+# tracked table's rows are deleted or their keys change: (parent, child, the
+# actions as written in SQL).
+_CASCADES = """
+SELECT sidecar._qualname(t.relid), sidecar._qualname(con.conrelid),
+       concat_ws(', ',
+                 CASE con.confdeltype WHEN 'c' THEN 'ON DELETE CASCADE' WHEN 'n' THEN 'ON DELETE SET NULL'
+                                      WHEN 'd' THEN 'ON DELETE SET DEFAULT' END,
+                 CASE con.confupdtype WHEN 'c' THEN 'ON UPDATE CASCADE' WHEN 'n' THEN 'ON UPDATE SET NULL'
+                                      WHEN 'd' THEN 'ON UPDATE SET DEFAULT' END)
+FROM sidecar.tracked t
+JOIN pg_constraint con ON con.confrelid = t.relid AND con.contype = 'f' AND con.conparentid = 0
+WHERE t.active AND con.conrelid <> t.relid
+  AND (con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd'))
+  AND con.conrelid NOT IN (SELECT relid FROM sidecar.tracked WHERE active)
+ORDER BY 2, 1
 """
 
 # The lower bound on l._stmt lets the history table's index skip what is older than the window.
@@ -193,6 +212,14 @@ def inventory(conn: psycopg.Connection, *, days: int = 7, scan_limit: int = 100_
                            drills.get(name))
         tables.append(entry)
         warnings.extend(_table_warnings(entry, table_rules))
+    by_name = {t.table: t for t in tables}
+    for parent, child, actions in conn.execute(_CASCADES).fetchall():
+        writers = by_name[parent].automations_ever if parent in by_name else []
+        warnings.append(InventoryWarning(
+            "cascade-untracked", child, writers,
+            f"{child} follows {parent} ({actions}) but is not tracked: the rows a write to {parent} changes or "
+            f"deletes there with it cannot be put back by an undo; sidecar track {child}",
+        ))
     untracked, heuristic, not_checked = _untracked_writes(conn, days=days, scan_limit=scan_limit)
     for u in untracked:
         warnings.append(InventoryWarning(

@@ -35,6 +35,29 @@ def warnings_of(report, kind):
     return [w for w in report["warnings"] if w["kind"] == kind]
 
 
+def test_an_untracked_table_a_cascade_reaches_is_warned(tables, cli, run_bot):
+    """Deleting a tracked ticket deletes its notes too; if the notes are not tracked, the
+    undo of that delete puts the ticket back without them."""
+    tables.execute("CREATE TABLE ticket_tags (id int PRIMARY KEY, ticket_id int REFERENCES tickets ON DELETE CASCADE);"
+                   "CREATE TABLE ticket_links (id int PRIMARY KEY, "
+                   "ticket_id int REFERENCES tickets ON UPDATE CASCADE ON DELETE SET NULL)")
+    track(tables, "tickets", "billing_notes")
+    run_bot("UPDATE tickets SET status = 'closed' WHERE id = 1")
+
+    report, _ = inventory(cli)
+    found = warnings_of(report, "cascade-untracked")
+    assert [w["table"] for w in found] == ["public.ticket_links", "public.ticket_tags"]
+    assert found[1]["message"] == (
+        "public.ticket_tags follows public.tickets (ON DELETE CASCADE) but is not tracked: the rows a write to "
+        "public.tickets changes or deletes there with it cannot be put back by an undo; "
+        "sidecar track public.ticket_tags")
+    assert "(ON DELETE SET NULL, ON UPDATE CASCADE)" in found[0]["message"]
+    assert found[1]["automations"] == ["ticket-bot"]
+    # billing_notes refers to tickets without an action, and is tracked anyway: no warning for it.
+    track(tables, "ticket_tags", "ticket_links")
+    assert warnings_of(inventory(cli)[0], "cascade-untracked") == []
+
+
 def test_track_records_owner_risk_and_kind(tables, cli):
     result = cli("track", "billing_notes", "--owner", "billing-team", "--risk", "high", "--kind", "final")
     assert result.exit_code == 0, result.output
