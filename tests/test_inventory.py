@@ -53,6 +53,12 @@ def test_an_untracked_table_a_cascade_reaches_is_warned(tables, cli, run_bot):
         "sidecar track public.ticket_tags")
     assert "(ON DELETE SET NULL, ON UPDATE CASCADE)" in found[0]["message"]
     assert found[1]["automations"] == ["ticket-bot"]
+    # An undo that puts tickets back says what it cannot put back with them.
+    run_id = run_bot("DELETE FROM tickets WHERE id = 2")
+    undone = cli("undo", str(run_id), "--yes")
+    assert undone.exit_code == 0, undone.output
+    assert ("note: public.tickets: rows put back do not bring back what their delete did to public.ticket_tags "
+            "(a foreign key's ON DELETE action; public.ticket_tags is not tracked)") in undone.stdout
     # billing_notes refers to tickets without an action, and is tracked anyway: no warning for it.
     track(tables, "ticket_tags", "ticket_links")
     assert warnings_of(inventory(cli)[0], "cascade-untracked") == []
