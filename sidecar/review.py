@@ -104,8 +104,9 @@ class HeldChange:
 @dataclass
 class Conflict:
     item: HeldChange
-    kind: str  # changed | gone | exists
+    kind: str  # changed | gone | exists | taken
     now: dict[str, Any] = field(default_factory=dict)
+    detail: str | None = None  # taken: PostgreSQL's words, e.g. Key (email)=(a@b.c) already exists.
 
     @property
     def text(self) -> str:
@@ -114,6 +115,9 @@ class Conflict:
             return f"{label} is gone since the change was held"
         if self.kind == "exists":
             return f"{label} exists now: it was added since the insert was held"
+        if self.kind == "taken":
+            return (f"{label} cannot take its new values: another row holds one of a unique key now"
+                    + (f" ({self.detail.rstrip('.')})" if self.detail else ""))
         was = self.item.old_row or {}
         diffs = [f"{_column(c)} {_value(was.get(c))} is now {_value(v)}" for c, v in self.now.items()]
         return f"{label} changed since it was held ({', '.join(diffs) or 'changed'})"
@@ -231,7 +235,8 @@ def approve(conn: psycopg.Connection, pending_id: int | None = None, *, run: str
     if result["conflicts"]:
         ids = [c["pending_id"] for c in result["conflicts"]]
         items = {i.pending_id: i for i in _items(conn, ids)}
-        conflicts = [Conflict(items[c["pending_id"]], c["kind"], c.get("now") or {}) for c in result["conflicts"]]
+        conflicts = [Conflict(items[c["pending_id"]], c["kind"], c.get("now") or {}, c.get("detail"))
+                     for c in result["conflicts"]]
         return Decision("refused", list(items.values()), conflicts)
     return Decision("approved", _items(conn, result["applied"]))
 

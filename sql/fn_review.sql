@@ -402,7 +402,8 @@ $_foreign_key_action$;
 
 -- Apply one held item (in sidecar._approve, with the original run and action
 -- set): NULL when applied, else the conflict as JSON
--- {"pending_id", "kind": "exists"|"gone"|"changed", "columns", "now"}.
+-- {"pending_id", "kind": "exists"|"gone"|"changed"|"taken", "columns", "now", "key", "detail"}
+-- (taken: another row holds a value of a unique key the change needs).
 CREATE OR REPLACE FUNCTION sidecar._apply_pending(p_pending_id bigint)
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_apply_pending$
@@ -416,6 +417,8 @@ DECLARE
     v_now      jsonb;
     v_changed  text[];
     v_rows     bigint;
+    v_key_name text;
+    v_detail   text;
 BEGIN
     SELECT p.*, t.relid, t.pk_columns INTO STRICT r_item
     FROM sidecar.pending p JOIN sidecar.tracked t USING (tracked_id)
@@ -466,8 +469,15 @@ BEGIN
             EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM jsonb_populate_record(NULL::%s, $1) n',
                            r_item.relid, v_cols, v_vals, r_item.relid)
                 USING r_item.new_row;
-        EXCEPTION WHEN unique_violation THEN
-            RETURN jsonb_build_object('pending_id', p_pending_id, 'kind', 'exists', 'detail', SQLERRM);
+        EXCEPTION WHEN unique_violation OR exclusion_violation THEN
+            GET STACKED DIAGNOSTICS v_key_name = CONSTRAINT_NAME, v_detail = PG_EXCEPTION_DETAIL;
+            -- Its key added since, or another key's value taken by a row since.
+            RETURN jsonb_build_object('pending_id', p_pending_id,
+                                      'kind', CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint c
+                                                                WHERE c.conrelid = r_item.relid AND c.contype = 'p'
+                                                                  AND c.conname = v_key_name)
+                                                   THEN 'exists' ELSE 'taken' END,
+                                      'key', v_key_name, 'detail', v_detail);
         END;
     ELSIF r_item.op = 'U' THEN
         -- GENERATED ALWAYS identity columns cannot be set by an UPDATE (nor
@@ -476,10 +486,16 @@ BEGIN
         FROM pg_catalog.pg_attribute a
         WHERE a.attrelid = r_item.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
           AND a.attidentity <> 'a' AND r_item.new_row ? a.attname;
-        EXECUTE format('UPDATE %1$s t SET %2$s FROM jsonb_populate_record(NULL::%1$s, $1) n, '
-                       'jsonb_populate_record(NULL::%1$s, $2) k WHERE %3$s',
-                       r_item.relid, v_set, v_match)
-            USING r_item.new_row, r_item.key;
+        BEGIN
+            EXECUTE format('UPDATE %1$s t SET %2$s FROM jsonb_populate_record(NULL::%1$s, $1) n, '
+                           'jsonb_populate_record(NULL::%1$s, $2) k WHERE %3$s',
+                           r_item.relid, v_set, v_match)
+                USING r_item.new_row, r_item.key;
+        EXCEPTION WHEN unique_violation OR exclusion_violation THEN
+            GET STACKED DIAGNOSTICS v_key_name = CONSTRAINT_NAME, v_detail = PG_EXCEPTION_DETAIL;
+            RETURN jsonb_build_object('pending_id', p_pending_id, 'kind', 'taken',
+                                      'key', v_key_name, 'detail', v_detail);
+        END;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
         IF v_rows <> 1 THEN
             RETURN jsonb_build_object('pending_id', p_pending_id, 'kind', 'gone');

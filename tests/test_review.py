@@ -374,6 +374,26 @@ def test_undoing_a_run_or_an_action_rejects_its_held_changes(billing, cli, run_b
     assert why.startswith("what it belongs to was undone (undo run ")
 
 
+def test_approve_is_refused_when_another_row_took_a_unique_value_since(sc, cli, run_bot):
+    sc.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL UNIQUE)")
+    sc.execute("INSERT INTO users VALUES (1, 'ann@example.com'), (2, 'bob@example.com')")
+    track(sc, "users")
+    assert cli("rule", "add", "users", "--when", "NEW.email LIKE '%@rival.com'", "--hold",
+               "--reason", "rival domain").exit_code == 0
+    run_bot("UPDATE users SET email = 'ann@rival.com' WHERE id = 1", "INSERT INTO users VALUES (3, 'cy@rival.com')")
+    sc.execute("UPDATE users SET email = 'ann@rival.com' WHERE id = 2")  # a person, meanwhile
+    sc.execute("INSERT INTO users VALUES (4, 'cy@rival.com')")
+    before = snapshot(sc, "users", "id")
+
+    for item, key in zip(sidecar.review.queue(sc), ("users #1", "users #3")):
+        result = cli("approve", str(item.pending_id))
+        assert result.exit_code == 1
+        assert (f"#{item.pending_id}: {key} cannot take its new values: another row holds one of a unique key "
+                "now (Key (email)=(") in result.stderr
+        assert _status_of(sc, item.pending_id) == "conflict"
+    assert snapshot(sc, "users", "id") == before
+
+
 def test_approve_twice_or_an_unknown_id_is_bad_input(billing, cli, run_bot):
     _hold_refunds(cli)
     run_bot(_refund(17, 900))
