@@ -63,14 +63,25 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID, *, stopped: bool = 
         SELECT k.key, min(k.ord),
                (SELECT s.run_id FROM sidecar.steps s, lineage WHERE s.lineage = lineage.root AND s.key = k.key),
                (SELECT f.error FROM sidecar.step_failures f WHERE f.run_id IN (SELECT run_id FROM runs_of)
-                  AND f.key = k.key ORDER BY f.failed_at DESC LIMIT 1)
+                  AND f.key = k.key ORDER BY f.failed_at DESC LIMIT 1),
+               -- An undo (not undone in turn) of the completing run, or of the step's action.
+               (SELECT u.run_id FROM sidecar.steps s CROSS JOIN lineage
+                JOIN sidecar.actions a ON a.action_id = s.action_id
+                JOIN sidecar.runs u ON u.undo_of = s.run_id AND u.status = 'succeeded' AND u.undone_by IS NULL
+                WHERE s.lineage = lineage.root AND s.key = k.key
+                  AND (u.meta ->> 'scope' = 'run' OR coalesce(u.meta -> 'actions', '[]') ? a.key)
+                ORDER BY u.started_at DESC LIMIT 1)
         FROM keys k GROUP BY k.key ORDER BY min(k.ord) NULLS LAST, k.key
         """,
         {"run": run_id},
     ).fetchall()
     out = []
-    for key, ord_, done_by, error in rows:
-        if done_by:
+    for key, ord_, done_by, error, undone_by in rows:
+        if done_by and undone_by:
+            # Still done for the lineage, so a rerun skips it: say that its changes are gone.
+            out.append(StepState(key, "completed", f"by run {str(done_by)[:8]}; undone since by run "
+                                                   f"{str(undone_by)[:8]}, and not redone by a rerun"))
+        elif done_by:
             out.append(StepState(key, "completed", f"by run {str(done_by)[:8]}"))
         elif error:
             out.append(StepState(key, "failed", error))

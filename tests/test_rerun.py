@@ -82,6 +82,22 @@ def test_rerun_does_only_what_is_left(notes, make_conn, cli):
     assert count_notes(notes) == (N, N)
 
 
+def test_a_rerun_says_which_done_steps_were_undone_since(notes, make_conn, cli):
+    """An undone step is still done for the lineage, so a rerun does not redo it (the operator
+    undid it on purpose): the rerun says so rather than calling it completed."""
+    run_id = kill_batch(notes, make_conn)
+    assert cli("undo", str(run_id), "--action", "note:ticket-2", "--yes").exit_code == 0
+
+    result = cli("rerun", str(run_id)[:8])
+
+    assert result.exit_code == 0, result.output
+    undo_run = notes.execute("SELECT run_id FROM sidecar.runs WHERE undo_of = %s", (run_id,)).fetchone()[0]
+    assert (f"completed     note:ticket-2  (by run {str(run_id)[:8]}; undone since by run {str(undo_run)[:8]}, "
+            "and not redone by a rerun)") in result.output
+    assert f"completed     note:ticket-3  (by run {str(run_id)[:8]})\n" in result.output
+    assert "Rerun " in result.output and "note:ticket-2," not in result.output.split("Rerun ")[1]
+
+
 def test_two_concurrent_reruns_still_give_exactly_n(notes, make_conn, cli):
     run_id = kill_batch(notes, make_conn, die_at=3)
     rerun_id = cli("rerun", str(run_id)).output.split("Rerun ")[1].split(":")[0]
