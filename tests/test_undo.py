@@ -425,6 +425,27 @@ def test_a_unique_value_a_person_took_since_is_a_conflict(users, cli, run_bot):
         (1, "ann.old@example.com"), (2, "ann@example.com"), (6, "cy@example.com")]
 
 
+def test_unique_expressions_and_partial_unique_indexes_are_checked_too(sc, cli, run_bot):
+    sc.execute("CREATE TABLE handles (id int PRIMARY KEY, handle text NOT NULL, active bool NOT NULL)")
+    sc.execute("CREATE UNIQUE INDEX handles_lower ON handles (lower(handle)) WHERE active")
+    sc.execute("INSERT INTO handles VALUES (1, 'Ann', true), (2, 'zed', true), (3, 'old', false), (4, 'Bob', true)")
+    track(sc, "handles")
+    run_id = run_bot("UPDATE handles SET handle = handle || '2' WHERE id IN (1, 4)")
+    sc.execute("UPDATE handles SET handle = 'ANN' WHERE id = 2")  # active: takes Ann's old handle
+    sc.execute("UPDATE handles SET handle = 'BOB' WHERE id = 3")  # inactive: outside the index
+
+    preview = cli("undo", str(run_id), "--preview")
+    assert "Total: 1 row to restore, 1 conflict" in preview.stdout, preview.output
+    assert ("conflict: handles #1: another row holds its old value of a unique key now, so it cannot be "
+            "restored as it was; left as it is") in preview.stdout
+
+    result = cli("undo", str(run_id), "--yes")
+
+    assert result.exit_code == 3, result.output
+    assert sc.execute("SELECT id, handle FROM handles ORDER BY id").fetchall() == [
+        (1, "Ann2"), (2, "ANN"), (3, "BOB"), (4, "Bob")]
+
+
 def test_values_the_run_traded_between_rows_fail_the_undo_whole_naming_the_key(users, cli, run_bot):
     run_id = run_bot("UPDATE users SET email = 'tmp' WHERE id = 1",
                      "UPDATE users SET email = 'ann@example.com' WHERE id = 2",
