@@ -6,10 +6,12 @@ import uuid
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import sidecar
+from sidecar.cli import cli
 from tests.fix_sidecar import track
 
 
@@ -45,6 +47,30 @@ def refused(conn, statement, params=None):
     with pytest.raises(psycopg.Error) as err:
         conn.execute(statement, params)
     return err.value
+
+
+def test_an_undoer_undoes_a_bots_run_and_prints_its_script(sc, dsn, roles):
+    """All an undo reads and calls is open to sidecar_undoer (with rights on the table)."""
+    bot, _ = roles
+    undoer = f"undoer_{uuid.uuid4().hex[:8]}"
+    sc.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE sidecar_undoer").format(sql.Identifier(undoer)))
+    sc.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON tickets TO {}").format(sql.Identifier(undoer)))
+    try:
+        with sidecar.Run(bot, "ticket-bot") as run:
+            bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 1")
+            bot.execute("DELETE FROM tickets WHERE id = 2")
+            bot.execute("INSERT INTO tickets VALUES (3, 'new')")
+        as_undoer = make_conninfo(dsn, user=undoer)
+        script = CliRunner().invoke(cli, ["undo", str(run.run_id), "--sql", "--dsn", as_undoer])
+        assert script.exit_code == 0, script.output
+        assert 'ON CONFLICT("id") DO NOTHING' in script.output
+        result = CliRunner().invoke(cli, ["undo", str(run.run_id), "--yes", "--dsn", as_undoer])
+        assert result.exit_code == 0, result.output
+        assert "tickets: 1 put back, 1 restored, 1 removed" in result.output
+        assert sc.execute("SELECT id, status FROM tickets ORDER BY id").fetchall() == [(1, "open"), (2, "open")]
+    finally:
+        sc.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(undoer)))
+        sc.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(undoer)))
 
 
 def test_install_creates_the_operator_roles(sc):
