@@ -139,13 +139,13 @@ def undo_result(result, *, would: bool = False) -> str:
             parts.append(f"{counts['conflict']:,} skipped (conflict)")
         lines.append(f"  {describe.table_name(table)}: " + (", ".join(p for p in parts if p) or "nothing to do"))
     lines += conflict_lines(result.conflicts, result.conflict_count, result.forced)
-    if result.held_rejected:
-        lines.append(f"  rejected {plural(result.held_rejected, 'held change')} of what was undone, "
-                     "which had not landed (sidecar queue --all lists them)")
     for note in result.notes:
         lines.append(f"  note: {note}")
     if not result.tables:
         lines.append("  The run changed no tracked rows in this scope: nothing to undo.")
+    if result.held_rejected:
+        lines.append(f"  rejected {plural(result.held_rejected, 'held change')} of what was undone, "
+                     "which had not landed (sidecar queue --all lists them)")
     return "\n".join(lines)
 
 
@@ -183,4 +183,7 @@ def preview(planner, result, per_table: int = 50) -> str:
     total = sum(sum(c.get(s, 0) for s in ("insert", "update", "delete")) for c in result.tables.values())
     lines.append(f"Total: {plural(total, 'row')} to restore, {plural(result.conflict_count, 'conflict')}"
                  + (" (restored anyway: --force)" if result.forced and result.conflict_count else ""))
+    if result.held_rejected:
+        lines.append(f"The undo also rejects {plural(result.held_rejected, 'held change')} of it still waiting "
+                     "for review (sidecar queue lists them).")
     return "\n".join(lines)

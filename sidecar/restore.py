@@ -33,7 +33,7 @@ class UndoResult:
     notes: list[str]
     applied: bool
     forced: bool = False
-    held_rejected: int = 0  # held changes of what was undone, rejected with it
+    held_rejected: int = 0  # held changes of what was undone, rejected with it (a preview: to be)
 
     @property
     def restored(self) -> int:
@@ -105,13 +105,20 @@ def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> t
         lost + ("" if force else " (undo needs --force to restore the rest)") for lost in planner.lost]
     conflicts = planner.conflicts()
     conflicts += planner.conflicts(CONFLICTS_LISTED - len(conflicts), kept=True)
+    held = conn.execute("SELECT coalesce(cardinality(sidecar._held_in_scope(%s, %s)), 0)",
+                        (scope.run_id, Jsonb(_scope_meta(scope)))).fetchone()[0]
     result = UndoResult(
         scope.run_id, scope.kind, None,
         {p.table: dict(p.counts) for p in planner.ordered()},
         conflicts, sum(p.counts.get("conflict", 0) + p.counts.get("forced", 0) for p in planner.tables),
-        notes, applied=False, forced=force,
+        notes, applied=False, forced=force, held_rejected=held,
     )
     return planner, result
+
+
+def _scope_meta(scope: Scope) -> dict:
+    """What an undo covers, as its run's meta records it (sidecar._held_in_scope reads the same)."""
+    return {"scope": scope.kind, "actions": scope.actions, "rows": [{"table": t, "key": k} for t, k in scope.rows]}
 
 
 def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason: str | None = None,
@@ -123,8 +130,7 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
     """
     with conn.transaction(), _settings_restored(conn):
         _session_settings(conn)
-        meta = {"scope": scope.kind, "actions": scope.actions,
-                "rows": [{"table": t, "key": k} for t, k in scope.rows], "reason": reason, "force": force}
+        meta = _scope_meta(scope) | {"reason": reason, "force": force}
         try:
             # Checks the run may be undone, registers the undo as a run and tags this transaction with it.
             undo_run = conn.execute("SELECT sidecar._undo_begin(%s, %s)", (scope.run_id, Jsonb(meta))).fetchone()[0]

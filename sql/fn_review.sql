@@ -648,6 +648,26 @@ BEGIN
 END
 $_reject$;
 
+-- The held changes still open in what an undo of p_run covers: p_scope is
+-- the undo's {"actions": [keys], "rows": [{"table", "key"}]} (neither: the
+-- whole run), as sidecar._undo_begin records it in the undo run's meta.
+CREATE OR REPLACE FUNCTION sidecar._held_in_scope(p_run uuid, p_scope jsonb)
+RETURNS bigint[] LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_held_in_scope$
+    SELECT array_agg(p.pending_id ORDER BY p.pending_id)
+    FROM sidecar.pending p
+    JOIN sidecar.tracked t ON t.tracked_id = p.tracked_id
+    LEFT JOIN sidecar.actions a ON a.action_id = p.action_id
+    WHERE p.run_id = p_run AND p.status IN ('pending', 'conflict')
+      AND (jsonb_array_length(coalesce(p_scope -> 'actions', '[]')) = 0
+           OR a.key IN (SELECT jsonb_array_elements_text(p_scope -> 'actions')))
+      AND (jsonb_array_length(coalesce(p_scope -> 'rows', '[]')) = 0
+           OR EXISTS (SELECT FROM jsonb_array_elements(p_scope -> 'rows') AS r(row)
+                      WHERE r.row ->> 'table' = sidecar._qualname(t.relid)
+                        AND NOT EXISTS (SELECT FROM jsonb_object_keys(r.row -> 'key') AS k(col)
+                                        WHERE (p.key ->> k.col) IS DISTINCT FROM (r.row -> 'key' ->> k.col))))
+$_held_in_scope$;
+
 -- Reject the held changes still open in what an undo (p_undo, in its own
 -- transaction) undid: the run, its actions or its rows. Approved later, they
 -- would land after the undo, under a run that reads as undone. Returns how
@@ -660,18 +680,7 @@ DECLARE
     v_ids   bigint[];
 BEGIN
     SELECT * INTO STRICT r_undo FROM sidecar.runs WHERE run_id = p_undo AND undo_of IS NOT NULL;
-    SELECT array_agg(p.pending_id ORDER BY p.pending_id) INTO v_ids
-    FROM sidecar.pending p
-    JOIN sidecar.tracked t ON t.tracked_id = p.tracked_id
-    LEFT JOIN sidecar.actions a ON a.action_id = p.action_id
-    WHERE p.run_id = r_undo.undo_of AND p.status IN ('pending', 'conflict')
-      AND (jsonb_array_length(coalesce(r_undo.meta -> 'actions', '[]')) = 0
-           OR a.key IN (SELECT jsonb_array_elements_text(r_undo.meta -> 'actions')))
-      AND (jsonb_array_length(coalesce(r_undo.meta -> 'rows', '[]')) = 0
-           OR EXISTS (SELECT FROM jsonb_array_elements(r_undo.meta -> 'rows') AS r(row)
-                      WHERE r.row ->> 'table' = sidecar._qualname(t.relid)
-                        AND NOT EXISTS (SELECT FROM jsonb_object_keys(r.row -> 'key') AS k(col)
-                                        WHERE (p.key ->> k.col) IS DISTINCT FROM (r.row -> 'key' ->> k.col))));
+    v_ids := sidecar._held_in_scope(r_undo.undo_of, r_undo.meta);
     IF v_ids IS NULL THEN
         RETURN 0;
     END IF;

@@ -353,6 +353,8 @@ def test_undoing_a_run_or_an_action_rejects_its_held_changes(billing, cli, run_b
     held = {i.action: i.pending_id for i in sidecar.review.queue(billing)}
     assert set(held) == {"refund:17", "refund:18", "refund:20", "refund:16"}
 
+    preview = cli("undo", str(first), "--preview")
+    assert "The undo also rejects 2 held changes of it still waiting for review" in preview.stdout
     result = cli("undo", str(first), "--yes")
     assert result.exit_code == 0, result.output
     assert "  rejected 2 held changes of what was undone, which had not landed" in result.stdout

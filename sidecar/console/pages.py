@@ -268,7 +268,7 @@ def undo_preview(p: Page):
     already = sum(c.get("done", 0) for c in result.tables.values())
     return p.render("undo.html", run=info, scope=scope, planned=planned, conflicts=conflicts,
                     conflict_count=result.conflict_count, notes=result.notes, to_restore=to_restore,
-                    already=already)
+                    already=already, held=result.held_rejected)
 
 
 def _conflict(c: restore.Conflict) -> dict:
