@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from .describe import plural
+from .tracking import untracked_followers
 
 DRILL_AUTOMATION = "sidecar-drill"
 UNDO_AUTOMATION = "sidecar undo"
@@ -121,24 +122,6 @@ WHERE r.undo_of IS NULL AND r.automation <> ALL(%s)
 GROUP BY s.tracked_id
 """
 
-# Foreign keys from untracked tables whose actions change their rows when a
-# tracked table's rows are deleted or their keys change: (parent, child, the
-# actions as written in SQL).
-_CASCADES = """
-SELECT sidecar._qualname(t.relid), sidecar._qualname(con.conrelid),
-       concat_ws(', ',
-                 CASE con.confdeltype WHEN 'c' THEN 'ON DELETE CASCADE' WHEN 'n' THEN 'ON DELETE SET NULL'
-                                      WHEN 'd' THEN 'ON DELETE SET DEFAULT' END,
-                 CASE con.confupdtype WHEN 'c' THEN 'ON UPDATE CASCADE' WHEN 'n' THEN 'ON UPDATE SET NULL'
-                                      WHEN 'd' THEN 'ON UPDATE SET DEFAULT' END)
-FROM sidecar.tracked t
-JOIN pg_constraint con ON con.confrelid = t.relid AND con.contype = 'f' AND con.conparentid = 0
-WHERE t.active AND con.conrelid <> t.relid
-  AND (con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd'))
-  AND con.conrelid NOT IN (SELECT relid FROM sidecar.tracked WHERE active)
-ORDER BY 2, 1
-"""
-
 # The lower bound on l._stmt lets the history table's index skip what is older than the window.
 _WRITERS = """
 SELECT r.automation, count(*)
@@ -213,12 +196,12 @@ def inventory(conn: psycopg.Connection, *, days: int = 7, scan_limit: int = 100_
         tables.append(entry)
         warnings.extend(_table_warnings(entry, table_rules))
     by_name = {t.table: t for t in tables}
-    for parent, child, actions in conn.execute(_CASCADES).fetchall():
-        writers = by_name[parent].automations_ever if parent in by_name else []
+    for f in untracked_followers(conn):
+        writers = by_name[f.parent].automations_ever if f.parent in by_name else []
         warnings.append(InventoryWarning(
-            "cascade-untracked", child, writers,
-            f"{child} follows {parent} ({actions}) but is not tracked: the rows a write to {parent} changes or "
-            f"deletes there with it cannot be put back by an undo; sidecar track {child}",
+            "cascade-untracked", f.child, writers,
+            f"{f.child} follows {f.parent} ({f.actions}) but is not tracked: the rows a write to {f.parent} "
+            f"changes or deletes there with it cannot be put back by an undo; sidecar track {f.child}",
         ))
     untracked, heuristic, not_checked = _untracked_writes(conn, days=days, scan_limit=scan_limit)
     for u in untracked:

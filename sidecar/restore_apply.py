@@ -92,14 +92,7 @@ def _insert(planner: Planner, plan: TablePlan) -> int:
 
 def conflict_key(conn: psycopg.Connection, plan: TablePlan) -> list[str] | None:
     """The table's primary key now, which a put-back row may find taken again (None: it has none)."""
-    # From the catalog, which every role reads (sidecar's own functions are granted per role).
-    return conn.execute(
-        "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_constraint c "
-        "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord) "
-        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
-        "WHERE c.conrelid = %s::regclass AND c.contype = 'p'",
-        (plan.table,),
-    ).fetchone()[0]
+    return conn.execute("SELECT sidecar._pk_columns(%s::regclass)::text[]", (plan.table,)).fetchone()[0]
 
 
 def _update(planner: Planner, plan: TablePlan) -> int:

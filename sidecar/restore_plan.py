@@ -29,6 +29,7 @@ from psycopg import sql
 from .errors import SidecarError, UsageError
 from .history import _IN_SCOPE, TableInfo, statement_of_image
 from .scope import Scope
+from .tracking import untracked_followers
 
 CONFLICTS_LISTED = 200
 # An undo restoring more rows of a table than this locks the table (SHARE ROW
@@ -432,21 +433,10 @@ class Planner:
     def _note_untracked_cascades(self) -> None:
         """Say so when rows put back had rows of an untracked table that their delete took along."""
         put_back = [p.table for p in self.tables if p.counts.get("insert")]
-        if not put_back:
-            return
-        for parent, child in self.conn.execute(
-            """
-            SELECT DISTINCT sidecar._qualname(con.confrelid), sidecar._qualname(con.conrelid)
-            FROM pg_constraint con
-            WHERE con.contype = 'f' AND con.conparentid = 0 AND con.confdeltype IN ('c', 'n', 'd')
-              AND sidecar._qualname(con.confrelid) = ANY(%s) AND con.conrelid <> con.confrelid
-              AND con.conrelid NOT IN (SELECT relid FROM sidecar.tracked WHERE active)
-            ORDER BY 1, 2
-            """,
-            (put_back,),
-        ).fetchall():
-            self.notes.append(f"{parent}: rows put back do not bring back what their delete did to {child} "
-                              f"(a foreign key's ON DELETE action; {child} is not tracked)")
+        for f in untracked_followers(self.conn, put_back) if put_back else []:
+            if f.on_delete:
+                self.notes.append(f"{f.parent}: rows put back do not bring back what their delete did to {f.child} "
+                                  f"(a foreign key's ON DELETE action; {f.child} is not tracked)")
 
     def ordered(self) -> list[TablePlan]:
         """The tables parents first (foreign keys among the tables in the plan)."""

@@ -98,20 +98,22 @@ def _rows(conn: psycopg.Connection, plan: TablePlan, step: str,
             yield first, last, row[-1]
 
 
-def _deletes(conn: psycopg.Connection, plan: TablePlan, *, referenced: bool) -> Iterator[str]:
-    """DELETEs of the plan's rows to delete that some row refers to now (or that none does)."""
+def _referenced(conn: psycopg.Connection, plan: TablePlan) -> sql.Composable | None:
+    """The condition that a row of the plan (p) is referred to now, by any foreign key (None: none can)."""
     refs = [
         sql.SQL("EXISTS (SELECT FROM {child} ch JOIN {t} cur ON {pf} WHERE {on})").format(
             child=sql.Identifier(*_split(child)), t=plan.ident, pf=key_join("cur", "p", plan),
             on=refers("ch", child_cols, parent_cols))
         for child, child_cols, parent_cols in foreign_keys(conn, plan, pointing_at=True)
     ]
-    if referenced and not refs:
-        return
-    any_ref = sql.SQL("({})").format(sql.SQL(" OR ").join(refs)) if refs else sql.SQL("false")
-    for first, last, forced in _rows(conn, plan, "delete", any_ref if referenced else sql.SQL("NOT ") + any_ref):
-        where = _key(plan, first) if forced or last is None else exp.and_(_key(plan, last), _guard(plan, last))
-        yield _render(exp.Delete(this=_table(plan.table), where=exp.Where(this=where)))
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(refs)) if refs else None
+
+
+def _deletes(conn: psycopg.Connection, plan: TablePlan, where: sql.Composable) -> Iterator[str]:
+    """DELETEs of the plan's rows to delete that meet the condition."""
+    for first, last, forced in _rows(conn, plan, "delete", where):
+        where_row = _key(plan, first) if forced or last is None else exp.and_(_key(plan, last), _guard(plan, last))
+        yield _render(exp.Delete(this=_table(plan.table), where=exp.Where(this=where_row)))
 
 
 def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
@@ -137,8 +139,11 @@ def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
     # As sidecar undo does: first the rows the run added that no row refers to
     # now (one may hold a unique value a row put back or restored needs), then
     # the rest once the rows that referred to them are restored.
+    referenced = {p.table: _referenced(conn, p) for p in order if p.counts.get("delete")}
     for p in reversed(order):
-        yield from _deletes(conn, p, referenced=False)
+        if p.table in referenced:
+            ref = referenced[p.table]
+            yield from _deletes(conn, p, sql.SQL("NOT ") + ref if ref is not None else sql.SQL("true"))
     for p in order:
         cols = p.columns
         # Only a key that reappeared is skipped; any other unique key stops the script.
@@ -165,7 +170,8 @@ def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
             )
             yield _render(update)
     for p in reversed(order):
-        yield from _deletes(conn, p, referenced=True)
+        if referenced.get(p.table) is not None:
+            yield from _deletes(conn, p, referenced[p.table])
 
     for table, trigger in triggers:
         yield sql.SQL("ALTER TABLE {} ENABLE TRIGGER {};\n").format(sql.Identifier(*_split(table)), _q(trigger)).as_string(conn)

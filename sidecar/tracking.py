@@ -109,3 +109,40 @@ def list_tracked(conn: psycopg.Connection, *, include_inactive: bool = False) ->
         (include_inactive,),
     ).fetchall()
     return [TrackedTable(*r) for r in rows]
+
+
+@dataclass(frozen=True)
+class Follower:
+    """An untracked table whose rows a foreign key's action changes along with a tracked table's."""
+    parent: str
+    child: str
+    on_delete: str | None  # CASCADE | SET NULL | SET DEFAULT, or None (no action)
+    on_update: str | None
+
+    @property
+    def actions(self) -> str:
+        """The actions as written in SQL: ON DELETE CASCADE, ON UPDATE SET NULL."""
+        return ", ".join(f"ON {event} {action}" for event, action in (("DELETE", self.on_delete),
+                                                                     ("UPDATE", self.on_update)) if action)
+
+
+def untracked_followers(conn: psycopg.Connection, parents: list[str] | None = None) -> list[Follower]:
+    """Foreign keys from untracked tables whose actions change their rows when rows of the
+    parents (default: every tracked table) are deleted or change key: undo cannot put those back."""
+    return [Follower(*row) for row in conn.execute(
+        """
+        SELECT sidecar._qualname(con.confrelid), sidecar._qualname(con.conrelid),
+               CASE con.confdeltype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' END,
+               CASE con.confupdtype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' END
+        FROM pg_constraint con
+        WHERE con.contype = 'f' AND con.conparentid = 0 AND con.conrelid <> con.confrelid
+          AND (con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd'))
+          AND con.conrelid NOT IN (SELECT relid FROM sidecar.tracked WHERE active)
+          AND CASE WHEN %(parents)s::text[] IS NULL
+                   THEN con.confrelid IN (SELECT relid FROM sidecar.tracked WHERE active)
+                   ELSE sidecar._qualname(con.confrelid) = ANY(%(parents)s::text[]) END
+        ORDER BY 2, 1
+        """,
+        {"parents": parents},
+    ).fetchall()]
+

@@ -68,20 +68,21 @@ DECLARE
     r_col      record;
     v_map      record;
     v_retired  name;
+    v_reserved name;
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
 
     -- History names its own columns _stmt and _kind, next to the table's.
-    SELECT a.attname INTO v_retired FROM pg_catalog.pg_attribute a
+    SELECT a.attname INTO v_reserved FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = r_tracked.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
       AND a.attname IN ('_stmt', '_kind')
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'sidecar: table % has a column named %, a name sidecar''s history keeps for its own use',
-                        sidecar._qualname(r_tracked.relid), v_retired
+                        sidecar._qualname(r_tracked.relid), v_reserved
             USING ERRCODE = 'SC004',
                   HINT = format('Rename the column (ALTER TABLE %s RENAME COLUMN %I TO ...); nothing was changed.',
-                                sidecar._qualname(r_tracked.relid), v_retired);
+                                sidecar._qualname(r_tracked.relid), v_reserved);
     END IF;
 
     -- Columns gone from the table, or retyped: retire their history column.

@@ -306,16 +306,20 @@ BEGIN
         RETURN false;
     END IF;
 
+    -- The row's key, its table, and the key's match of a row k to a row t.
+    SELECT jsonb_object_agg(c, coalesce(p_old, p_new) -> c::text ORDER BY o), sidecar._qualname(t.relid), t.relid,
+           string_agg(format('t.%1$I = k.%1$I', c), ' AND ')
+      INTO v_key, v_table, v_relid, v_match
+    FROM sidecar.tracked t CROSS JOIN LATERAL unnest(t.pk_columns) WITH ORDINALITY AS k(c, o)
+    WHERE t.tracked_id = p_tracked_id
+    GROUP BY t.relid;
+
     -- An INSERT of a key the table already has does not add a row: ON
     -- CONFLICT DO UPDATE (and MERGE) update it instead, and their UPDATE
     -- trigger holds that change; DO NOTHING leaves it; a plain INSERT fails
     -- on the key. Held as an insert, it would do what the statement does not,
     -- and its approval could never apply. So it goes on unheld.
     IF p_op = 'INSERT' THEN
-        SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND '), t.relid INTO v_match, v_relid
-        FROM sidecar.tracked t CROSS JOIN LATERAL unnest(t.pk_columns) AS c
-        WHERE t.tracked_id = p_tracked_id
-        GROUP BY t.relid;
         EXECUTE format('SELECT EXISTS (SELECT FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) k WHERE %2$s)',
                        v_relid, v_match)
             INTO v_exists USING p_new;
@@ -329,12 +333,6 @@ BEGIN
     v_run := r_run.run_id;
     v_action := r_run.action_id;
     v_action_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
-
-    SELECT jsonb_object_agg(c, coalesce(p_old, p_new) -> c::text ORDER BY o), sidecar._qualname(t.relid), t.relid
-      INTO v_key, v_table, v_relid
-    FROM sidecar.tracked t CROSS JOIN LATERAL unnest(t.pk_columns) WITH ORDINALITY AS k(c, o)
-    WHERE t.tracked_id = p_tracked_id
-    GROUP BY t.relid;
 
     -- A foreign key's action (ON DELETE CASCADE, SET NULL, ON UPDATE CASCADE)
     -- runs inside the write that caused it, and PostgreSQL lets a BEFORE

@@ -77,7 +77,7 @@ BEGIN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_undoer;
         GRANT EXECUTE ON FUNCTION sidecar._undo_begin(uuid, jsonb), sidecar._undo_finish(uuid, text, jsonb),
                                   sidecar._sync_shape(int), sidecar._reject_undone(uuid),
-                                  sidecar._held_in_scope(uuid, jsonb)
+                                  sidecar._held_in_scope(uuid, jsonb), sidecar._pk_columns(regclass)
         TO sidecar_undoer;
     END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_rerunner') THEN
