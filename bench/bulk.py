@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from .harness import NOOP_NOTE, Line, Samples, checkpoint, log, noop_capture, run_cli, seconds, timed
+from .harness import (
+    NOOP_NOTE,
+    Line,
+    Samples,
+    checkpoint,
+    log,
+    noop_capture,
+    run_cli,
+    seconds,
+    timed,
+)
 
 TABLE = "bench_w1"
 BIG_TABLE = "bench_big"

@@ -36,7 +36,17 @@ from psycopg import conninfo
 
 from sidecar.cluster import find_bindirs
 
-from .harness import NOOP_NOTE, Line, Samples, checkpoint, log, noop_capture, reaped_cpu, run_cli, seconds
+from .harness import (
+    NOOP_NOTE,
+    Line,
+    Samples,
+    checkpoint,
+    log,
+    noop_capture,
+    reaped_cpu,
+    run_cli,
+    seconds,
+)
 
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 AUTOMATION = "bench-oltp"

@@ -30,12 +30,18 @@ import click
 import psycopg
 from psycopg import conninfo, sql
 
-import sidecar.schema
-from sidecar.cluster import ThrowawayCluster
-
+import sidecar.capture.schema
 from bench.bulk import BulkBench, Sizes
-from bench.harness import Line, load_average, log, machine_lines, render_table, source_state
+from bench.harness import (
+    Line,
+    load_average,
+    log,
+    machine_lines,
+    render_table,
+    source_state,
+)
 from bench.oltp import OltpBench, find_pgbench
+from sidecar.cluster import ThrowawayCluster
 
 BENCH_DB = "sidecar_bench"
 CLUSTER_SETTINGS = {
@@ -71,7 +77,7 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
     notes: list[str] = []
     try:
         with psycopg.connect(dsn, autocommit=True, application_name="sidecar-bench") as conn:
-            sidecar.schema.install(conn)
+            sidecar.capture.schema.install(conn)
             header = machine_lines(conn, where)
             header.append(f"sidecar : {source_state()}")
             header.append(f"load    : {load_average()} at start (other work on the machine skews wall times)")

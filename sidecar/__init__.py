@@ -7,7 +7,7 @@
                 conn.execute("INSERT INTO billing_notes ...")
 """
 
-from .runs import Run
+from .steps.runs import Run
 
 __version__ = "0.1.0"
 __all__ = ["Run", "__version__"]

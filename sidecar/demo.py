@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 
+import click
 import psycopg
 from click.testing import CliRunner
 
 from . import cluster as cluster_mod
-from .cli import cli
 from .errors import SidecarError
-from .runs import Run
+from .steps.runs import Run
 
 AUTOMATION = "billing-bot"
 RUN_META = {"prompt": "match-billing v3", "model": "gpt-4o-mini"}
@@ -108,8 +108,11 @@ NOTE_STEPS_DIE_AT = 6
 AGENT_EDIT = "UPDATE tickets SET customer_id = 3, status = 'waiting on customer' WHERE id = 43"
 
 
-def run_demo(echo: Callable[[str], None] = print, keep: bool = False) -> str | None:
-    """Run the scenario on a throwaway server; stop it unless keep. Returns the DSN when kept."""
+def run_demo(command: click.Command, echo: Callable[[str], None] = print, keep: bool = False) -> str | None:
+    """Run the scenario on a throwaway server; stop it unless keep. Returns the DSN when kept.
+
+    command is the `sidecar` CLI whose commands the story runs, as an operator would.
+    """
     if not cluster_mod.find_bindirs():
         raise SidecarError(
             "the demo needs a PostgreSQL server and none was found: "
@@ -127,7 +130,7 @@ def run_demo(echo: Callable[[str], None] = print, keep: bool = False) -> str | N
         echo(f"PostgreSQL {cluster.version} from {cluster.bindir}, listening on port {cluster.port}.")
         with psycopg.connect(cluster.dsn, autocommit=True) as conn:
             conn.execute("CREATE DATABASE support")
-        story = _Story(cluster.dsn_for("support"), echo)
+        story = _Story(command, cluster.dsn_for("support"), echo)
         story.tell()
         _launch_drill(story)
         if keep:
@@ -153,7 +156,8 @@ def _detach(cluster: cluster_mod.ThrowawayCluster) -> None:
 
 
 class _Story:
-    def __init__(self, dsn: str, echo: Callable[[str], None]):
+    def __init__(self, command: click.Command, dsn: str, echo: Callable[[str], None]):
+        self.command = command
         self.dsn = dsn
         self.echo = echo
         self.runner = CliRunner()
@@ -170,7 +174,7 @@ class _Story:
         """Run `sidecar ARGS` as the operator would, print what it prints, return it."""
         self.echo("")
         self.echo("$ " + shlex.join(["sidecar", *args]))
-        result = self.runner.invoke(cli, list(args), env={"SIDECAR_DSN": self.dsn}, catch_exceptions=True)
+        result = self.runner.invoke(self.command, list(args), env={"SIDECAR_DSN": self.dsn}, catch_exceptions=True)
         if result.output:
             self.echo(result.output.rstrip("\n"))
         if result.exit_code not in expect:

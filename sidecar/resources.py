@@ -6,6 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 _MIGRATION = re.compile(r"^(\d{3})_(\w+)\.sql$")
 _FUNCTIONS = re.compile(r"^fn_(\w+)\.sql$")
@@ -21,33 +22,37 @@ class SqlFile:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
-def _read(package: str, pattern: re.Pattern[str]) -> list[SqlFile]:
+def _read(folder: Traversable, pattern: re.Pattern[str]) -> list[SqlFile]:
     found = [
         SqlFile(entry.name, entry.read_text(encoding="utf-8"))
-        for entry in files(package).iterdir()
+        for entry in folder.iterdir()
         if pattern.match(entry.name)
     ]
     return sorted(found, key=lambda f: f.name)
 
 
 def migrations() -> list[tuple[int, SqlFile]]:
-    """Versioned schema migrations (sql/NNN_name.sql), in order."""
-    return [(int(_MIGRATION.match(f.name).group(1)), f) for f in _read("sidecar.sql", _MIGRATION)]
+    """Versioned schema migrations (sql/migrations/NNN_name.sql), in order; each is applied once."""
+    found = _read(files("sidecar.sql") / "migrations", _MIGRATION)
+    return [(int(_MIGRATION.match(f.name).group(1)), f) for f in found]
 
 
 def function_files() -> list[SqlFile]:
-    """Function definitions (sql/fn_*.sql): CREATE OR REPLACE, re-applied when changed."""
-    return _read("sidecar.sql", _FUNCTIONS)
+    """Function definitions (sql/functions/fn_*.sql): CREATE OR REPLACE, re-applied when changed.
+
+    Recorded in sidecar.definitions by file name alone, so moving the folder changes nothing installed.
+    """
+    return _read(files("sidecar.sql") / "functions", _FUNCTIONS)
 
 
 def privileges() -> str:
-    """Roles and grants (sql/privileges.sql), re-applied at the end of every install."""
-    return (files("sidecar.sql") / "privileges.sql").read_text(encoding="utf-8")
+    """Roles and grants (sql/functions/privileges.sql), re-applied at the end of every install."""
+    return (files("sidecar.sql") / "functions" / "privileges.sql").read_text(encoding="utf-8")
 
 
 def templates() -> dict[str, str]:
     """Trigger function templates (triggers/NAME.sql), by NAME."""
-    return {f.name.removesuffix(".sql"): f.text for f in _read("sidecar.triggers", re.compile(r"^\w+\.sql$"))}
+    return {f.name.removesuffix(".sql"): f.text for f in _read(files("sidecar.triggers"), re.compile(r"^\w+\.sql$"))}
 
 
 def query(name: str) -> str:

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner, Result
 from psycopg import sql
 
-import sidecar.runs
-import sidecar.schema
+import sidecar.capture.schema
+import sidecar.steps.runs
 from sidecar.cli import cli as sidecar_cli
 
 
@@ -27,7 +27,7 @@ from sidecar.cli import cli as sidecar_cli
 def sc(dsn: str) -> Iterator[psycopg.Connection]:
     """A connection (autocommit) to a fresh database with sidecar installed."""
     with psycopg.connect(dsn, autocommit=True) as connection:
-        sidecar.schema.install(connection)
+        sidecar.capture.schema.install(connection)
         yield connection
 
 
@@ -55,7 +55,7 @@ def run_bot(bot: psycopg.Connection) -> Callable[..., uuid.UUID]:
     def run(*statements: str | tuple[str, tuple], automation: str = "ticket-bot", meta: dict | None = None,
             connection: psycopg.Connection | None = None) -> uuid.UUID:
         c = connection or bot
-        with sidecar.runs.Run(c, automation, meta=meta) as r:
+        with sidecar.steps.runs.Run(c, automation, meta=meta) as r:
             for stmt in statements:
                 if isinstance(stmt, tuple):
                     c.execute(stmt[0], stmt[1])
@@ -74,17 +74,17 @@ def snapshot(conn: psycopg.Connection, table: str, order_by: str | None = None) 
 
 
 def track(conn: psycopg.Connection, *tables: str, **options: object) -> None:
-    import sidecar.tracking
+    import sidecar.capture.tracking
 
     for table in tables:
-        sidecar.tracking.track(conn, table, **options)
+        sidecar.capture.tracking.track(conn, table, **options)
 
 
 def undo(conn: psycopg.Connection, run_id: uuid.UUID | str, *, actions=None, rows=None, force=False, reason=None):
-    import sidecar.restore
+    import sidecar.undo.restore
 
-    scope = sidecar.restore.make_scope(conn, str(run_id), actions, rows)
-    return sidecar.restore.undo(conn, scope, force=force, reason=reason)
+    scope = sidecar.undo.restore.make_scope(conn, str(run_id), actions, rows)
+    return sidecar.undo.restore.undo(conn, scope, force=force, reason=reason)
 
 
 def counting_calls(conn: psycopg.Connection, make_conn: Callable[..., psycopg.Connection],

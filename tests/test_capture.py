@@ -7,8 +7,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-import sidecar.history
-import sidecar.runs
+import sidecar.capture.history
+import sidecar.steps.runs
 from tests.fix_sidecar import counting_calls, snapshot, track, undo
 
 
@@ -64,7 +64,7 @@ def test_tagged_insert_update_delete_are_captured_with_images_and_context(ticket
         ("D", "O", 43, "open"),
     ]
     # The library reads them back as changes with before and after images.
-    changes = list(sidecar.history.changes(tickets, run_id))
+    changes = list(sidecar.capture.history.changes(tickets, run_id))
     assert [(c.op, c.key, c.before and c.before["status"], c.after and c.after["status"]) for c in changes] == [
         ("I", {"id": 44}, None, "new"),
         ("U", {"id": 42}, "needs review", "resolved"),
@@ -293,7 +293,7 @@ def test_a_one_row_update_that_changes_nothing_is_not_captured(tickets, run_bot)
 
 def test_no_op_rows_of_a_bulk_update_are_not_shown_as_changes(tickets, run_bot):
     run_id = run_bot("UPDATE tickets SET status = 'open'")  # 41 and 43 are open already
-    changes = list(sidecar.history.changes(tickets, run_id))
+    changes = list(sidecar.capture.history.changes(tickets, run_id))
     assert [(c.key, c.changed_columns) for c in changes] == [({"id": 42}, ["status"])]
 
 
@@ -376,13 +376,13 @@ def test_schema_change_never_fails_the_app_and_capture_follows(tickets, run_bot,
     run_id = run_bot(write)
     tickets.execute("UPDATE tickets SET id = id WHERE id = 43")
 
-    (change,) = sidecar.history.changes(tickets, run_id)
+    (change,) = sidecar.capture.history.changes(tickets, run_id)
     assert change.op == "U" and change.key == {"id": 42}
     for column, value in expect.items():
         assert change.after[column] == value
     # The new shape is captured by the re-rendered trigger too, not only the first time.
     again = run_bot("DELETE FROM tickets WHERE id = 42")
-    (deleted,) = sidecar.history.changes(tickets, again)
+    (deleted,) = sidecar.capture.history.changes(tickets, again)
     assert deleted.op == "D" and all(deleted.before[c] == v for c, v in expect.items())
     # Both runs still undo.
     undo(tickets, again)
@@ -396,7 +396,7 @@ def test_schema_change_never_fails_the_app_and_capture_follows(tickets, run_bot,
 def _stop_watching_shapes(conn):
     """As where sidecar may not create event triggers: each captured statement checks the shape."""
     conn.execute("ALTER EVENT TRIGGER sidecar_watch_alter DISABLE")
-    sidecar.schema.install(conn)
+    sidecar.capture.schema.install(conn)
     assert conn.execute("SELECT bool_or(shape_watched) FROM sidecar.tracked").fetchone()[0] is False
 
 
@@ -415,7 +415,7 @@ def test_alter_table_syncs_history_columns_at_once_where_watched(tickets):
     assert tickets.execute("SELECT count(*) FROM sidecar.columns WHERE log_column = 'due'").fetchone()[0] == 0
     # Enabled again: install renders capture without the check, after syncing what changed meanwhile.
     tickets.execute("ALTER EVENT TRIGGER sidecar_watch_alter ENABLE")
-    sidecar.schema.install(tickets)
+    sidecar.capture.schema.install(tickets)
     assert tickets.execute("SELECT type_name FROM sidecar.columns WHERE log_column = 'due'").fetchone()[0] == "date"
     tickets.execute("ALTER TABLE tickets ALTER COLUMN due TYPE timestamptz")
     assert tickets.execute("SELECT type_name FROM sidecar.columns WHERE log_column = 'due'").fetchone()[0] == (
@@ -438,12 +438,12 @@ def test_watched_shapes_follow_a_parent_table_and_a_dropped_domain(sc, run_bot):
     assert [c for c, retired in columns().items() if retired] == ["rating~3~0"]
 
     run_id = run_bot("INSERT INTO child (id, note, due) VALUES (1, 'new', '2026-12-01')")
-    (change,) = sidecar.history.changes(sc, run_id)
+    (change,) = sidecar.capture.history.changes(sc, run_id)
     assert change.after == {"id": 1, "note": "new", "due": "2026-12-01"}
 
 
 def test_a_run_spanning_a_schema_change_is_undone(tickets, bot):
-    with sidecar.runs.Run(bot, "ticket-bot") as run:
+    with sidecar.steps.runs.Run(bot, "ticket-bot") as run:
         bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
         bot.execute("ALTER TABLE tickets ADD COLUMN note text")
         bot.execute("UPDATE tickets SET note = 'refunded', status = 'closed' WHERE id = 42")

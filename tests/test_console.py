@@ -17,8 +17,8 @@ pytest.importorskip("starlette", reason="the console extra is not installed: pip
 from starlette.testclient import TestClient  # noqa: E402
 
 import sidecar  # noqa: E402
+import sidecar.capture.history  # noqa: E402
 import sidecar.console.changes  # noqa: E402
-import sidecar.history  # noqa: E402
 from sidecar import demo  # noqa: E402
 from sidecar.console.app import create_app  # noqa: E402
 from tests.fix_sidecar import snapshot, track  # noqa: E402
@@ -256,7 +256,7 @@ def test_run_page_in_plain_language(scene, browser):
 
 
 def test_a_big_running_runs_pages_say_its_rows_were_counted_earlier(scene, browser, bot, monkeypatch):
-    monkeypatch.setattr(sidecar.history, "RECOUNT_MAX", 2)
+    monkeypatch.setattr(sidecar.capture.history, "RECOUNT_MAX", 2)
     run_id = bot.execute("SELECT sidecar.start_run('always-on-bot')").fetchone()[0]
     bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 41")
     bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 44")
@@ -380,7 +380,7 @@ def test_sign_out_ends_the_session(scene, browser):
 
 
 def test_approver_approves_and_rejects_held_writes(scene, browser, sc, run_bot):
-    from sidecar import rules
+    from sidecar.review import rules
 
     rules.add_rule(sc, "customers", when="NEW.billing_email IS DISTINCT FROM OLD.billing_email",
                    reason="billing email changes need review")

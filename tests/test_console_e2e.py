@@ -168,7 +168,7 @@ def test_operator_undoes_the_bad_run_and_pauses_the_bot(operator_scene, browser_
 
 
 def test_approver_approves_a_held_change(operator_scene, browser_page, sc, run_bot):
-    from sidecar import rules
+    from sidecar.review import rules
 
     page, expect = browser_page, sync_api.expect
     rules.add_rule(sc, "customers", when="NEW.billing_email IS DISTINCT FROM OLD.billing_email",

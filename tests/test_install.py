@@ -5,8 +5,8 @@ from click.testing import CliRunner
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-import sidecar.runs
-import sidecar.schema
+import sidecar.capture.schema
+import sidecar.steps.runs
 from sidecar import resources
 from sidecar.cli import cli as sidecar_cli
 
@@ -35,7 +35,7 @@ def test_install_creates_the_schema_and_records_the_version(conn, cli):
     assert _schema_exists(conn)
     newest = max(v for v, _ in resources.migrations())
     assert conn.execute("SELECT max(version) FROM sidecar.migrations").fetchone()[0] == newest
-    assert sidecar.schema.installed_version(conn) == newest
+    assert sidecar.capture.schema.installed_version(conn) == newest
     # The public functions automations call are there.
     assert conn.execute("SELECT to_regprocedure('sidecar.start_run(text, jsonb)') IS NOT NULL").fetchone()[0]
 
@@ -72,7 +72,7 @@ def test_dry_run_on_an_installed_database_says_nothing_would_run(conn, cli):
 def test_changed_function_file_is_reapplied_on_install(sc):
     # An upgrade: the database holds an older version of fn_runs.sql.
     sc.execute("UPDATE sidecar.definitions SET sha256 = 'old' WHERE file = 'fn_runs.sql'")
-    report = sidecar.schema.install(sc)
+    report = sidecar.capture.schema.install(sc)
     assert report.functions == ["fn_runs.sql"]
     assert report.migrations == []
 
@@ -84,11 +84,11 @@ def test_a_changed_template_is_rendered_for_tracked_tables_even_with_one_dropped
     sc.execute("DROP TABLE gone")  # dropped while tracked: its history stays
     sc.execute("UPDATE sidecar.templates SET body = '-- an older release' WHERE name = 'capture'")
 
-    report = sidecar.schema.install(sc)
+    report = sidecar.capture.schema.install(sc)
 
     assert report.templates == ["capture"]
     assert report.rerendered == ["public.tickets"]
-    with sidecar.runs.Run(sc, "ticket-bot"):
+    with sidecar.steps.runs.Run(sc, "ticket-bot"):
         sc.execute("INSERT INTO tickets VALUES (42, 'new')")
     assert sc.execute("SELECT count(*) FROM sidecar.statements").fetchone()[0] == 1
 
@@ -170,7 +170,7 @@ def test_install_as_a_table_owner_without_superuser(conn, dsn, cli, make_conn):
             tracked = as_owner("track", "tickets")
             assert tracked.exit_code == 0, tracked.output
 
-            with sidecar.runs.Run(owner, "ticket-bot") as run:
+            with sidecar.steps.runs.Run(owner, "ticket-bot") as run:
                 owner.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
             undone = as_owner("undo", str(run.run_id), "--yes")
             assert undone.exit_code == 0, undone.output

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sidecar.inventory import write_target
+from sidecar.ops.inventory import write_target
 from tests.fix_sidecar import track
 
 

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 
 import sidecar
-import sidecar.schema
-import sidecar.tracking
+import sidecar.capture.schema
+import sidecar.capture.tracking
 from sidecar.cluster import ThrowawayCluster, embedded_bindir, find_bindirs
 from tests.fix_sidecar import snapshot, undo
 
@@ -26,10 +26,10 @@ def own_cluster():
 def test_crash_mid_run_keeps_every_committed_capture(own_cluster):
     dsn = own_cluster.dsn
     with psycopg.connect(dsn, autocommit=True) as admin:
-        sidecar.schema.install(admin)
+        sidecar.capture.schema.install(admin)
         admin.execute("CREATE TABLE ledger (id int PRIMARY KEY, amount int)")
         admin.execute("INSERT INTO ledger SELECT g, 0 FROM generate_series(1, 20) g")
-        sidecar.tracking.track(admin, "ledger")
+        sidecar.capture.tracking.track(admin, "ledger")
         before = snapshot(admin, "ledger")
 
     bot = psycopg.connect(dsn, autocommit=True)
@@ -51,6 +51,6 @@ def test_crash_mid_run_keeps_every_committed_capture(own_cluster):
         captured = {r[0] for r in admin.execute("SELECT txid FROM sidecar.statements WHERE run_id = %s", (run_id,))}
         assert captured == set(committed)
         assert admin.execute("SELECT amount FROM ledger WHERE id = 20").fetchone()[0] == 0
-        assert sidecar.runs.get(admin, run_id).state == "abandoned"
+        assert sidecar.steps.runs.get(admin, run_id).state == "abandoned"
         undo(admin, run_id)
         assert snapshot(admin, "ledger") == before

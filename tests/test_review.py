@@ -10,8 +10,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-import sidecar.review
-import sidecar.runs
+import sidecar.review.held
+import sidecar.steps.runs
 from tests.fix_sidecar import counting_calls, snapshot, track, undo
 
 
@@ -61,7 +61,7 @@ def _status_of(conn, pending_id: int) -> str:
 def test_held_row_is_absent_from_the_table_and_waits_in_the_queue(billing, bot, cli, run_bot):
     _hold_refunds(cli)
 
-    with sidecar.runs.Run(bot, "refund-bot") as run:
+    with sidecar.steps.runs.Run(bot, "refund-bot") as run:
         bot.execute(_action("refund:17"))
         cur = bot.execute("UPDATE invoices SET refund_amount = CASE id WHEN 17 THEN 900 ELSE 100 END, "
                           "status = 'refunded' WHERE id IN (17, 18)")
@@ -101,7 +101,7 @@ def test_held_insert_and_delete(billing, cli, run_bot):
             "DELETE FROM invoices WHERE id IN (3, 4)")
 
     assert billing.execute("SELECT id FROM invoices WHERE id IN (3, 4, 30, 31) ORDER BY id").fetchall() == [(3,), (31,)]
-    lines = [i.text for i in sidecar.review.queue(billing)]
+    lines = [i.text for i in sidecar.review.held.queue(billing)]
     assert lines == [
         "Add invoice #30 (customer 'new customer', refund amount 700, status 'refunded') (rule: refund over limit)",
         "Delete invoice #3 (was customer 'customer 3', refund amount 0, status 'paid') (rule: paid invoices stay)",
@@ -118,7 +118,7 @@ def test_untagged_writes_and_undo_runs_are_not_held(billing, cli, run_bot):
 
     assert result.restored == 1
     assert _row(billing, 5) == (800, "refunded")
-    assert sidecar.review.queue(billing) == []
+    assert sidecar.review.held.queue(billing) == []
 
 
 def test_untagged_writes_do_not_call_the_hold_function(billing, cli, run_bot, make_conn):
@@ -134,7 +134,7 @@ def test_untagged_writes_do_not_call_the_hold_function(billing, cli, run_bot, ma
 
     run_bot(_refund(12, 800))
     assert _row(billing, 12) == (0, "open")
-    assert len(sidecar.review.queue(billing)) == 1
+    assert len(sidecar.review.held.queue(billing)) == 1
 
 
 def test_tagged_rows_no_rule_can_match_do_not_call_the_hold_function(billing, cli, make_conn):
@@ -142,7 +142,7 @@ def test_tagged_rows_no_rule_can_match_do_not_call_the_hold_function(billing, cl
     rule matches lands without a call of the rule function per row; a matching row is held."""
     bot, calls = counting_calls(billing, make_conn, application_name="refund-bot")
     _hold_refunds(cli)
-    with sidecar.runs.Run(bot, "refund-bot"), bot.transaction():
+    with sidecar.steps.runs.Run(bot, "refund-bot"), bot.transaction():
         before = calls("hold%")
         bot.execute("UPDATE invoices SET status = 'checked' WHERE id <= 10")
         bot.execute("INSERT INTO invoices (id, customer, refund_amount) VALUES (21, 'new customer', 100)")
@@ -152,7 +152,7 @@ def test_tagged_rows_no_rule_can_match_do_not_call_the_hold_function(billing, cl
     assert _row(billing, 3) == (0, "checked")
     assert _row(billing, 21) == (100, "open")
     assert _row(billing, 12) == (0, "open")
-    assert [p.op for p in sidecar.review.queue(billing)] == ["U"]
+    assert [p.op for p in sidecar.review.held.queue(billing)] == ["U"]
 
 
 def test_a_rule_naming_the_old_row_still_holds_inserts(billing, cli, run_bot):
@@ -171,17 +171,17 @@ def test_a_rule_naming_the_old_row_still_holds_inserts(billing, cli, run_bot):
     assert _row(billing, 22) == (100, "open")
     assert _row(billing, 5) == (0, "open")
     assert _row(billing, 6) == (50, "refunded")
-    assert sorted(p.op for p in sidecar.review.queue(billing)) == ["I", "U"]
+    assert sorted(p.op for p in sidecar.review.held.queue(billing)) == ["I", "U"]
 
 
 def test_a_paused_automation_cannot_slip_a_write_into_the_queue(billing, bot, cli):
     _hold_refunds(cli)
-    with sidecar.runs.Run(bot, "refund-bot"):
+    with sidecar.steps.runs.Run(bot, "refund-bot"):
         billing.execute("SELECT sidecar.pause('refund-bot', 'wrong refunds')")
         with pytest.raises(psycopg.Error) as caught:
             bot.execute(_refund(17, 900))
         assert caught.value.diag.sqlstate == "SC001"
-    assert sidecar.review.queue(billing) == []
+    assert sidecar.review.held.queue(billing) == []
 
 
 # -- approving --------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_a_paused_automation_cannot_slip_a_write_into_the_queue(billing, bot, cl
 def test_approve_applies_the_row_under_the_original_run_and_undo_reverses_it(billing, cli, run_bot):
     _hold_refunds(cli)
     run_id = run_bot(_action("refund:17"), _refund(17, 900))
-    pending_id = sidecar.review.queue(billing)[0].pending_id
+    pending_id = sidecar.review.held.queue(billing)[0].pending_id
 
     result = cli("approve", str(pending_id))
 
@@ -216,7 +216,7 @@ def test_approve_applies_the_row_under_the_original_run_and_undo_reverses_it(bil
 def test_approve_is_refused_when_the_row_changed_since_it_was_held(billing, cli, run_bot):
     _hold_refunds(cli)
     run_bot(_refund(17, 900))
-    pending_id = sidecar.review.queue(billing)[0].pending_id
+    pending_id = sidecar.review.held.queue(billing)[0].pending_id
     billing.execute("UPDATE invoices SET status = 'disputed' WHERE id = 17")  # a person, meanwhile
     before = snapshot(billing, "invoices", "id")
 
@@ -226,7 +226,7 @@ def test_approve_is_refused_when_the_row_changed_since_it_was_held(billing, cli,
     assert "approval refused, nothing was applied" in result.stderr
     assert f"#{pending_id}: invoice #17 changed since it was held (status 'open' is now 'disputed')" in result.stderr
     assert snapshot(billing, "invoices", "id") == before
-    waiting = sidecar.review.queue(billing)
+    waiting = sidecar.review.held.queue(billing)
     assert [(i.pending_id, i.status) for i in waiting] == [(pending_id, "conflict")]
     assert "approval was refused" in cli("queue").stdout
 
@@ -239,7 +239,7 @@ def test_approve_is_refused_when_the_row_changed_since_it_was_held(billing, cli,
 def test_approve_of_a_held_insert_is_refused_when_the_key_exists_now(billing, cli, run_bot):
     _hold_refunds(cli)
     run_bot("INSERT INTO invoices VALUES (40, 'new customer', 900, 'refunded')")
-    pending_id = sidecar.review.queue(billing)[0].pending_id
+    pending_id = sidecar.review.held.queue(billing)[0].pending_id
     billing.execute("INSERT INTO invoices (id, customer) VALUES (40, 'someone else')")
 
     result = cli("approve", str(pending_id))
@@ -271,7 +271,7 @@ def test_an_upsert_is_held_as_the_change_it_makes(billing, cli, run_bot, pg_majo
 
     assert billing.execute("SELECT count(*) FROM invoices WHERE id >= 30").fetchone()[0] == 0
     assert _row(billing, 17) == (0, "open") and _row(billing, 9) == (0, "paid")
-    lines = [i.text for i in sidecar.review.queue(billing)]
+    lines = [i.text for i in sidecar.review.held.queue(billing)]
     expected = [
         "Set refund amount of invoice #17 from 0 to 900 and status from 'open' to 'refunded' (rule: refund over limit)",
         "Add invoice #30 (customer 'new customer', refund amount 800, status 'refunded') (rule: refund over limit)",
@@ -283,7 +283,7 @@ def test_an_upsert_is_held_as_the_change_it_makes(billing, cli, run_bot, pg_majo
         ]
     assert sorted(lines) == sorted(expected)
 
-    for item in sidecar.review.queue(billing):
+    for item in sidecar.review.held.queue(billing):
         result = cli("approve", str(item.pending_id))
         assert result.exit_code == 0, result.output
     assert _row(billing, 17) == (900, "refunded") and _row(billing, 30) == (800, "refunded")
@@ -295,7 +295,7 @@ def test_a_plain_insert_of_a_key_that_exists_fails_as_it_would_untracked(billing
     _hold_refunds(cli)
     with pytest.raises(psycopg.errors.UniqueViolation):
         run_bot("INSERT INTO invoices (id, customer, refund_amount) VALUES (17, 'again', 900)")
-    assert sidecar.review.queue(billing) == []
+    assert sidecar.review.held.queue(billing) == []
     assert _row(billing, 17) == (0, "open")
 
 
@@ -327,13 +327,13 @@ def test_a_foreign_keys_action_on_a_row_a_rule_holds_refuses_the_whole_statement
     assert "public.orders {\"id\": 10} is changed by a foreign key's action (a delete of the row it refers to), " \
            "and hold rule 1 holds it: keep" in str(_refused(run_bot, "DELETE FROM accounts WHERE id = 1"))
     assert snapshot(sc, "accounts", "id") + snapshot(sc, "orders", "id") + snapshot(sc, "notes", "id") == before
-    assert sidecar.review.queue(sc) == []
+    assert sidecar.review.held.queue(sc) == []
 
     # A cascade to rows no rule holds goes through; the automation's own writes are still held.
     sc.execute("UPDATE orders SET status = 'open' WHERE id = 20")
     run_bot("UPDATE accounts SET id = 200 WHERE id = 2", "DELETE FROM orders WHERE id = 10")
     assert sc.execute("SELECT id, account_id FROM orders ORDER BY id").fetchall() == [(10, 1), (11, 1), (20, 200), (30, 3)]
-    assert [i.text for i in sidecar.review.queue(sc)] == [
+    assert [i.text for i in sidecar.review.held.queue(sc)] == [
         "Delete orders #10 (was account id 1, status 'paid') (rule: keep)"]
 
 
@@ -350,7 +350,7 @@ def test_undoing_a_run_or_an_action_rejects_its_held_changes(billing, cli, run_b
     _hold_refunds(cli)
     first = run_bot(_action("refund:17"), _refund(17, 900), _action("refund:18"), _refund(18, 700), _refund(19, 50))
     second = run_bot(_action("refund:20"), _refund(20, 800), _action("refund:16"), _refund(16, 600))
-    held = {i.action: i.pending_id for i in sidecar.review.queue(billing)}
+    held = {i.action: i.pending_id for i in sidecar.review.held.queue(billing)}
     assert set(held) == {"refund:17", "refund:18", "refund:20", "refund:16"}
 
     preview = cli("undo", str(first), "--preview")
@@ -364,7 +364,7 @@ def test_undoing_a_run_or_an_action_rejects_its_held_changes(billing, cli, run_b
     assert result.exit_code == 0, result.output
     assert "  rejected 1 held change of what was undone" in result.stdout
 
-    assert [i.pending_id for i in sidecar.review.queue(billing)] == [held["refund:16"]]
+    assert [i.pending_id for i in sidecar.review.held.queue(billing)] == [held["refund:16"]]
     assert {pid: _status_of(billing, pid) for pid in held.values()} == {
         held["refund:17"]: "rejected", held["refund:18"]: "rejected", held["refund:20"]: "rejected",
         held["refund:16"]: "pending"}
@@ -387,7 +387,7 @@ def test_approve_is_refused_when_another_row_took_a_unique_value_since(sc, cli, 
     sc.execute("INSERT INTO users VALUES (4, 'cy@rival.com')")
     before = snapshot(sc, "users", "id")
 
-    for item, key in zip(sidecar.review.queue(sc), ("users #1", "users #3")):
+    for item, key in zip(sidecar.review.held.queue(sc), ("users #1", "users #3")):
         result = cli("approve", str(item.pending_id))
         assert result.exit_code == 1
         assert (f"#{item.pending_id}: {key} cannot take its new values: another row holds one of a unique key "
@@ -399,7 +399,7 @@ def test_approve_is_refused_when_another_row_took_a_unique_value_since(sc, cli, 
 def test_approve_twice_or_an_unknown_id_is_bad_input(billing, cli, run_bot):
     _hold_refunds(cli)
     run_bot(_refund(17, 900))
-    pending_id = sidecar.review.queue(billing)[0].pending_id
+    pending_id = sidecar.review.held.queue(billing)[0].pending_id
     assert cli("approve", str(pending_id)).exit_code == 0
 
     again = cli("approve", str(pending_id))
@@ -416,7 +416,7 @@ def test_approve_twice_or_an_unknown_id_is_bad_input(billing, cli, run_bot):
 def test_reject_drops_the_change_and_logs_why(billing, cli, run_bot):
     _hold_refunds(cli)
     run_id = run_bot(_refund(17, 900))
-    pending_id = sidecar.review.queue(billing)[0].pending_id
+    pending_id = sidecar.review.held.queue(billing)[0].pending_id
 
     assert cli("reject", str(pending_id)).exit_code == 2  # --reason is required
     result = cli("reject", str(pending_id), "--reason", "customer was refunded by phone")
@@ -425,7 +425,7 @@ def test_reject_drops_the_change_and_logs_why(billing, cli, run_bot):
     assert f"rejected #{pending_id}: Set refund amount of invoice #17" in result.stdout
     assert _row(billing, 17) == (0, "open")
     assert _status_of(billing, pending_id) == "rejected"
-    assert sidecar.review.queue(billing) == []
+    assert sidecar.review.held.queue(billing) == []
     kind, run, summary, detail = billing.execute(
         "SELECT kind, run_id, summary, detail FROM sidecar.events WHERE kind = 'reject'").fetchone()
     assert run == run_id
@@ -440,17 +440,17 @@ def test_approving_an_action_applies_all_its_held_rows_together(billing, cli, ru
     _hold_refunds(cli)
     run_id = run_bot(_action("refunds:batch-1"), _refund(11, 600), _refund(12, 700),
                      _action("refunds:batch-2"), _refund(13, 800))
-    assert len(sidecar.review.queue(billing)) == 3
+    assert len(sidecar.review.held.queue(billing)) == 3
 
     result = cli("approve", "--action", "refunds:batch-1", "--run", str(run_id)[:8])
 
     assert result.exit_code == 0, result.output
     assert [_row(billing, i)[0] for i in (11, 12, 13)] == [600, 700, 0]
-    assert [i.action for i in sidecar.review.queue(billing)] == ["refunds:batch-2"]
+    assert [i.action for i in sidecar.review.held.queue(billing)] == ["refunds:batch-2"]
 
     rejected = cli("reject", "--action", "refunds:batch-2", "--run", str(run_id), "--reason", "duplicate")
     assert rejected.exit_code == 0, rejected.output
-    assert sidecar.review.queue(billing) == []
+    assert sidecar.review.held.queue(billing) == []
     assert _row(billing, 13) == (0, "open")
 
 
@@ -464,7 +464,7 @@ def test_an_action_with_one_conflicting_row_applies_none(billing, cli, run_bot):
     assert result.exit_code == 1
     assert "invoice #12 changed since it was held (customer 'customer 12' is now 'renamed')" in result.stderr
     assert _row(billing, 11) == (0, "open")
-    assert sorted(i.status for i in sidecar.review.queue(billing)) == ["conflict", "pending"]
+    assert sorted(i.status for i in sidecar.review.held.queue(billing)) == ["conflict", "pending"]
 
 
 def test_action_without_run_is_bad_input(billing, cli):
@@ -484,7 +484,7 @@ def test_a_rule_for_one_automation_holds_only_its_writes(billing, cli, run_bot):
 
     assert _row(billing, 1) == (0, "open")
     assert _row(billing, 2) == (900, "refunded")
-    assert [(i.automation, i.key) for i in sidecar.review.queue(billing)] == [("refund-bot", {"id": 1})]
+    assert [(i.automation, i.key) for i in sidecar.review.held.queue(billing)] == [("refund-bot", {"id": 1})]
 
 
 def test_more_than_n_rows_in_one_statement_holds_the_rows_past_n(billing, cli, run_bot):
@@ -497,7 +497,7 @@ def test_more_than_n_rows_in_one_statement_holds_the_rows_past_n(billing, cli, r
 
     archived = [r[0] for r in billing.execute("SELECT id FROM invoices WHERE status = 'archived' ORDER BY id")]
     assert archived == [1, 2, 3, 4, 5, 9, 10, 11, 12, 13]
-    held = sidecar.review.queue(billing)
+    held = sidecar.review.held.queue(billing)
     assert [i.key["id"] for i in held] == [6, 7, 8]
     assert {i.reason for i in held} == {"bulk change"}
     billing.execute("UPDATE invoices SET status = 'x'")  # untagged: never counted
@@ -511,7 +511,7 @@ def test_row_limit_with_a_predicate_counts_matching_rows_only(billing, cli, run_
     run_bot("UPDATE invoices SET status = CASE WHEN id <= 3 THEN 'void' ELSE 'checked' END WHERE id <= 6")
 
     assert billing.execute("SELECT count(*) FROM invoices WHERE status IN ('void', 'checked')").fetchone()[0] == 4
-    assert len(sidecar.review.queue(billing)) == 2
+    assert len(sidecar.review.held.queue(billing)) == 2
 
 
 # -- predicates -------------------------------------------------------------------------------
@@ -609,7 +609,7 @@ def test_approved_insert_keeps_identity_and_leaves_generated_columns_to_the_tabl
     assert cli("rule", "add", "refunds", "--when", "NEW.amount > 500", "--reason", "big").exit_code == 0
 
     run_id = run_bot("INSERT INTO refunds (amount) VALUES (10), (900)")
-    pending_id = sidecar.review.queue(sc)[0].pending_id
+    pending_id = sidecar.review.held.queue(sc)[0].pending_id
 
     assert cli("approve", str(pending_id)).exit_code == 0
     assert sc.execute("SELECT id, amount, doubled FROM refunds ORDER BY id").fetchall() == [(1, 10, 20), (2, 900, 1800)]
@@ -635,7 +635,7 @@ def bot_role(billing, dsn):
 def test_an_automation_role_is_held_and_cannot_approve_or_skip_its_own_hold(billing, cli, bot_role):
     _hold_refunds(cli)
 
-    with sidecar.runs.Run(bot_role, "refund-bot"):
+    with sidecar.steps.runs.Run(bot_role, "refund-bot"):
         bot_role.execute(_refund(17, 900))
         # A forged approval marker does not let the write through.
         bot_role.execute("SELECT set_config('sidecar._approving', '1', false)")
@@ -646,7 +646,7 @@ def test_an_automation_role_is_held_and_cannot_approve_or_skip_its_own_hold(bill
                 bot_role.execute(attempt)
 
     assert _row(billing, 17) == (0, "open") and _row(billing, 18) == (0, "open")
-    assert [i.status for i in sidecar.review.queue(billing)] == ["pending", "pending"]
+    assert [i.status for i in sidecar.review.held.queue(billing)] == ["pending", "pending"]
 
 
 def test_tracking_a_table_again_keeps_its_hold_rules(billing, cli, run_bot):

@@ -5,8 +5,8 @@ import uuid
 
 import pytest
 
-import sidecar.history
-import sidecar.runs
+import sidecar.capture.history
+import sidecar.steps.runs
 from sidecar.errors import UsageError
 from tests.fix_sidecar import track
 
@@ -29,7 +29,7 @@ def _run_row(conn, run_id):
 
 def test_run_context_manager_records_success_and_meta(support, bot):
     meta = {"prompt": "v3", "model": "gpt-x", "ticket": 42}
-    with sidecar.runs.Run(bot, "ticket-bot", meta=meta) as run:
+    with sidecar.steps.runs.Run(bot, "ticket-bot", meta=meta) as run:
         assert bot.execute("SHOW sidecar.run_id").fetchone()[0] == str(run.run_id)
         bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
 
@@ -43,7 +43,7 @@ def test_run_context_manager_records_success_and_meta(support, bot):
 def test_run_context_manager_records_failure_with_the_exception_text(support, make_conn):
     bot = make_conn(autocommit=False)
     with pytest.raises(ValueError, match="customer not found"):
-        with sidecar.runs.Run(bot, "ticket-bot") as run:
+        with sidecar.steps.runs.Run(bot, "ticket-bot") as run:
             bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
             raise ValueError("customer not found for ticket 42")
 
@@ -56,7 +56,7 @@ def test_run_context_manager_records_failure_with_the_exception_text(support, ma
 def test_run_that_fails_in_the_database_is_recorded_as_failed(support, make_conn):
     bot = make_conn(autocommit=False)
     with pytest.raises(Exception):
-        with sidecar.runs.Run(bot, "ticket-bot") as run:
+        with sidecar.steps.runs.Run(bot, "ticket-bot") as run:
             bot.execute("UPDATE tickets SET customer_id = 99 WHERE id = 42")  # no such customer
     automation, status, error, _, finished = _run_row(support, run.run_id)
     assert (status, finished) == ("failed", True)
@@ -104,7 +104,7 @@ def test_rows_changed_counts_each_row_once_and_not_the_rows_left_as_they_were(su
 
 
 def test_a_big_running_run_shows_the_rows_it_had_changed_when_last_counted(support, cli, bot, monkeypatch):
-    monkeypatch.setattr(sidecar.history, "RECOUNT_MAX", 2)
+    monkeypatch.setattr(sidecar.capture.history, "RECOUNT_MAX", 2)
     run_id = bot.execute("SELECT sidecar.start_run('always-on-bot')").fetchone()[0]
     bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
     bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 41")
@@ -156,7 +156,7 @@ def test_runs_since_filters_and_rejects_nonsense(support, cli, run_bot):
 
 
 def test_show_lists_actions_and_changes_in_plain_language(support, cli, bot):
-    with sidecar.runs.Run(bot, "ticket-bot", meta={"prompt": "v3", "model": "gpt-x"}) as run:
+    with sidecar.steps.runs.Run(bot, "ticket-bot", meta={"prompt": "v3", "model": "gpt-x"}) as run:
         with run.action("close:ticket-42"):
             bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
         with run.action("fix-customer"):
@@ -245,7 +245,7 @@ def test_show_reads_only_the_first_actions_of_a_run_of_many(support, cli, run_bo
 def test_show_of_a_failed_run_says_why(support, cli, make_conn):
     bot = make_conn()
     with pytest.raises(RuntimeError):
-        with sidecar.runs.Run(bot, "ticket-bot") as run:
+        with sidecar.steps.runs.Run(bot, "ticket-bot") as run:
             bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
             raise RuntimeError("model timed out")
     out = cli("show", str(run.run_id)).stdout
@@ -267,8 +267,8 @@ def test_a_unique_prefix_of_six_characters_names_a_run(support, cli, bot):
     _run_with_id(bot, "abcdef01-0000-4000-8000-000000000001")
     _run_with_id(bot, "abcdef02-0000-4000-8000-000000000002")
 
-    assert sidecar.runs.resolve(support, "abcdef01") == uuid.UUID("abcdef01-0000-4000-8000-000000000001")
-    assert sidecar.runs.resolve(support, "ABCDEF02-0000") == uuid.UUID("abcdef02-0000-4000-8000-000000000002")
+    assert sidecar.steps.runs.resolve(support, "abcdef01") == uuid.UUID("abcdef01-0000-4000-8000-000000000001")
+    assert sidecar.steps.runs.resolve(support, "ABCDEF02-0000") == uuid.UUID("abcdef02-0000-4000-8000-000000000002")
     assert cli("show", "abcdef02").stdout.startswith("Run abcdef02-0000-4000-8000-000000000002")
 
 
@@ -293,4 +293,4 @@ def test_a_bad_run_reference_exits_2_with_a_clear_message(support, cli, bot, ref
         assert message in result.stderr
         assert result.stdout == ""
     with pytest.raises(UsageError):
-        sidecar.runs.resolve(support, ref)
+        sidecar.steps.runs.resolve(support, ref)

@@ -19,8 +19,8 @@ import pytest
 from psycopg import sql
 
 import sidecar
-import sidecar.gate
-import sidecar.restore
+import sidecar.review.gate
+import sidecar.undo.restore
 from sidecar.errors import SidecarError
 from tests.fix_sidecar import track
 
@@ -75,15 +75,15 @@ def test_soak_writers_undo_and_pause(board, make_conn):
         while time.monotonic() < stop:
             try:
                 if rnd.random() < 0.3:
-                    sidecar.gate.pause(conn, automation="bot-a", reason="soak")
+                    sidecar.review.gate.pause(conn, automation="bot-a", reason="soak")
                     time.sleep(0.05)
-                    sidecar.gate.resume(conn, automation="bot-a")
+                    sidecar.review.gate.resume(conn, automation="bot-a")
                 run = conn.execute(
                     "SELECT run_id FROM sidecar.runs WHERE status = 'succeeded' AND undo_of IS NULL "
                     "AND undone_by IS NULL ORDER BY random() LIMIT 1").fetchone()
                 if run:
-                    scope = sidecar.restore.make_scope(conn, str(run[0]))
-                    sidecar.restore.undo(conn, scope, lock_timeout="2s")
+                    scope = sidecar.undo.restore.make_scope(conn, str(run[0]))
+                    sidecar.undo.restore.undo(conn, scope, lock_timeout="2s")
             except SidecarError:
                 pass  # a refusal said in words (already undone, lock timeout) is handled
             except psycopg.Error as exc:

@@ -11,7 +11,7 @@ import sidecar
 def _refunds(sc, cli):
     sc.execute("CREATE TABLE refunds (id int PRIMARY KEY, ticket_id int NOT NULL, amount numeric NOT NULL, "
                "status text NOT NULL DEFAULT 'proposed')")
-    sidecar.tracking.track(sc, "refunds", display_name="refund")
+    sidecar.capture.tracking.track(sc, "refunds", display_name="refund")
     result = cli("rule", "add", "refunds", "--when", "NEW.amount > 500", "--hold", "--reason", "refund over limit")
     assert result.exit_code == 0, result.output
 
@@ -87,7 +87,7 @@ def test_status_counts_held_items_of_an_active_automation_and_names_abandoned_ru
 
 def test_status_says_how_history_follows_schema_changes(sc, cli):
     sc.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
-    sidecar.tracking.track(sc, "tickets")
+    sidecar.capture.tracking.track(sc, "tickets")
     assert "schema changes: followed at each ALTER TABLE" in cli("status").stdout
 
     # A DBA disables one: capture still relies on it until install renders it with the check.

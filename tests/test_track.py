@@ -2,7 +2,7 @@
 
 import pytest
 
-import sidecar.tracking
+import sidecar.capture.tracking
 from sidecar.errors import UsageError
 
 
@@ -20,7 +20,7 @@ def test_track_installs_capture_triggers(sc, cli):
     assert result.stdout.strip() == "tracking public.tickets (capture tagged, key id)"
     assert _triggers(sc, "tickets") == [
         "sidecar_capture_delete", "sidecar_capture_insert", "sidecar_capture_update", "sidecar_refuse_truncate"]
-    assert [t.table for t in sidecar.tracking.list_tracked(sc)] == ["public.tickets"]
+    assert [t.table for t in sidecar.capture.tracking.list_tracked(sc)] == ["public.tickets"]
     assert _history_indexes(sc, "tickets") == [("brin", ["autosummarize=on"])]
 
 
@@ -102,7 +102,7 @@ def test_views_cannot_be_tracked(sc, cli):
 
 def test_sidecar_own_tables_cannot_be_tracked(sc):
     with pytest.raises(UsageError, match="belongs to sidecar itself"):
-        sidecar.tracking.track(sc, "sidecar.runs")
+        sidecar.capture.tracking.track(sc, "sidecar.runs")
 
 
 def test_untrack_removes_triggers_and_keeps_history(sc, cli, run_bot):
@@ -116,7 +116,7 @@ def test_untrack_removes_triggers_and_keeps_history(sc, cli, run_bot):
     assert result.exit_code == 0, result.output
     assert "stopped tracking tickets (history kept)" in result.stdout
     assert _triggers(sc, "tickets") == []
-    assert sidecar.tracking.list_tracked(sc) == []
+    assert sidecar.capture.tracking.list_tracked(sc) == []
     # Writes are no longer captured...
     later = run_bot("UPDATE tickets SET status = 'closed' WHERE id = 42")
     assert sc.execute("SELECT count(*) FROM sidecar.statements WHERE run_id = %s", (later,)).fetchone()[0] == 0
@@ -146,7 +146,7 @@ def test_tracking_again_updates_options_and_keeps_history(sc, cli, run_bot):
 
     assert result.exit_code == 0, result.output
     assert "capture all" in result.stdout
-    t = sidecar.tracking.get(sc, "customers")
+    t = sidecar.capture.tracking.get(sc, "customers")
     assert (t.capture, t.label_column, t.log_table) == ("all", "name", log_table)
     assert sc.execute("SELECT count(*) FROM sidecar.statements").fetchone()[0] == 1
 

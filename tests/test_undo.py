@@ -5,8 +5,8 @@ import json
 import psycopg
 import pytest
 
-import sidecar.restore
-import sidecar.runs
+import sidecar.steps.runs
+import sidecar.undo.restore
 from sidecar.errors import SidecarError, UsageError
 from tests.fix_sidecar import snapshot, track, undo
 
@@ -176,7 +176,7 @@ def test_rows_a_foreign_key_cascades_to_and_rows_copied_in_are_the_runs_and_undo
     track(sc, "accounts", "orders")
     before = snapshot(sc, "accounts", "id") + snapshot(sc, "orders", "id")
 
-    with sidecar.runs.Run(bot, "ledger-bot") as run:
+    with sidecar.steps.runs.Run(bot, "ledger-bot") as run:
         bot.execute("DELETE FROM accounts WHERE id = 1")
         bot.execute("UPDATE accounts SET id = 200 WHERE id = 2")
         with bot.cursor().copy("COPY orders (id, account_id, item) FROM STDIN") as copy:
@@ -539,7 +539,7 @@ def test_without_yes_and_without_a_terminal_undo_refuses(support, cli, run_bot):
 
 
 def test_undo_of_one_action(support, cli, bot):
-    with sidecar.runs.Run(bot, "ticket-bot") as run:
+    with sidecar.steps.runs.Run(bot, "ticket-bot") as run:
         with run.action("close:ticket-41"):
             bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 41")
         with run.action("close:ticket-42"):
@@ -671,7 +671,7 @@ def test_deferrable_foreign_keys_in_a_cycle(sc, cli, run_bot):
     sc.execute("COMMIT")
     track(sc, "a", "b")
     before = snapshot(sc, "a") + snapshot(sc, "b")
-    with sidecar.runs.Run(sc, "cleanup-bot") as run:
+    with sidecar.steps.runs.Run(sc, "cleanup-bot") as run:
         with sc.transaction():
             sc.execute("SET CONSTRAINTS ALL DEFERRED")
             sc.execute("DELETE FROM a")
@@ -688,7 +688,7 @@ def test_rows_added_in_a_cycle_of_deferrable_keys_are_removed(sc, cli, run_bot):
     sc.execute("CREATE TABLE b (id int PRIMARY KEY, a_id int REFERENCES a DEFERRABLE INITIALLY DEFERRED)")
     sc.execute("ALTER TABLE a ADD FOREIGN KEY (b_id) REFERENCES b DEFERRABLE INITIALLY DEFERRED")
     track(sc, "a", "b")
-    with sidecar.runs.Run(sc, "setup-bot") as run:
+    with sidecar.steps.runs.Run(sc, "setup-bot") as run:
         with sc.transaction():
             sc.execute("INSERT INTO a VALUES (1, 1)")
             sc.execute("INSERT INTO b VALUES (1, 1)")
@@ -889,4 +889,4 @@ def test_library_undo_of_an_unknown_table_row(support, run_bot):
     run_id = run_bot("UPDATE tickets SET status = 'resolved' WHERE id = 42")
     with pytest.raises(UsageError, match="changed no row of table public.customers"):
         undo(support, run_id, rows=["customers:1"])
-    assert sidecar.restore.parse_row("tickets:42") == ("tickets", "42")
+    assert sidecar.undo.restore.parse_row("tickets:42") == ("tickets", "42")

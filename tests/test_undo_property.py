@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import sidecar.runs
+import sidecar.steps.runs
 from tests.fix_sidecar import track, undo
 
 # Few keys and values, so that the bot and the person often meet on the same rows.
@@ -129,7 +129,7 @@ def _run(conn, bot, person, ops) -> tuple[object, dict, dict]:
     """The bot's run, interleaved with the person's writes: run id, first and last images of its rows."""
     first_by_run: dict = {}
     last_by_run: dict = {}
-    with sidecar.runs.Run(bot, "sync-bot") as run:
+    with sidecar.steps.runs.Run(bot, "sync-bot") as run:
         for who, op in ops:
             if who == "person":
                 _write(person, op)

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import sidecar
-import sidecar.schema
+import sidecar.capture.schema
 from tests.fix_sidecar import snapshot, undo
 
 V0_1 = Path(__file__).parent / "upgrade" / "v0_1"
@@ -37,10 +37,10 @@ def test_upgrade_keeps_history_and_undo_works(conn, make_conn):
     bot.execute("UPDATE tickets SET status = 'resolved' WHERE id <= 2")
     bot.execute("SELECT sidecar.finish_run()")
 
-    report = sidecar.schema.install(conn)
+    report = sidecar.capture.schema.install(conn)
     assert report.migrations and "001_schema.sql" not in report.migrations
-    assert sidecar.schema.installed_version(conn) >= 3
-    assert not sidecar.schema.install(conn).changed
+    assert sidecar.capture.schema.installed_version(conn) >= 3
+    assert not sidecar.capture.schema.install(conn).changed
     # History's BRIN index summarizes each block range once it is full, and its ranges are summarized.
     index = "sidecar.tickets_log_1_stmt"
     assert conn.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (index,)).fetchone()[0] == [

@@ -18,328 +18,32 @@ No crypto or token checking is written here.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import wraps
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
 
-import jinja2
-import psycopg
-from asgi_csrf import Errors, asgi_csrf
-from markupsafe import Markup, escape
+from asgi_csrf import asgi_csrf
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import describe
-from ..errors import SidecarError
-from .auth import Rights, Session, Sessions, SignInError, rights_of
-
-HERE = Path(__file__).parent
-PER_PAGE = 50
-CUT = 80  # characters of a value shown before "show all"
-
-
-# -- rendering helpers ---------------------------------------------------------
-
-def _time(value: datetime | None) -> Markup:
-    """A time as UTC in <time datetime>; live.js shows it in the viewer's time zone."""
-    if value is None:
-        return Markup("-")
-    utc = value.astimezone(timezone.utc)
-    return Markup('<time datetime="{}">{} UTC</time>').format(
-        utc.isoformat().replace("+00:00", "Z"), utc.strftime("%Y-%m-%d %H:%M:%S"))
-
-
-def _text(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, str):
-        return v
-    return describe.value(v, limit=10**9)
-
-
-def _value(v: Any) -> Markup:
-    """A value in full when short; cut, with a way to see all, when long."""
-    if v is None:
-        return Markup('<span class="empty">empty</span>')
-    text = _text(v)
-    if len(text) <= CUT:
-        return escape(text)
-    return Markup('<details class="long"><summary>{}… <span class="more">show all {} characters</span></summary>'
-                  '<div class="full">{}</div></details>').format(text[:CUT], f"{len(text):,}", text)
-
-
-def _sentence(change) -> str:
-    """A change as a sentence; a bulk UPDATE's row that kept its values says so."""
-    if change.op == "U" and not change.changed_columns:
-        image = change.after or change.before
-        label = describe.row_label(change.table, change.key, image, change.label_column, change.display_name)
-        return f"Wrote {label} with the values it already had (no change)"
-    return describe.change_sentence(change)
-
-
-def _templates() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(time=_time, value=_value, short=lambda run_id: str(run_id)[:8],
-                       table=describe.table_name, number=lambda n: f"{n:,}")
-    env.globals.update(plural=describe.plural, sentence=_sentence)
-    return env
-
-
-@dataclass
-class Pager:
-    number: int
-    total: int
-    per_page: int = PER_PAGE
-    args: dict[str, str] = field(default_factory=dict)
-    param: str = "page"
-    more: bool = False  # total was counted only so far: there are more
-
-    @classmethod
-    def of(cls, request: Request, total: int, per_page: int = PER_PAGE, param: str = "page",
-           more: bool = False) -> "Pager":
-        try:
-            number = max(1, int(request.query_params.get(param, "1")))
-        except ValueError:
-            number = 1
-        args = {k: v for k, v in request.query_params.items() if k != param and v}
-        return cls(number, total, per_page, args, param, more)
-
-    @property
-    def offset(self) -> int:
-        return (self.number - 1) * self.per_page
-
-    @property
-    def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
-
-    def url(self, number: int) -> str:
-        return "?" + urlencode({**self.args, self.param: number})
-
-
-# -- the request context -------------------------------------------------------
-
-class Page:
-    """What a page handler gets: the request, its form, a connection as the signed-in person, their rights."""
-
-    def __init__(self, console: "Console", request: Request, session: Session, conn: psycopg.Connection,
-                 rights: Rights, form: FormData | None):
-        self.console, self.request, self.session = console, request, session
-        self.conn, self.rights, self.form = conn, rights, form
-
-    def field(self, name: str) -> str:
-        return str(self.form.get(name, "")).strip() if self.form is not None else ""
-
-    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return self.console.render(self.request, template, status=status, session=self.session,
-                                   rights=self.rights, **context)
-
-    def redirect(self, url: str, message: str | None = None, kind: str = "ok") -> RedirectResponse:
-        if message:
-            self.session.flashes.append((kind, message))
-        return RedirectResponse(url, status_code=303)
-
-
-class Console:
-    def __init__(self, sessions: Sessions):
-        self.sessions = sessions
-        self.env = _templates()
-
-    def render(self, request: Request, template: str, *, status: int = 200, session: Session | None = None,
-               rights: Rights | None = None, **context: Any) -> HTMLResponse:
-        flashes = []
-        if session is not None and not template.startswith("_"):  # a fragment (live.js) leaves them for the page
-            flashes, session.flashes = session.flashes, []
-        html = self.env.get_template(template).render(
-            request=request, path=request.url.path, csrf=request.scope["csrftoken"](), session=session,
-            rights=rights, flashes=flashes, **context)
-        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
-
-
-def _signed_in(request: Request) -> Session | None:
-    session = request.app.state.console.sessions.get(request.session.get("sid"))
-    if session is None and request.session:
-        request.session.clear()
-    return session
-
-
-def _to_sign_in(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    if request.method != "GET" or target == "/":
-        return RedirectResponse("/signin", status_code=303)
-    return RedirectResponse("/signin?" + urlencode({"next": target}), status_code=303)
-
-
-def page(needs: str | None = None) -> Callable:
-    """Make a page handler an endpoint: signed in only, run in a thread, as the person, with `needs` right."""
-
-    def wrap(handler: Callable[[Page], Response]) -> Callable:
-        @wraps(handler)
-        async def endpoint(request: Request) -> Response:
-            session = _signed_in(request)
-            if session is None:
-                return _to_sign_in(request)
-            form = await request.form() if request.method == "POST" else None
-            return await run_in_threadpool(_serve, handler, needs, request, session, form)
-
-        endpoint.signed_in_only = True
-        return endpoint
-
-    return wrap
-
-
-def _serve(handler, needs, request: Request, session: Session, form) -> Response:
-    console: Console = request.app.state.console
-    try:
-        with console.sessions.connection(session) as conn:
-            rights = rights_of(conn)
-            ctx = Page(console, request, session, conn, rights, form)
-            if needs and not getattr(rights, needs):
-                return ctx.render("error.html", status=403, title="Not allowed",
-                                  message=f"{rights.user} may not do this; it needs the sidecar_{needs}er role "
-                                          "(ask a DBA).")
-            try:
-                return handler(ctx)
-            except (SidecarError, psycopg.Error) as exc:
-                message = _message(exc)
-                status = 403 if isinstance(exc, psycopg.errors.InsufficientPrivilege) else 400
-                if request.method == "POST":
-                    back = request.headers.get("referer", "")
-                    same_site = back.startswith(str(request.base_url))
-                    return ctx.redirect(back if same_site else request.url.path, message, "error")
-                return ctx.render("error.html", status=status, title="That did not work", message=message)
-    except SignInError as exc:
-        return console.render(request, "error.html", status=503, title="Console unavailable", message=str(exc))
-    except psycopg.OperationalError:
-        console.sessions.sign_out(session.sid)
-        request.session.clear()
-        return RedirectResponse("/signin?" + urlencode({"why": "lost"}), status_code=303)
-
-
-def _message(exc: Exception) -> str:
-    if isinstance(exc, psycopg.Error):
-        diag = exc.diag
-        text = (diag.message_primary or str(exc)).removeprefix("sidecar: ")
-        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-            text = f"PostgreSQL refused: {text}. Nothing was changed."
-        if diag.message_hint:
-            text += f" ({diag.message_hint})"
-        return text
-    return str(exc)
-
-
-# -- sign-in -------------------------------------------------------------------
-
-def _safe_next(target: str | None) -> str:
-    # Only a path on this site: not //host or /\\host, which browsers take as another site.
-    return target if target and target.startswith("/") and target[1:2] not in ("/", "\\") else "/"
-
-
-async def sign_in_page(request: Request) -> Response:
-    console: Console = request.app.state.console
-    if _signed_in(request) is not None:
-        return RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
-    error = None
-    if request.query_params.get("why") == "lost":
-        error = "The database connection was lost or your password changed; please sign in again."
-    status = 200
-    user = ""
-    if request.method == "POST":
-        form = await request.form()
-        user = str(form.get("user", ""))
-        try:
-            session = await run_in_threadpool(console.sessions.sign_in, user, str(form.get("password", "")))
-        except SignInError as exc:
-            await asyncio.sleep(1)  # slows down guessing passwords
-            error, status = str(exc), 401
-        else:
-            request.session.clear()
-            request.session["sid"] = session.sid
-            return RedirectResponse(_safe_next(str(form.get("next", ""))), status_code=303)
-    return console.render(request, "signin.html", status=status, error=error, user=user,
-                          next=_safe_next(request.query_params.get("next") or None))
-
-
-async def sign_out(request: Request) -> Response:
-    request.app.state.console.sessions.sign_out(request.session.get("sid"))
-    request.session.clear()
-    return RedirectResponse("/signin", status_code=303)
-
-
-async def home(request: Request) -> Response:
-    if _signed_in(request) is None:
-        return _to_sign_in(request)
-    return RedirectResponse("/automations", status_code=303)
-
-
-home.signed_in_only = True
-
-
-# -- the application -----------------------------------------------------------
-
-class SecurityHeaders:
-    """Headers every response gets: no framing, scripts and styles only from /static."""
-
-    HEADERS = [
-        (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                     b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
-        (b"x-frame-options", b"DENY"),
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", b"same-origin"),
-    ]
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-async def _csrf_failed(scope, send, error: Errors) -> None:
-    body = ("<!doctype html><html lang=en><meta charset=utf-8><title>Form expired</title>"
-            "<h1>That form could not be accepted</h1><p>It had expired, or it came from another site. "
-            "Go back, reload the page and try again.</p><p><a href='/'>Back to the console</a></p>")
-    await send({"type": "http.response.start", "status": 403,
-                "headers": [(b"content-type", b"text/html; charset=utf-8")]})
-    await send({"type": "http.response.body", "body": body.encode()})
-
-
-def _lifespan(sessions: Sessions):
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        yield
-        sessions.close_all()
-
-    return lifespan
+from . import live, pages
+from .auth import Sessions
+from .web import (
+    HERE,
+    Console,
+    SecurityHeaders,
+    csrf_failed,
+    home,
+    lifespan,
+    sign_in_page,
+    sign_out,
+)
 
 
 def create_app(dsn: str | None = None, *, idle_hours: float = 8, require_password_check: bool = True,
                secret: str | None = None):
     """The console as an ASGI app. `dsn` says where (host, port, database); people bring who."""
-    from . import live, pages
-
     sessions = Sessions(dsn, idle=idle_hours * 3600, require_password_check=require_password_check)
     secret = secret or secrets.token_urlsafe(48)  # sessions live in memory: a restart signs everyone out anyway
     routes = [
@@ -354,11 +58,11 @@ def create_app(dsn: str | None = None, *, idle_hours: float = 8, require_passwor
         routes=routes,
         middleware=[Middleware(SessionMiddleware, secret_key=secret, session_cookie="sidecar_session",
                                max_age=int(idle_hours * 3600), same_site="lax")],
-        lifespan=_lifespan(sessions),
+        lifespan=lifespan(sessions),
     )
     app.state.console = Console(sessions)
     protected = asgi_csrf(SecurityHeaders(app), signing_secret=secret, always_protect={"/signin", "/signout"},
-                          cookie_name="sidecar_csrf", send_csrf_failed=_csrf_failed)
+                          cookie_name="sidecar_csrf", send_csrf_failed=csrf_failed)
     protected.state = app.state
     protected.starlette = app
     return protected

@@ -18,7 +18,13 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from ..history import Change, TableInfo, _clean, statement_of_image, tables_of_run
+from ..capture.history import (
+    Change,
+    TableInfo,
+    _clean,
+    statement_of_image,
+    tables_of_run,
+)
 
 
 @dataclass

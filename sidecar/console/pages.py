@@ -11,12 +11,15 @@ from urllib.parse import urlencode
 
 from starlette.routing import Route
 
-from .. import describe, gate, restore, runs
-from ..describe import plural, row_label
+from ..capture.history import Change
 from ..errors import UsageError
-from ..history import Change
+from ..review import gate
+from ..steps import runs
+from ..text import describe
+from ..text.describe import plural, row_label
+from ..undo import restore
 from . import changes, queue
-from .app import Page, Pager, page
+from .web import Page, Pager, page
 
 STATES = ("running", "succeeded", "failed", "undone")
 SINCE = {"1h": ("the last hour", timedelta(hours=1)), "24h": ("the last day", timedelta(days=1)),

@@ -6,21 +6,21 @@ import uuid
 
 import psycopg
 
-from .. import review
-from ..describe import plural
+from ..review import held
+from ..text.describe import plural
 
 OPEN = ("pending", "conflict")
 
 
 def items(conn: psycopg.Connection, *, open_only: bool = True, offset: int = 0,
-          limit: int = 50) -> tuple[list[review.HeldChange], int]:
+          limit: int = 50) -> tuple[list[held.HeldChange], int]:
     """A page of held changes (oldest first, as `sidecar queue` lists them) and how many there are."""
     where = " WHERE NOT %(open)s OR p.status = ANY(%(states)s)"
     params = {"open": open_only, "states": list(OPEN)}
     total = conn.execute("SELECT count(*) FROM sidecar.pending p" + where, params).fetchone()[0]
-    rows = conn.execute(review._SELECT + where + " ORDER BY p.pending_id OFFSET %(o)s LIMIT %(n)s",
+    rows = conn.execute(held._SELECT + where + " ORDER BY p.pending_id OFFSET %(o)s LIMIT %(n)s",
                         {**params, "o": offset, "n": limit}).fetchall()
-    return [review._to_item(r) for r in rows], total
+    return [held._to_item(r) for r in rows], total
 
 
 def open_count_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> int:
@@ -30,7 +30,7 @@ def open_count_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> int:
 
 def approve(conn: psycopg.Connection, pending_id: int) -> tuple[str, str]:
     """(kind, message) for the flash: approved, or refused because the row changed since."""
-    decision = review.approve(conn, pending_id)
+    decision = held.approve(conn, pending_id)
     if decision.refused:
         return "error", ("Not approved, nothing was applied: " + "; ".join(c.text for c in decision.conflicts)
                          + ". It stays in the queue; reject it, or approve it again once you have checked.")
@@ -38,6 +38,6 @@ def approve(conn: psycopg.Connection, pending_id: int) -> tuple[str, str]:
 
 
 def reject(conn: psycopg.Connection, pending_id: int, why: str) -> tuple[str, str]:
-    decision = review.reject(conn, pending_id, why=why)
+    decision = held.reject(conn, pending_id, why=why)
     return "ok", f"Rejected {plural(len(decision.items), 'held change')}: " + "; ".join(
         i.change for i in decision.items) + f" ({why})."

@@ -1,0 +1,149 @@
+"""Install, upgrade and uninstall the shadow schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+
+from .. import resources
+from ..errors import SidecarError
+
+# Many sidecar processes may run against one database: installs take turns.
+_INSTALL_LOCK = 7_420_001
+
+
+@dataclass
+class InstallReport:
+    migrations: list[str] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    rerendered: list[str] = field(default_factory=list)
+    shapes_watched: bool = False  # the shape-watching event triggers were created by this install
+    statements: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.migrations or self.functions or self.templates or self.shapes_watched or self.rerendered)
+
+
+def installed_version(conn: psycopg.Connection) -> int | None:
+    """The newest applied migration, or None when sidecar is not installed."""
+    row = conn.execute("SELECT to_regclass('sidecar.migrations') IS NOT NULL").fetchone()
+    if not row[0]:
+        return None
+    return conn.execute("SELECT max(version) FROM sidecar.migrations").fetchone()[0]
+
+
+def _check_schema_is_ours(conn: psycopg.Connection) -> None:
+    schema = conn.execute("SELECT to_regnamespace('sidecar') IS NOT NULL").fetchone()[0]
+    ours = conn.execute("SELECT to_regclass('sidecar.migrations') IS NOT NULL").fetchone()[0]
+    if schema and not ours:
+        raise SidecarError(
+            'a schema named "sidecar" already exists and was not made by sidecar; '
+            "rename or drop it, then run sidecar install again"
+        )
+
+
+def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport:
+    """Apply the migrations, function files and templates not applied yet, in one transaction.
+
+    With dry_run the same work is done and rolled back, so nothing changes and
+    report.statements holds the SQL that would run.
+    """
+    report = InstallReport()
+    with conn.transaction(force_rollback=dry_run):
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        _check_schema_is_ours(conn)
+        applied: set[int] = set()
+        if installed_version(conn) is not None:
+            applied = {r[0] for r in conn.execute("SELECT version FROM sidecar.migrations")}
+        for version, f in resources.migrations():
+            if version in applied:
+                continue
+            report.migrations.append(f.name)
+            report.statements.append(f.text)
+            conn.execute(f.text)
+            conn.execute("INSERT INTO sidecar.migrations (version, name) VALUES (%s, %s)", (version, f.name))
+
+        known = dict(conn.execute("SELECT file, sha256 FROM sidecar.definitions").fetchall())
+        for f in resources.function_files():
+            if known.get(f.name) == f.sha256:
+                continue
+            report.functions.append(f.name)
+            report.statements.append(f.text)
+            conn.execute(f.text)
+            conn.execute(
+                "INSERT INTO sidecar.definitions (file, sha256) VALUES (%s, %s) "
+                "ON CONFLICT (file) DO UPDATE SET sha256 = EXCLUDED.sha256, applied_at = now()",
+                (f.name, f.sha256),
+            )
+
+        stored = dict(conn.execute("SELECT name, body FROM sidecar.templates").fetchall())
+        for name, body in resources.templates().items():
+            if stored.get(name) == body:
+                continue
+            report.templates.append(name)
+            report.statements.append(body)
+            conn.execute(
+                "INSERT INTO sidecar.templates (name, body) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body",
+                (name, body),
+            )
+        # Event triggers that keep history in step with ALTER TABLE, where
+        # this role may create them; capture then skips its shape check.
+        report.shapes_watched = conn.execute("SELECT sidecar._watch_shapes_install()").fetchone()[0]
+        if report.shapes_watched:
+            report.statements.append("SELECT sidecar._watch_shapes_install();  -- creates the event triggers")
+        # A changed template is rendered anew for every tracked table, and a
+        # capture function for the other shape-check mode than the event
+        # triggers' state now calls for (the hold trigger only exists on tables
+        # with rules; it knows which).
+        for tracked_id, relid in conn.execute(
+            "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked t "
+            "WHERE active AND (%s OR shape_watched <> sidecar._shapes_watched()) "
+            "AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) "  # a tracked table dropped since
+            "ORDER BY tracked_id",
+            (bool(report.templates),),
+        ).fetchall():
+            # Columns changed while nothing watched and nothing wrote come first.
+            conn.execute("SELECT sidecar._sync_shape(%s)", (tracked_id,))
+            conn.execute("SELECT sidecar._render_capture(%s)", (tracked_id,))
+            conn.execute("SELECT sidecar._create_triggers(%s)", (tracked_id,))
+            conn.execute("SELECT sidecar._render_hold(%s)", (tracked_id,))
+            report.rerendered.append(relid)
+        # Grants are re-applied every time: new functions start executable by PUBLIC.
+        conn.execute(resources.privileges())
+    return report
+
+
+def uninstall(conn: psycopg.Connection, *, keep_history: bool = False) -> list[str]:
+    """Remove every trigger and function sidecar created, and the schema.
+
+    With keep_history the tables of the sidecar schema stay (runs, history,
+    events), so a later install picks them up again. Returns the tables whose
+    triggers were removed.
+    """
+    if installed_version(conn) is None:
+        raise SidecarError('sidecar is not installed in this database (no "sidecar" schema)')
+    untracked = []
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
+        rows = conn.execute(
+            "SELECT sidecar._qualname(relid) FROM sidecar.tracked WHERE active ORDER BY tracked_id"
+        ).fetchall()
+        for (relid,) in rows:
+            conn.execute("SELECT sidecar.untrack(%s::regclass)", (relid,))
+            untracked.append(relid)
+        # First: they would fire on the DROPs below, calling what is gone.
+        conn.execute("DROP EVENT TRIGGER IF EXISTS sidecar_watch_alter")
+        conn.execute("DROP EVENT TRIGGER IF EXISTS sidecar_watch_drop")
+        if keep_history:
+            conn.execute(resources.query("drop_functions"))
+            conn.execute("DELETE FROM sidecar.definitions")
+            conn.execute("DELETE FROM sidecar.templates")
+        else:
+            conn.execute("DROP SCHEMA sidecar CASCADE")
+    return untracked

@@ -1,0 +1,54 @@
+"""`sidecar runs` and `sidecar show`: what ran, and one run in plain language."""
+
+from __future__ import annotations
+
+import click
+
+from ..capture import history
+from ..steps import runs
+from ..text import render
+from ._common import connect, dsn_option, handles_errors, json_option, parse_since
+
+
+@click.command("runs")
+@dsn_option
+@click.option("--automation", help="Only runs of this automation.")
+@click.option("--since", help="Only runs started since: 30m, 2h, 3d, or an ISO time.")
+@click.option("--limit", default=50, show_default=True)
+@json_option
+@handles_errors
+def runs_cmd(dsn, automation, since, limit, as_json):
+    """List runs, newest first, with rows changed per table."""
+    since_at = parse_since(since)
+    with connect(dsn) as conn:
+        found = runs.list_runs(conn, automation=automation, since=since_at, limit=limit)
+    click.echo(render.dumps({"runs": found}) if as_json else render.runs_table(found))
+
+
+@click.command()
+@dsn_option
+@click.argument("run_id")
+@click.option("--limit", default=200, show_default=True, help="Changes shown per action.")
+@click.option("--actions", "actions_max", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Actions shown, the first ones (0: all).")
+@json_option
+@handles_errors
+def show(dsn, run_id, limit, actions_max, as_json):
+    """A run's actions and changes in plain language."""
+    with connect(dsn) as conn:
+        info = runs.get(conn, run_id)
+        actions, more_actions = history.changes_by_action(conn, info.run_id, limit=limit,
+                                                          actions=actions_max or None)
+        events = conn.execute(
+            "SELECT at, actor, summary FROM sidecar.events WHERE run_id = %s ORDER BY at", (info.run_id,)
+        ).fetchall()
+    if as_json:
+        click.echo(render.dumps({
+            "run": info,
+            "actions": [{"key": k, "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c))
+                                               for c in ch], "more": m} for k, ch, m in actions],
+            "more_actions": more_actions,
+            "events": [{"at": a, "actor": b, "summary": s} for a, b, s in events],
+        }))
+    else:
+        click.echo(render.show_run(info, actions, events, more_actions))
