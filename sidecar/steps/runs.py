@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from ..capture.history import row_counts
 from ..capture.tracking import regclass
 from ..errors import UsageError
+from . import protocol
 
 _UUID_PREFIX = re.compile(r"^[0-9a-fA-F-]+$")
 
@@ -26,31 +29,39 @@ class Run:
 
     The run finishes as succeeded, or as failed with the exception's text when
     the block raises (the exception still propagates).
+
+    pooled=True leaves nothing on the session, for PgBouncer's transaction
+    pooling: each `run.action(key)`, `run.step(key)` and `run.transaction()` is
+    one transaction that tags itself (SET LOCAL); writes outside them are not
+    the run's.
     """
 
     def __init__(self, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None,
-                 *, run_id: str | uuid.UUID | None = None):
+                 *, run_id: str | uuid.UUID | None = None, pooled: bool = False):
         """run_id attaches to a run that already exists (one `sidecar rerun` opened)."""
         self.conn = conn
         self.automation = automation
         self.meta = meta or {}
-        self.run_id: uuid.UUID | None = uuid.UUID(str(run_id)) if run_id else None
+        self.run_id: uuid.UUID | None = protocol.run_id_of(run_id)
+        self.pooled = pooled
 
     @classmethod
-    def from_env(cls, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None) -> "Run":
+    def from_env(cls, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None,
+                 *, pooled: bool = False) -> "Run":
         """Attach to $SIDECAR_RUN_ID when `sidecar rerun --exec` started us, else start a new run."""
         import os
 
-        return cls(conn, automation, meta, run_id=os.environ.get("SIDECAR_RUN_ID") or None)
+        return cls(conn, automation, meta, run_id=os.environ.get("SIDECAR_RUN_ID") or None, pooled=pooled)
 
     def __enter__(self) -> "Run":
         if self.run_id is None:
-            self.run_id = self.conn.execute(
-                "SELECT sidecar.start_run(%s, %s)", (self.automation, Jsonb(self.meta))
-            ).fetchone()[0]
-        else:
-            self.conn.execute("SELECT set_config('sidecar.run_id', %s, false)", (str(self.run_id),))
-            self.conn.execute("SELECT set_config('sidecar.automation', %s, false)", (self.automation,))
+            with self.conn.transaction():
+                self.run_id = self.conn.execute(protocol.START,
+                                                protocol.start(self.automation, self.meta)).fetchone()[0]
+                if self.pooled:
+                    self.conn.execute(protocol.UNTAG_SESSION)
+        elif not self.pooled:
+            self.conn.execute(protocol.ATTACH, protocol.attach(self.run_id, self.automation))
         if not self.conn.autocommit:
             self.conn.commit()
         return self
@@ -61,20 +72,28 @@ class Run:
         if exc is None:
             if not self.conn.autocommit:
                 self.conn.commit()
-            self._finish("succeeded", None)
         else:
             # The block's transaction may be aborted: the failure is recorded outside it.
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self.conn.rollback()
-            self._finish("failed", f"{type(exc).__name__}: {exc}")
-
-    def _finish(self, status: str, error: str | None) -> None:
-        self.conn.execute("SELECT sidecar.finish_run(%s, %s, %s)", (status, error, self.run_id))
+        self.conn.execute(protocol.FINISH, protocol.finish(self.run_id, exc))
         if not self.conn.autocommit:
             self.conn.commit()
 
-    def action(self, key: str) -> "_Action":
-        """Group the writes of the block into one action (one undo unit)."""
+    @contextmanager
+    def transaction(self, action: str | None = None) -> Iterator[psycopg.Transaction]:
+        """One transaction tagged with the run (and the action, if given), whatever the session holds."""
+        with self.conn.transaction() as tx:
+            self._tag_transaction(action)
+            yield tx
+
+    def _tag_transaction(self, action: str | None = None) -> None:
+        self.conn.execute(protocol.TAG_TRANSACTION, protocol.tag(self.run_id, self.automation, action))
+
+    def action(self, key: str):
+        """Group the writes of the block into one action (one undo unit). Pooled: one transaction."""
+        if self.pooled:
+            return self.transaction(key)
         return _Action(self.conn, key)
 
     def step(self, key: str) -> "Step":
@@ -95,7 +114,10 @@ class Run:
             # Names are resolved here, with the caller's search_path (the SQL function takes qualified names).
             for target in step.get("touches", []) if isinstance(step, dict) else []:
                 target["table"] = names.setdefault(target["table"], regclass(self.conn, target["table"]))
-        self.conn.execute("SELECT sidecar.plan_steps(%s)", (Jsonb(steps),))
+        with self.conn.transaction():
+            if self.pooled:
+                self._tag_transaction()
+            self.conn.execute(protocol.PLAN, {"steps": json.dumps(steps)})
         if not self.conn.autocommit:
             self.conn.commit()
 
@@ -110,8 +132,7 @@ class Run:
         and ends the loop.
         """
         items = list(items)
-        self.plan([{"key": key(i), "touches": [{"table": t, "key": k} for t, k in (touches(i) if touches else [])]}
-                   for i in items])
+        self.plan(protocol.plan(items, key, touches))
         for item in items:
             with self.step(key(item)) as step:
                 if step.skip:
@@ -130,23 +151,27 @@ class Step:
         conn = self.run.conn
         self._tx = conn.transaction()
         self._tx.__enter__()
-        if not conn.execute("SELECT sidecar.begin_step(%s)", (self.key,)).fetchone()[0]:
+        if self.run.pooled:
+            self.run._tag_transaction()
+        if not conn.execute(protocol.BEGIN_STEP, {"key": self.key}).fetchone()[0]:
             self.skip = True
-            self.done_by = conn.execute("SELECT run_id, completed_at FROM sidecar.step_done(%s)", (self.key,)).fetchone()
+            self.done_by = conn.execute(protocol.STEP_DONE, {"key": self.key}).fetchone()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         conn = self.run.conn
         if exc_type is None and not self.skip:
             try:
-                conn.execute("SELECT sidecar.end_step()")
+                conn.execute(protocol.END_STEP)
             except BaseException as err:
                 self._tx.__exit__(type(err), err, err.__traceback__)
                 raise
         self._tx.__exit__(exc_type, exc, tb)
         if exc_type is not None and not conn.closed and not isinstance(exc, psycopg.OperationalError):
             with conn.transaction():
-                conn.execute("SELECT sidecar.fail_step(%s, %s)", (self.key, f"{exc_type.__name__}: {exc}"))
+                if self.run.pooled:
+                    self.run._tag_transaction()
+                conn.execute(protocol.FAIL_STEP, protocol.step_failure(self.key, exc))
         return False
 
 
@@ -155,13 +180,13 @@ class _Action:
         self.conn, self.key = conn, key
 
     def __enter__(self) -> "_Action":
-        self.conn.execute("SELECT set_config('sidecar.action', %s, false)", (self.key,))
+        self.conn.execute(protocol.SET_ACTION, {"action": self.key})
         return self
 
     def __exit__(self, *exc) -> None:
         if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             return
-        self.conn.execute("SELECT set_config('sidecar.action', '', false)")
+        self.conn.execute(protocol.CLEAR_ACTION)
 
 
 @dataclass
