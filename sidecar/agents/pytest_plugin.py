@@ -1,0 +1,1 @@
+"""pytest plugin for users' CI (placeholder, filled in below)."""
