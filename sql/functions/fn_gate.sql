@@ -3,7 +3,7 @@
 -- whenever this file changes.
 --
 -- Pause and resume send a NOTIFY on channel 'sidecar' with a JSON payload
--- {"event": "pause"|"resume", "scope": ..., "target": ...}.
+-- {"event": "pause"|"resume", "scope": ..., "target": ...} (a pause adds "label" and "reason").
 
 -- Signatures of earlier releases (an upgrade must not leave overloads behind).
 DROP FUNCTION IF EXISTS sidecar._pause(text, text, text);
@@ -25,7 +25,8 @@ BEGIN
                                  WHEN 'automation' THEN CASE p_target WHEN '*' THEN 'every automation'
                                                                       ELSE p_target END END, p_reason),
         jsonb_build_object('scope', p_scope, 'target', p_target, 'reason', p_reason));
-    PERFORM pg_notify('sidecar', jsonb_build_object('event', 'pause', 'scope', p_scope, 'target', p_target)::text);
+    PERFORM pg_notify('sidecar', jsonb_build_object('event', 'pause', 'scope', p_scope, 'target', p_target,
+                                                    'label', p_label, 'reason', left(p_reason, 300))::text);
 END
 $_pause$;
 

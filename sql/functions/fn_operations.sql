@@ -55,7 +55,12 @@ BEGIN
         UPDATE sidecar.runs SET undone_by = p_undo WHERE run_id = r_undo.undo_of;
     END IF;
     PERFORM sidecar._log_event('undo', r_undo.undo_of, p_summary, p_detail || jsonb_build_object('undo_run', p_undo));
-    PERFORM pg_notify('sidecar', jsonb_build_object('event', 'undo', 'run', r_undo.undo_of, 'undo_run', p_undo)::text);
+    PERFORM pg_notify('sidecar', jsonb_build_object('event', 'undo', 'run', r_undo.undo_of, 'undo_run', p_undo,
+                                                    'summary', left(p_summary, 300))::text);
+    IF coalesce((p_detail ->> 'conflicts')::bigint, 0) > 0 THEN  -- rows it skipped, for `sidecar notify`
+        PERFORM pg_notify('sidecar', jsonb_build_object('event', 'conflict', 'run', r_undo.undo_of,
+                                                        'undo_run', p_undo, 'rows', (p_detail ->> 'conflicts')::bigint)::text);
+    END IF;
     PERFORM set_config('sidecar.run_id', '', true);
     PERFORM set_config('sidecar.action', '', true);
 END

@@ -27,7 +27,8 @@ BEGIN
 END
 $start_run$;
 
--- Finish this session's run (or the one named) and untag the session.
+-- Finish this session's run (or the one named) and untag the session. A
+-- failed run sends NOTIFY sidecar {"event": "failed", "run", "automation", "error"}.
 CREATE OR REPLACE FUNCTION sidecar.finish_run(p_status text DEFAULT 'succeeded', p_error text DEFAULT NULL,
                                               p_run_id uuid DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -35,6 +36,7 @@ AS $finish_run$
 DECLARE
     v_current text := coalesce(current_setting('sidecar.run_id', true), '');
     v_run     uuid := coalesce(p_run_id, nullif(v_current, '')::uuid);
+    v_automation text;
 BEGIN
     IF v_run IS NULL THEN
         RAISE EXCEPTION 'sidecar: no run is active in this session' USING ERRCODE = 'SC005',
@@ -45,9 +47,14 @@ BEGIN
             USING ERRCODE = 'SC005';
     END IF;
     UPDATE sidecar.runs SET status = p_status, error = p_error, finished_at = clock_timestamp()
-    WHERE run_id = v_run;
+    WHERE run_id = v_run
+    RETURNING automation INTO v_automation;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'sidecar: run % is not known', v_run USING ERRCODE = 'SC005';
+    END IF;
+    IF p_status = 'failed' THEN  -- for `sidecar notify` and the console
+        PERFORM pg_notify('sidecar', jsonb_build_object('event', 'failed', 'run', v_run, 'automation',
+                                                        left(v_automation, 200), 'error', left(p_error, 300))::text);
     END IF;
     IF v_current = v_run::text THEN
         PERFORM set_config('sidecar.run_id', '', false);
