@@ -1,3 +1,3 @@
 """Test configuration: fixtures live in topic modules, listed here."""
 
-pytest_plugins = ["tests.fix_db", "tests.fix_sidecar", "tests.fix_pgbouncer"]
+pytest_plugins = ["tests.fix_db", "tests.fix_sidecar", "tests.fix_pgbouncer", "pytester"]
