@@ -5,9 +5,12 @@
         with run.step("note:ticket-42") as step:
             if not step.skip:
                 conn.execute("INSERT INTO billing_notes ...")
+
+`sidecar.AsyncRun` is the same for psycopg's AsyncConnection (`async with`).
 """
 
+from .agents.asyncrun import AsyncRun
 from .steps.runs import Run
 
 __version__ = "0.1.0"
-__all__ = ["Run", "__version__"]
+__all__ = ["AsyncRun", "Run", "__version__"]

@@ -18,6 +18,7 @@ Two ways to tag a connection:
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 from typing import Any
@@ -42,6 +43,29 @@ BEGIN_STEP = "SELECT sidecar.begin_step(%(key)s)"
 STEP_DONE = "SELECT run_id, completed_at FROM sidecar.step_done(%(key)s)"
 END_STEP = "SELECT sidecar.end_step()"
 FAIL_STEP = "SELECT sidecar.fail_step(%(key)s, %(error)s)"
+# A table a step touches, by its canonical name (the SQL function takes qualified names).
+REGCLASS = "SELECT sidecar._qualname(to_regclass(%(table)s))"
+
+
+class BaseRun:
+    """What Run and AsyncRun share: who the run is and how it tags (see the module's docstring)."""
+
+    def __init__(self, conn, automation: str, meta: dict[str, Any] | None = None,
+                 *, run_id: str | uuid.UUID | None = None, pooled: bool = False):
+        """run_id attaches to a run that already exists (one `sidecar rerun` opened)."""
+        self.conn = conn
+        self.automation = automation
+        self.meta = meta or {}
+        self.run_id: uuid.UUID | None = run_id_of(run_id)
+        self.pooled = pooled
+
+    @classmethod
+    def from_env(cls, conn, automation: str, meta: dict[str, Any] | None = None, *, pooled: bool = False):
+        """Attach to $SIDECAR_RUN_ID when `sidecar rerun --exec` started us, else start a new run."""
+        return cls(conn, automation, meta, run_id=os.environ.get("SIDECAR_RUN_ID") or None, pooled=pooled)
+
+    def _tag_params(self, action: str | None = None) -> dict[str, Any]:
+        return tag(self.run_id, self.automation, action)
 
 
 def start(automation: str, meta: dict[str, Any] | None) -> dict[str, Any]:
@@ -71,6 +95,11 @@ def plan(items: list, key, touches=None) -> list[dict]:
 
 def step_failure(key: str, exc: BaseException) -> dict[str, Any]:
     return {"key": key, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def no_such_table(table: str) -> str:
+    return (f"table {table} does not exist; check the name (schema-qualified, "
+            'mixed-case names in double quotes, e.g. \'"Order Items"\')')
 
 
 def run_id_of(value: str | uuid.UUID | None) -> uuid.UUID | None:

@@ -21,7 +21,7 @@ from . import protocol
 _UUID_PREFIX = re.compile(r"^[0-9a-fA-F-]+$")
 
 
-class Run:
+class Run(protocol.BaseRun):
     """A run of an automation, tagging this connection's writes.
 
         with sidecar.Run(conn, "ticket-bot", meta={"prompt": "v3"}) as run:
@@ -35,23 +35,6 @@ class Run:
     one transaction that tags itself (SET LOCAL); writes outside them are not
     the run's.
     """
-
-    def __init__(self, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None,
-                 *, run_id: str | uuid.UUID | None = None, pooled: bool = False):
-        """run_id attaches to a run that already exists (one `sidecar rerun` opened)."""
-        self.conn = conn
-        self.automation = automation
-        self.meta = meta or {}
-        self.run_id: uuid.UUID | None = protocol.run_id_of(run_id)
-        self.pooled = pooled
-
-    @classmethod
-    def from_env(cls, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None,
-                 *, pooled: bool = False) -> "Run":
-        """Attach to $SIDECAR_RUN_ID when `sidecar rerun --exec` started us, else start a new run."""
-        import os
-
-        return cls(conn, automation, meta, run_id=os.environ.get("SIDECAR_RUN_ID") or None, pooled=pooled)
 
     def __enter__(self) -> "Run":
         if self.run_id is None:
@@ -88,7 +71,7 @@ class Run:
             yield tx
 
     def _tag_transaction(self, action: str | None = None) -> None:
-        self.conn.execute(protocol.TAG_TRANSACTION, protocol.tag(self.run_id, self.automation, action))
+        self.conn.execute(protocol.TAG_TRANSACTION, self._tag_params(action))
 
     def action(self, key: str):
         """Group the writes of the block into one action (one undo unit). Pooled: one transaction."""
