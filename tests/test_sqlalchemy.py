@@ -155,3 +155,16 @@ def test_wrong_target_and_wrong_with_say_what_to_do(tickets, dsn):
     with Session(engine) as session, pytest.raises(Exception, match="entered with `with`"):
         asyncio.run(sidecar.sqlalchemy.run(session, "ticket-bot").__aenter__())
     engine.dispose()
+
+
+def test_an_action_begun_inside_an_open_transaction_retags_it(tickets, dsn):
+    engine = create_engine(url(dsn, "psycopg"))
+    with Session(engine) as session, sidecar.sqlalchemy.run(session, "ticket-bot") as run:
+        session.execute(text("UPDATE tickets SET status = 'seen' WHERE id = 41"))
+        with run.action("close:ticket-42"):
+            session.execute(text("UPDATE tickets SET status = 'resolved' WHERE id = 42"))
+        session.execute(text("UPDATE tickets SET status = 'seen' WHERE id = 43"))
+    engine.dispose()
+    actions = [(a, k["id"]) for a, _, k in captured(tickets, run.run_id)]
+    assert actions[1] == ("close:ticket-42", 42)
+    assert actions[0][0] == actions[2][0] and actions[0][0].startswith("tx:")  # one transaction, no action
