@@ -88,6 +88,7 @@ def test_a_paused_automation_cannot_start_a_run(tickets, dsn):
         with pytest.raises(DBAPIError, match="paused"):
             with sidecar.sqlalchemy.run(session, "ticket-bot"):
                 pass
+        assert session.execute(text("SELECT status FROM tickets WHERE id = 42")).scalar() == "open"  # usable
     assert tickets.execute("SELECT count(*) FROM sidecar.runs").fetchone()[0] == 0
     engine.dispose()
 
@@ -168,3 +169,15 @@ def test_an_action_begun_inside_an_open_transaction_retags_it(tickets, dsn):
     actions = [(a, k["id"]) for a, _, k in captured(tickets, run.run_id)]
     assert actions[1] == ("close:ticket-42", 42)
     assert actions[0][0] == actions[2][0] and actions[0][0].startswith("tx:")  # one transaction, no action
+
+
+def test_a_commit_that_fails_at_the_end_fails_the_run(tickets, dsn):
+    tickets.execute("CREATE TABLE notes (id int PRIMARY KEY, ticket_id int REFERENCES tickets "
+                    "DEFERRABLE INITIALLY DEFERRED)")
+    engine = create_engine(url(dsn, "psycopg"))
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        with Session(engine) as session, sidecar.sqlalchemy.run(session, "ticket-bot") as run:
+            session.execute(text("INSERT INTO notes VALUES (1, 99)"))  # checked at commit
+    engine.dispose()
+    status, error = run_row(tickets, run.run_id)[1:3]
+    assert status == "failed" and error.startswith("IntegrityError: ")

@@ -122,9 +122,13 @@ class SessionRun:
             raise UsageError("an AsyncSession's run is entered with `async with`")
         target = self._sync_target
         if self.run_id is None:
-            self.run_id = target.execute(_START, protocol.start(self.automation, self.meta)).scalar_one()
-            target.execute(_UNTAG)
-            target.commit()
+            try:
+                self.run_id = target.execute(_START, protocol.start(self.automation, self.meta)).scalar_one()
+                target.execute(_UNTAG)
+                target.commit()
+            except BaseException:
+                target.rollback()  # refused (a pause): the session is usable again, no run exists
+                raise
         self._listen()
         return self
 
@@ -137,13 +141,18 @@ class SessionRun:
         try:
             if self._in_transaction():
                 if exc is None:
-                    target.commit()
+                    try:
+                        target.commit()
+                    except BaseException as err:  # the commit failed: so did the run
+                        exc = err
+                        target.rollback()
+                        raise
                 else:
                     target.rollback()
         finally:
             self._unlisten()
-        target.execute(_FINISH, protocol.finish(self.run_id, exc))
-        target.commit()
+            target.execute(_FINISH, protocol.finish(self.run_id, exc))
+            target.commit()
 
     def action(self, key: str) -> "_Action":
         """Group the block's writes into one action: `with run.action(key):` (or `async with`)."""
@@ -157,9 +166,14 @@ class SessionRun:
         if not isinstance(self.target, (AsyncSession, AsyncConnection)):
             raise UsageError("a Session's run is entered with `with`, not `async with`")
         if self.run_id is None:
-            self.run_id = (await self.target.execute(_START, protocol.start(self.automation, self.meta))).scalar_one()
-            await self.target.execute(_UNTAG)
-            await self.target.commit()
+            try:
+                result = await self.target.execute(_START, protocol.start(self.automation, self.meta))
+                self.run_id = result.scalar_one()
+                await self.target.execute(_UNTAG)
+                await self.target.commit()
+            except BaseException:
+                await self.target.rollback()  # refused (a pause): the session is usable again, no run exists
+                raise
         self._listen()
         return self
 
@@ -170,13 +184,18 @@ class SessionRun:
         try:
             if self._in_transaction():
                 if exc is None:
-                    await self.target.commit()
+                    try:
+                        await self.target.commit()
+                    except BaseException as err:  # the commit failed: so did the run
+                        exc = err
+                        await self.target.rollback()
+                        raise
                 else:
                     await self.target.rollback()
         finally:
             self._unlisten()
-        await self.target.execute(_FINISH, protocol.finish(self.run_id, exc))
-        await self.target.commit()
+            await self.target.execute(_FINISH, protocol.finish(self.run_id, exc))
+            await self.target.commit()
 
 
 class _Action:
