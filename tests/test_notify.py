@@ -166,3 +166,21 @@ def test_notify_needs_a_database_it_can_reach(webhook):
                             timeout=30)
     assert result.returncode == 1 and result.stderr.startswith("sidecar: "), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_lost_connection_is_reopened_and_said(tickets, webhook, start_notify):
+    proc = start_notify("--webhook", webhook.url, "--events", "pause")
+    killed = tickets.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE application_name = 'sidecar notify'").fetchall()
+    assert killed == [(True,)]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not tickets.execute(  # back, and listening
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'sidecar notify' "
+            "AND query LIKE 'LISTEN%'").fetchone():
+        time.sleep(0.1)
+    tickets.execute("SELECT sidecar.pause('ticket-bot', 'after the reconnect')")
+    assert [b["text"] for b in webhook.wait_for(1)] == ["sidecar: Paused ticket-bot: after the reconnect."]
+    code, err = stop(proc)
+    assert code == 0
+    assert "sidecar notify: lost the database connection (" in err
+    assert "sidecar notify: listening again; events notified while disconnected were missed" in err
