@@ -170,13 +170,13 @@ def test_notify_needs_a_database_it_can_reach(webhook):
 
 def test_a_lost_connection_is_reopened_and_said(tickets, webhook, start_notify):
     proc = start_notify("--webhook", webhook.url, "--events", "pause")
-    killed = tickets.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    killed = tickets.execute("SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
                              "WHERE application_name = 'sidecar notify'").fetchall()
-    assert killed == [(True,)]
+    assert [k[1] for k in killed] == [True]
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not tickets.execute(  # back, and listening
             "SELECT 1 FROM pg_stat_activity WHERE application_name = 'sidecar notify' "
-            "AND query LIKE 'LISTEN%'").fetchone():
+            "AND query LIKE 'LISTEN%%' AND pid <> %s", (killed[0][0],)).fetchone():
         time.sleep(0.1)
     tickets.execute("SELECT sidecar.pause('ticket-bot', 'after the reconnect')")
     assert [b["text"] for b in webhook.wait_for(1)] == ["sidecar: Paused ticket-bot: after the reconnect."]
