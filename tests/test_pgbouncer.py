@@ -129,3 +129,37 @@ def test_a_sqlalchemy_session_run_through_the_pooler(tickets, pgbouncer, dsn):
             other.commit()
     engine.dispose()
     assert runs_of_statements(tickets) == [run.run_id]
+
+
+def test_an_asyncpg_session_run_through_the_pooler(tickets, pgbouncer, dsn):
+    pytest.importorskip("asyncpg", reason="rollback-sidecar[asyncpg] is not installed")
+    import asyncio
+    import uuid
+
+    from psycopg.conninfo import conninfo_to_dict
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    import sidecar.sqlalchemy
+
+    url = f"postgresql+asyncpg://{pgbouncer.user}@{pgbouncer.host}:{pgbouncer.port}/{conninfo_to_dict(dsn)['dbname']}"
+
+    async def story():
+        # PgBouncer before 1.21 keeps no prepared statements: asyncpg's caches off, statement names unique.
+        engine = create_async_engine(url, connect_args={
+            "statement_cache_size": 0, "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: f"__asyncpg_{uuid.uuid4()}__"})
+        async with AsyncSession(engine) as session:
+            async with sidecar.sqlalchemy.run(session, "ticket-bot") as run:
+                async with run.action("close:ticket-41"):
+                    await session.execute(text("UPDATE tickets SET status = 'resolved' WHERE id = 41"))
+                await session.commit()
+                async with engine.connect() as other:
+                    assert (await other.execute(text("SHOW sidecar.run_id"))).scalar() == ""
+                    await other.execute(text("UPDATE tickets SET status = 'closed' WHERE id = 40"))
+                    await other.commit()
+        await engine.dispose()
+        return run.run_id
+
+    run_id = asyncio.run(story())
+    assert runs_of_statements(tickets) == [run_id]
