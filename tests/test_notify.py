@@ -10,6 +10,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psycopg
 import pytest
 
 import sidecar
@@ -168,11 +169,20 @@ def test_notify_needs_a_database_it_can_reach(webhook):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_lost_connection_is_reopened_and_said(tickets, webhook, start_notify):
+def test_a_lost_connection_is_reopened_and_said(tickets, webhook, start_notify, server_dsn, dsn):
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+
     proc = start_notify("--webhook", webhook.url, "--events", "pause")
+    database = sql.Identifier(conninfo_to_dict(dsn)["dbname"])
+    admin = psycopg.connect(server_dsn, autocommit=True)
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(database))  # down for a while
     killed = tickets.execute("SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
                              "WHERE application_name = 'sidecar notify'").fetchall()
     assert [k[1] for k in killed] == [True]
+    time.sleep(1)
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(database))
+    admin.close()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not tickets.execute(  # back, and listening
             "SELECT 1 FROM pg_stat_activity WHERE application_name = 'sidecar notify' "
@@ -183,4 +193,5 @@ def test_a_lost_connection_is_reopened_and_said(tickets, webhook, start_notify):
     code, err = stop(proc)
     assert code == 0
     assert "sidecar notify: lost the database connection (" in err
+    assert "sidecar notify: still no database (cannot connect to " in err
     assert "sidecar notify: listening again; events notified while disconnected were missed" in err

@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 
 from .. import db
-from ..errors import UsageError
+from ..errors import SidecarError, UsageError
 
 EVENTS = ("held", "pause", "resume", "undo", "conflict", "failed", "approved", "rejected", "rerun")
 DEFAULT_EVENTS = ("held", "pause", "undo", "conflict", "failed")
@@ -167,11 +167,11 @@ class Notifier:
                         # Collected first: the connection answers the lookups once the generator is done.
                         for note in list(conn.notifies(timeout=0.5)):
                             self._received(conn, note.payload)
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, SidecarError) as exc:
                 if first and ready is not None:
                     raise  # cannot connect at all: the caller says so and exits
-                self.report(f"lost the database connection ({str(exc).strip().splitlines()[0]}); "
-                            f"reconnecting in {wait:g} s")
+                what = "lost the database connection" if isinstance(exc, psycopg.Error) else "still no database"
+                self.report(f"{what} ({str(exc).strip().splitlines()[0]}); reconnecting in {wait:g} s")
                 stop.wait(wait)
                 wait = min(wait * 2, 60)
 
