@@ -228,7 +228,7 @@ class _Story:
     def bot_matches_tickets(self):
         self.heading(f"{AUTOMATION} matches billing tickets to customers")
         meta = ", ".join(f"{k} {v!r}" for k, v in RUN_META.items())
-        self.say(f"The bot tags its writes with a run (sidecar.runs.Run; meta: {meta})")
+        self.say(f"The bot tags its writes with a run (sidecar.Run; meta: {meta})")
         self.say("and makes one action per ticket. Its matcher takes the first customer whose name starts")
         self.say('with the same word as the ticket, so every "Northwind Systems" ticket goes to "Northwind Solar".')
         with self.connect(AUTOMATION) as conn:

@@ -1,4 +1,4 @@
-"""The review queue as the console shows it: held writes (sidecar.review), a page at a time."""
+"""The review queue as the console shows it: held writes (sidecar.review.held), a page at a time."""
 
 from __future__ import annotations
 
