@@ -7,7 +7,8 @@
                 conn.execute("INSERT INTO billing_notes ...")
 """
 
+from .steps.context import row
 from .steps.runs import Run
 
 __version__ = "0.1.0"
-__all__ = ["Run", "__version__"]
+__all__ = ["Run", "__version__", "row"]

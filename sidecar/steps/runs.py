@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from ..capture.history import row_counts
 from ..capture.tracking import regclass
 from ..errors import UsageError
+from . import context as _context
 
 _UUID_PREFIX = re.compile(r"^[0-9a-fA-F-]+$")
 
@@ -73,19 +74,26 @@ class Run:
         if not self.conn.autocommit:
             self.conn.commit()
 
-    def action(self, key: str) -> "_Action":
-        """Group the writes of the block into one action (one undo unit)."""
-        return _Action(self.conn, key)
+    def action(self, key: str, **context: Any) -> "_Action":
+        """Group the writes of the block into one action (one undo unit).
 
-    def step(self, key: str) -> "Step":
+        Context for the people who review and undo it (sidecar.steps.context):
+        ``why=`` the model's reason, ``read=[...]`` what it read (``sidecar.row(table, key)`` or short
+        texts), ``confidence=`` 0..1, any other keyword as JSON (``model=``, ``prompt_version=``).
+        """
+        return _Action(self.conn, key, context)
+
+    def step(self, key: str, **context: Any) -> "Step":
         """One idempotent unit of work, committed with its writes:
 
-            with run.step("note:ticket-42") as step:
+            with run.step("note:ticket-42", why="...", confidence=0.9) as step:
                 if step.skip:
                     continue          # done before, by this run or the one it reruns
                 conn.execute("INSERT INTO billing_notes ...")
+
+        The context (as for ``action``) is set when the step runs, not when it is skipped.
         """
-        return Step(self, key)
+        return Step(self, key, context)
 
     def plan(self, steps: list[str | dict]) -> None:
         """Declare the run's steps up front (keys, or {"key", "touches": [{"table", "key"}]})."""
@@ -99,11 +107,14 @@ class Run:
         if not self.conn.autocommit:
             self.conn.commit()
 
-    def steps(self, items, key, touches=None):
+    def steps(self, items, key, touches=None, **context):
         """Yield the items whose step still has to be done, each inside its own step.
 
-            for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}"):
+            for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}",
+                                    why=lambda t: t.reason, confidence=0.9):
                 conn.execute("INSERT INTO billing_notes ...", ...)
+
+        Context keywords (as for ``action``) take a value or a callable of the item.
 
         The plan is declared first, so a rerun knows what never started. An
         exception inside the loop rolls that step back, records it as failed
@@ -116,12 +127,14 @@ class Run:
             with self.step(key(item)) as step:
                 if step.skip:
                     continue
+                step.context(**_context.for_item(item, context))
                 yield item
 
 
 class Step:
-    def __init__(self, run: Run, key: str):
+    def __init__(self, run: Run, key: str, context: dict[str, Any] | None = None):
         self.run, self.key = run, key
+        self._context = context or {}
         self.skip = False
         self.done_by: tuple[uuid.UUID, datetime] | None = None
         self._tx = None
@@ -133,7 +146,17 @@ class Step:
         if not conn.execute("SELECT sidecar.begin_step(%s)", (self.key,)).fetchone()[0]:
             self.skip = True
             self.done_by = conn.execute("SELECT run_id, completed_at FROM sidecar.step_done(%s)", (self.key,)).fetchone()
+        elif self._context:
+            try:
+                self.context(**self._context)
+            except BaseException as err:
+                self._tx.__exit__(type(err), err, err.__traceback__)
+                raise
         return self
+
+    def context(self, **context: Any) -> None:
+        """Add context to this step's action (merged; the later key wins)."""
+        _context.set_context(self.run.conn, **context)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         conn = self.run.conn
@@ -151,12 +174,23 @@ class Step:
 
 
 class _Action:
-    def __init__(self, conn: psycopg.Connection, key: str):
+    def __init__(self, conn: psycopg.Connection, key: str, context: dict[str, Any] | None = None):
         self.conn, self.key = conn, key
+        self._context = context or {}
 
     def __enter__(self) -> "_Action":
         self.conn.execute("SELECT set_config('sidecar.action', %s, false)", (self.key,))
+        if self._context:
+            try:
+                self.context(**self._context)
+            except BaseException:
+                self.__exit__()
+                raise
         return self
+
+    def context(self, **context: Any) -> None:
+        """Add context to this action (merged; the later key wins)."""
+        _context.set_context(self.conn, **context)
 
     def __exit__(self, *exc) -> None:
         if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
