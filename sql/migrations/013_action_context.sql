@@ -11,3 +11,8 @@
 ALTER TABLE sidecar.actions ADD COLUMN context jsonb;
 COMMENT ON COLUMN sidecar.actions.context IS
     'what the automation said about this action: {"why", "read": [...], "confidence", ...} (sidecar.set_context)';
+
+-- A hold rule's predicate as its author wrote it (checked and normalized by
+-- sqlglot: CONTEXT.confidence < 0.8, REF(customer_id).tier = 'enterprise'),
+-- for people; sidecar.rules.predicate stays what is compiled into the trigger.
+ALTER TABLE sidecar.rules ADD COLUMN written text;
