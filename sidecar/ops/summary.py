@@ -16,6 +16,8 @@ from ..text.describe import plural
 
 @dataclass
 class Summary:
+    """Each answer a list of lines; an empty list: nothing (nothing failed, nothing waits)."""
+
     started: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -55,7 +57,7 @@ def summarize(conn: psycopg.Connection, info: RunInfo) -> Summary:
     else:
         s.changed.append(f"no tracked row changed ({plural(actions, 'action')})")
     if with_context:
-        s.changed.append(f"{plural(with_context, 'action')} say why"
+        s.changed.append(f"{plural(with_context, 'action')} {'says' if with_context == 1 else 'say'} why"
                          + (f"; {plural(low, 'action')} with confidence below 0.5" if low else ""))
     held = dict(conn.execute("SELECT status, count(*) FROM sidecar.pending WHERE run_id = %s GROUP BY status",
                              (info.run_id,)).fetchall())
@@ -83,8 +85,6 @@ def summarize(conn: psycopg.Connection, info: RunInfo) -> Summary:
         (info.run_id,),
     ).fetchall():
         s.failed.append(f"an undo skipped {plural(conflicts, 'conflicting row')} ({summary})")
-    if not s.failed:
-        s.failed.append("nothing")
 
     waiting = held.get("pending", 0) + held.get("conflict", 0)
     if waiting:
@@ -100,6 +100,11 @@ def summarize(conn: psycopg.Connection, info: RunInfo) -> Summary:
     elif info.rows:
         s.next.append(f"to undo it: sidecar undo {info.run_id} --preview, then without --preview "
                       "(--action KEY for one action)")
-    if not s.next:
-        s.next.append("nothing waits on this run")
+    pause = conn.execute(
+        "SELECT target, paused_by, reason FROM sidecar.pauses WHERE scope = 'automation' AND target IN (%s, '*') "
+        "ORDER BY target = '*' LIMIT 1", (info.automation,)).fetchone()
+    if pause:
+        who = "every automation" if pause[0] == "*" else info.automation
+        s.next.append(f"{who} is paused (by {pause[1]}: {pause[2]}): its runs cannot start and their next write "
+                      "fails")
     return s

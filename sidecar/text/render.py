@@ -62,7 +62,7 @@ def summary_lines(summary) -> list[str]:
     lines = []
     for heading, answers in summary.sections():
         lines.append(f"{heading}:")
-        lines += [f"  {a}" for a in answers]
+        lines += [f"  {a}" for a in answers] or ["  nothing"]
     return lines
 
 
