@@ -163,3 +163,52 @@ def test_context_is_stored_as_given(tickets, bot):
             bot.execute("UPDATE tickets SET status = 'x' WHERE id = 42")
     assert _context(tickets, run.run_id, "a") == {"why": reason, "read": ["<b>bold</b>"]}
     assert json.loads(json.dumps(_context(tickets, run.run_id, "a")))["why"] == reason
+
+
+def test_undo_and_undo_of_undo_keep_the_original_context_readable(tickets, bot, cli):
+    with sidecar.Run(bot, "ticket-bot") as run:
+        with run.action("close:ticket-42", why="customer confirmed", confidence=0.7):
+            bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 42")
+    undone = cli("undo", str(run.run_id), "--yes")
+    assert undone.exit_code == 0, undone.output
+    undo_run = tickets.execute("SELECT undone_by FROM sidecar.runs WHERE run_id = %s", (run.run_id,)).fetchone()[0]
+    assert cli("undo", str(undo_run), "--yes").exit_code == 0
+    shown = cli("show", str(run.run_id)).output
+    assert "Action close:ticket-42\n  Why: customer confirmed\n  Confidence: 0.7" in shown
+    assert _context(tickets, run.run_id, "close:ticket-42") == {"why": "customer confirmed", "confidence": 0.7}
+
+
+def test_a_purge_drops_the_context_with_the_images_and_keeps_the_action(tickets, bot):
+    from datetime import datetime, timedelta, timezone
+
+    import sidecar.ops.retention
+
+    with sidecar.Run(bot, "ticket-bot") as run:
+        with run.action("close:ticket-42", why="read the customer's mail", read=["email: my card number is ..."]):
+            bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 42")
+    sidecar.ops.retention.purge(tickets, datetime.now(timezone.utc) + timedelta(minutes=1))
+    assert tickets.execute("SELECT key, context FROM sidecar.actions WHERE run_id = %s",
+                           (run.run_id,)).fetchall() == [("close:ticket-42", None)]
+
+
+def test_a_reruns_steps_carry_their_own_context(tickets, make_conn, cli):
+    first = make_conn(autocommit=False)
+    with pytest.raises(RuntimeError):
+        with sidecar.Run(first, "ticket-bot") as run:
+            for ticket in run.steps([42, 43], key=lambda t: f"close:ticket-{t}", why=lambda t: f"first try {t}"):
+                if ticket == 43:
+                    raise RuntimeError("model timed out")
+                first.execute("UPDATE tickets SET status = 'closed' WHERE id = %s", (ticket,))
+    opened = cli("rerun", str(run.run_id))
+    assert opened.exit_code == 0, opened.output
+    rerun_id = opened.output.split("Rerun ")[1].split(":")[0]
+    again = make_conn(autocommit=False)
+    with sidecar.Run(again, "ticket-bot", run_id=rerun_id) as rerun:
+        for ticket in rerun.steps([42, 43], key=lambda t: f"close:ticket-{t}", why=lambda t: f"second try {t}",
+                                  confidence=0.9):
+            again.execute("UPDATE tickets SET status = 'closed' WHERE id = %s", (ticket,))
+    assert _context(tickets, run.run_id, "close:ticket-42") == {"why": "first try 42"}
+    assert _context(tickets, rerun.run_id, "close:ticket-43") == {"why": "second try 43", "confidence": 0.9}
+    # The step done by the first run is skipped: the rerun gives it no context of its own.
+    assert tickets.execute("SELECT count(*) FROM sidecar.actions WHERE run_id = %s AND key = 'close:ticket-42'",
+                           (rerun.run_id,)).fetchone()[0] == 0

@@ -37,9 +37,10 @@ def summarize(conn: psycopg.Connection, info: RunInfo) -> Summary:
     s = Summary()
     when = info.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
     s.started.append(f"{info.automation}, started by {info.started_by} at {when}")
-    for key in ("prompt", "model", "task", "trigger", "ticket"):
-        if key in info.meta:
-            s.started.append(f"{key}: {describe.value(info.meta[key], 200).strip(chr(39))}")
+    # The run's own metadata (prompt, model, job...), the usual keys first.
+    keys = sorted(info.meta, key=lambda k: ({"prompt": 0, "model": 1}.get(k, 2), k))
+    for key in keys[:5]:
+        s.started.append(f"{key}: {describe.value(info.meta[key], 200).strip(chr(39))}")
     if info.undo_of:
         s.started.append(f"an undo of run {_short(info.undo_of)}")
     if info.rerun_of:
