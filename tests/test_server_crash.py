@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from sidecar.cluster import ThrowawayCluster
 from tests.test_upgrade import install_v0_1
@@ -106,13 +107,14 @@ def connect(cluster, **kwargs) -> psycopg.Connection:
 def history(conn, table: str, run_id) -> list[tuple]:
     """(kind, row) of every image the run's statements captured for `table`, by kind and id."""
     log = conn.execute("SELECT log_table FROM sidecar.tracked WHERE relid = %s::regclass", (table,)).fetchone()[0]
-    return conn.execute(
-        f"SELECT l._kind::text, to_jsonb(l) - '_stmt' - '_kind' FROM sidecar.{log} l "  # log: from sidecar's catalog
-        "JOIN sidecar.statements s ON s.stmt_id = l._stmt WHERE s.run_id = %s ORDER BY 1, l.id", (run_id,)).fetchall()
+    return conn.execute(sql.SQL(
+        "SELECT l._kind::text, to_jsonb(l) - '_stmt' - '_kind' FROM {} l "
+        "JOIN sidecar.statements s ON s.stmt_id = l._stmt WHERE s.run_id = %s ORDER BY 1, l.id").format(
+        sql.Identifier("sidecar", log)), (run_id,)).fetchall()
 
 
 def rows(conn, table: str) -> list[tuple]:
-    return conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()  # table: the test's own
+    return conn.execute(sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(table))).fetchall()
 
 
 def events(conn) -> list[str]:
