@@ -193,7 +193,7 @@ def test_soak_writers_undo_and_pause(board, make_conn, capsys):
         ).fetchall()
         overwritten_total += [(undo_run, r[0]) for r in overwritten]
     with capsys.disabled():
-        print(f"\nsoak: 3 writers and 2 operators for {SECONDS} s: {len(committed)} tagged transactions, "
+        print(f"\nsoak: 3 writers and 2 operators for {SECONDS} s: {len(committed)} committed tagged transactions checked for their capture "
               f"({checked_rows} row images), {len(undos)} undos ({counts['raced pairs']} pairs "
               f"raced, {len(refused)} refused in words), {counts['pauses']} pauses, lost captures: {len(missing)}, "
               f"rows overwritten by an undo that were changed since: {len(overwritten_total)}")
