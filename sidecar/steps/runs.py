@@ -218,6 +218,7 @@ class RunInfo:
     # False: rows are the counts kept at rows_counted_at of a big run that has written since.
     rows_complete: bool = True
     rows_counted_at: datetime | None = None
+    purged_at: datetime | None = None  # set: the captured changes were removed (sidecar purge)
 
     @property
     def state(self) -> str:
@@ -235,14 +236,15 @@ SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.f
        r.undone_by,
        (SELECT count(*) FROM sidecar.steps st WHERE st.run_id = r.run_id) AS steps_done,
        EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
-               AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)) AS alive
+               AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)) AS alive,
+       r.purged_at
 FROM sidecar.runs r
 """
 
 
 def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
 
-    info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12])
+    info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12], purged_at=row[13])
     if with_rows:
         counts = row_counts(conn, info.run_id)
         info.rows, info.rows_complete, info.rows_counted_at = counts.tables, counts.complete, counts.counted_at

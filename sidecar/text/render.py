@@ -87,6 +87,10 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
         lines.append(f"  undo of     {info.undo_of}")
     if info.undone_by:
         lines.append(f"  undone by   {info.undone_by}")
+    if getattr(info, "purged_at", None):
+        lines.append(f"  purged      {when(info.purged_at)}: its captured changes were removed "
+                     "(sidecar archive restore FILE loads an archived run back)")
+        return "\n".join(lines)
     total = sum(info.rows.values())
     lines.append(f"  changed     {'' if info.rows_complete else 'at least '}{plural(total, 'row')}"
                  + (" in " + ", ".join(f"{describe.table_name(t)} ({n})" for t, n in sorted(info.rows.items()))
