@@ -52,6 +52,20 @@ def test_archive_purge_restore_then_undo_round_trips(tickets, run_bot, cli, tmp_
     assert snapshot(tickets, "tickets") == before
 
 
+def test_the_models_context_comes_back_with_the_images(tickets, bot, cli, tmp_path):
+    import sidecar
+
+    with sidecar.Run(bot, "ticket-bot") as run:
+        with run.action("close:1", why="the customer confirmed", read=["email: all good now"], confidence=0.8):
+            bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 1")
+    context = "SELECT context->>'why' FROM sidecar.actions WHERE run_id = %s"
+    assert cli("archive", "--before", "0m", "--to", str(tmp_path)).exit_code == 0
+    assert cli("purge", "--before", "0m", "--yes").exit_code == 0
+    assert tickets.execute(context, (run.run_id,)).fetchone() == (None,)
+    assert cli("archive", "restore", str(tmp_path / f"run-{run.run_id}.jsonl.gz")).exit_code == 0
+    assert tickets.execute(context, (run.run_id,)).fetchone() == ("the customer confirmed",)
+
+
 def test_archive_changes_nothing_and_skips_running_runs(tickets, bot, run_bot, cli, tmp_path):
     run_bot("UPDATE tickets SET status = 'closed' WHERE id = 1")
     bot.execute("SELECT sidecar.start_run('slow-bot')")

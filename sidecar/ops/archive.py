@@ -197,6 +197,11 @@ def restore(conn: psycopg.Connection, path: str | Path) -> RestoreReport:
                 _insert(conn, "runs", row)
             elif part == "action" and state is None:
                 _insert(conn, "actions", row, identity=True)
+            elif part == "action":
+                # The action stayed; the purge took its context (the model's why and what it read).
+                conn.execute("UPDATE sidecar.actions a SET context = r.context "
+                             "FROM jsonb_populate_record(NULL::sidecar.actions, %s) r "
+                             "WHERE a.action_id = r.action_id AND a.context IS NULL", (Jsonb(row),))
             elif part == "event" and state is None:
                 _insert(conn, "events", row, identity=True)
             elif part in ("statement", "counts"):
