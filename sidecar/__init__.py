@@ -10,7 +10,8 @@
 """
 
 from .agents.asyncrun import AsyncRun
+from .steps.context import row
 from .steps.runs import Run
 
 __version__ = "0.1.0"
-__all__ = ["AsyncRun", "Run", "__version__"]
+__all__ = ["AsyncRun", "Run", "__version__", "row"]

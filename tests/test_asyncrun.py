@@ -10,6 +10,7 @@ import pytest
 
 import sidecar
 import sidecar.capture.history
+import sidecar.steps.context
 from sidecar.errors import UsageError
 from tests.fix_sidecar import track
 
@@ -184,3 +185,33 @@ def test_a_pooled_async_run_through_pgbouncer(notes, pgbouncer, dsn, pooled_conn
         ("note:ticket-3", "public.tickets")]
     assert notes.execute("SELECT count(*) FROM sidecar.statements s JOIN sidecar.actions a USING (action_id) "
                          "WHERE a.run_id <> %s", (run_id,)).fetchone()[0] == 0
+
+
+def action_context(conn, run_id, key):
+    return conn.execute("SELECT context FROM sidecar.actions WHERE run_id = %s AND key = %s",
+                        (run_id, key)).fetchone()[0]
+
+
+def test_async_actions_and_steps_carry_context(notes, dsn):
+    async def bot():
+        async with await connect(dsn) as conn:
+            async with sidecar.AsyncRun(conn, "note-bot") as run:
+                async with run.action("close:ticket-1", why="customer confirmed", read=[sidecar.row("tickets", 1)],
+                                      confidence=0.62, model="gpt-x") as action:
+                    await conn.execute("UPDATE tickets SET status = 'closed' WHERE id = 1")
+                    await action.context(confidence=0.7)
+                async with run.step("note:ticket-2", why="needs a note") as step:
+                    await conn.execute("UPDATE tickets SET status = 'noted' WHERE id = 2")
+                async for t in run.steps([3], key=lambda t: f"note:ticket-{t}", why=lambda t: f"ticket {t} answered"):
+                    await conn.execute("UPDATE tickets SET status = 'noted' WHERE id = %s", (t,))
+                with pytest.raises(sidecar.steps.context.ContextError, match="confidence must be a number from 0 to 1"):
+                    async with run.action("close:ticket-4", confidence=7):
+                        pass
+                assert not step.skip
+            return run.run_id
+
+    run_id = story(bot)
+    assert action_context(notes, run_id, "close:ticket-1") == {
+        "why": "customer confirmed", "read": [{"table": "tickets", "key": 1}], "confidence": 0.7, "model": "gpt-x"}
+    assert action_context(notes, run_id, "note:ticket-2") == {"why": "needs a note"}
+    assert action_context(notes, run_id, "note:ticket-3") == {"why": "ticket 3 answered"}

@@ -163,3 +163,11 @@ def test_an_asyncpg_session_run_through_the_pooler(tickets, pgbouncer, dsn):
 
     run_id = asyncio.run(story())
     assert runs_of_statements(tickets) == [run_id]
+
+
+def test_a_pooled_runs_action_carries_its_context(tickets, bot):
+    with sidecar.Run(bot, "ticket-bot", pooled=True) as run:
+        with run.action("close:ticket-41", why="customer confirmed", confidence=0.9):
+            bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 41")
+    assert tickets.execute("SELECT context FROM sidecar.actions WHERE run_id = %s",
+                           (run.run_id,)).fetchone()[0] == {"why": "customer confirmed", "confidence": 0.9}

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine  # noqa: E4
 from sqlalchemy.orm import Session  # noqa: E402
 
 import sidecar.capture.history  # noqa: E402
+import sidecar.steps.context  # noqa: E402
 import sidecar.sqlalchemy  # noqa: E402
 from tests.fix_sidecar import track  # noqa: E402
 
@@ -181,3 +182,37 @@ def test_a_commit_that_fails_at_the_end_fails_the_run(tickets, dsn):
     engine.dispose()
     status, error = run_row(tickets, run.run_id)[1:3]
     assert status == "failed" and error.startswith("IntegrityError: ")
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_an_action_carries_its_context_in_each_of_its_transactions(tickets, dsn, driver):
+    async def async_story():
+        engine = create_async_engine(url(dsn, driver))
+        async with AsyncSession(engine) as session:
+            async with sidecar.sqlalchemy.run(session, "ticket-bot") as run:
+                async with run.action("close:ticket-42", why="customer confirmed", read=["email: thanks"],
+                                      confidence=0.62, model="gpt-x"):
+                    await session.execute(text("UPDATE tickets SET status = 'resolved' WHERE id = 42"))
+        await engine.dispose()
+        return run.run_id
+
+    if driver == "asyncpg":
+        run_id = asyncio.run(async_story())
+    else:
+        engine = create_engine(url(dsn, driver))
+        with Session(engine) as session, sidecar.sqlalchemy.run(session, "ticket-bot") as run:
+            with run.action("close:ticket-42", why="customer confirmed", read=["email: thanks"],
+                            confidence=0.62, model="gpt-x"):
+                session.execute(text("UPDATE tickets SET status = 'resolved' WHERE id = 42"))
+        engine.dispose()
+        run_id = run.run_id
+    assert tickets.execute("SELECT context FROM sidecar.actions WHERE run_id = %s", (run_id,)).fetchone()[0] == {
+        "why": "customer confirmed", "read": ["email: thanks"], "confidence": 0.62, "model": "gpt-x"}
+
+
+def test_bad_context_is_refused_before_anything_runs(tickets, dsn):
+    engine = create_engine(url(dsn, "psycopg"))
+    with Session(engine) as session, sidecar.sqlalchemy.run(session, "ticket-bot") as run:
+        with pytest.raises(sidecar.steps.context.ContextError, match="confidence must be a number from 0 to 1"):
+            run.action("close:ticket-42", confidence="high")
+    engine.dispose()

@@ -20,10 +20,12 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
 from ..errors import UsageError
+from ..steps import context as _context
 from ..steps import protocol
 
 __all__ = ["AsyncRun", "AsyncStep"]
@@ -89,15 +91,16 @@ class AsyncRun(protocol.BaseRun):
     async def _tag_transaction(self, action: str | None = None) -> None:
         await self.conn.execute(protocol.TAG_TRANSACTION, self._tag_params(action))
 
-    def action(self, key: str):
-        """Group the writes of the block into one action (one undo unit). Pooled: one transaction."""
+    def action(self, key: str, **context: Any):
+        """Group the writes of the block into one action (one undo unit), with its context
+        (why=, read=, confidence=, ...; see `Run.action`). Pooled: one transaction."""
         if self.pooled:
-            return self.transaction(key)
-        return _AsyncAction(self.conn, key)
+            return _AsyncPooledAction(self, key, context)
+        return _AsyncAction(self.conn, key, context)
 
-    def step(self, key: str) -> "AsyncStep":
+    def step(self, key: str, **context: Any) -> "AsyncStep":
         """One idempotent unit of work, committed with its writes; see `Run.step`."""
-        return AsyncStep(self, key)
+        return AsyncStep(self, key, context)
 
     async def plan(self, steps: list[str | dict]) -> None:
         """Declare the run's steps up front (keys, or {"key", "touches": [{"table", "key"}]})."""
@@ -126,7 +129,7 @@ class AsyncRun(protocol.BaseRun):
             raise UsageError(protocol.no_such_table(table))
         return row[0]
 
-    def steps(self, items: Iterable | AsyncIterable, key, touches=None) -> AsyncIterator:
+    def steps(self, items: Iterable | AsyncIterable, key, touches=None, **context) -> AsyncIterator:
         """Yield the items whose step still has to be done, each inside its own step; see `Run.steps`.
 
             async for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}"):
@@ -136,11 +139,11 @@ class AsyncRun(protocol.BaseRun):
         exception's text. Left early by `break`, that step is unfinished: it is rolled back and
         recorded failed when the run ends (a sync loop does it at once).
         """
-        loop = self._steps(items, key, touches)
+        loop = self._steps(items, key, touches, context)
         self._loops.append(loop)
         return loop
 
-    async def _steps(self, items, key, touches) -> AsyncIterator:
+    async def _steps(self, items, key, touches, context) -> AsyncIterator:
         if isinstance(items, AsyncIterable):
             items = [item async for item in items]
         else:
@@ -150,12 +153,31 @@ class AsyncRun(protocol.BaseRun):
             async with self.step(key(item)) as step:
                 if step.skip:
                     continue
+                await step.context(**_context.for_item(item, context))
                 yield item
 
 
+async def _set_context(conn: psycopg.AsyncConnection, context: dict[str, Any]) -> None:
+    """`sidecar.steps.context.set_context`, awaited."""
+    params = _context.context_params(**context)
+    if params is None:
+        return
+    try:
+        async with conn.transaction():  # a savepoint: a refused context leaves the transaction usable
+            await conn.execute(_context.SET_CONTEXT, params)
+    except psycopg.Error as exc:
+        error = _context.context_error(exc)
+        if error is None:
+            raise
+        raise error from None
+    except TypeError as exc:  # a value JSON cannot hold
+        raise _context.ContextError(f"context must be JSON: {exc}") from None
+
+
 class AsyncStep:
-    def __init__(self, run: AsyncRun, key: str):
+    def __init__(self, run: AsyncRun, key: str, context: dict[str, Any] | None = None):
         self.run, self.key = run, key
+        self._context = context or {}
         self.skip = False
         self.done_by: tuple[uuid.UUID, datetime] | None = None
         self._tx = None
@@ -169,7 +191,17 @@ class AsyncStep:
         if not (await (await conn.execute(protocol.BEGIN_STEP, {"key": self.key})).fetchone())[0]:
             self.skip = True
             self.done_by = await (await conn.execute(protocol.STEP_DONE, {"key": self.key})).fetchone()
+        elif self._context:
+            try:
+                await self.context(**self._context)
+            except BaseException as err:
+                await self._tx.__aexit__(type(err), err, err.__traceback__)
+                raise
         return self
+
+    async def context(self, **context: Any) -> None:
+        """Add context to this step's action (merged; the later key wins)."""
+        await _set_context(self.run.conn, context)
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         conn = self.run.conn
@@ -189,14 +221,52 @@ class AsyncStep:
 
 
 class _AsyncAction:
-    def __init__(self, conn: psycopg.AsyncConnection, key: str):
+    def __init__(self, conn: psycopg.AsyncConnection, key: str, context: dict[str, Any] | None = None):
         self.conn, self.key = conn, key
+        self._context = context or {}
 
     async def __aenter__(self) -> "_AsyncAction":
         await self.conn.execute(protocol.SET_ACTION, {"action": self.key})
+        if self._context:
+            try:
+                await self.context(**self._context)
+            except BaseException:
+                await self.__aexit__()
+                raise
         return self
+
+    async def context(self, **context: Any) -> None:
+        """Add context to this action (merged; the later key wins)."""
+        await _set_context(self.conn, context)
 
     async def __aexit__(self, *exc) -> None:
         if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             return
         await self.conn.execute(protocol.CLEAR_ACTION)
+
+
+class _AsyncPooledAction:
+    """A pooled run's action: one transaction that tags itself (SET LOCAL), with its context."""
+
+    def __init__(self, run: AsyncRun, key: str, context: dict[str, Any]):
+        self.run, self.key, self._context = run, key, context
+        self._tx = None
+
+    async def __aenter__(self) -> "_AsyncPooledAction":
+        self._tx = self.run.conn.transaction()
+        await self._tx.__aenter__()
+        try:
+            await self.run._tag_transaction(self.key)
+            if self._context:
+                await self.context(**self._context)
+        except BaseException as err:
+            await self._tx.__aexit__(type(err), err, err.__traceback__)
+            raise
+        return self
+
+    async def context(self, **context: Any) -> None:
+        """Add context to this action (merged; the later key wins)."""
+        await _set_context(self.run.conn, context)
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await self._tx.__aexit__(exc_type, exc, tb)

