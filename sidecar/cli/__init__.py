@@ -19,7 +19,7 @@ def cli():
 
 for _command in (
     capture.install, capture.uninstall, capture.track, capture.untrack,
-    runs.runs_cmd, runs.show, undo.undo, steps.rerun,
+    runs.runs_cmd, runs.show, undo.undo, steps.steps_cmd, steps.rerun,
     gate.pause, gate.resume, *review.COMMANDS,
     ops.status, ops.purge, *inventory.COMMANDS,
     console.serve, demo.demo,

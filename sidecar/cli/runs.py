@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..capture import history
+from ..review import held as held_mod
 from ..steps import runs
 from ..text import render
 from ._common import connect, dsn_option, handles_errors, json_option, parse_since
@@ -42,13 +43,15 @@ def show(dsn, run_id, limit, actions_max, as_json):
         events = conn.execute(
             "SELECT at, actor, summary FROM sidecar.events WHERE run_id = %s ORDER BY at", (info.run_id,)
         ).fetchall()
+        held = held_mod.of_run(conn, info.run_id)
     if as_json:
         click.echo(render.dumps({
             "run": info,
             "actions": [{"key": k, "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c))
                                                for c in ch], "more": m} for k, ch, m in actions],
             "more_actions": more_actions,
+            "held": [dict(render.to_jsonable(h), text=h.text) for h in held],
             "events": [{"at": a, "actor": b, "summary": s} for a, b, s in events],
         }))
     else:
-        click.echo(render.show_run(info, actions, events, more_actions))
+        click.echo(render.show_run(info, actions, events, more_actions, held))
