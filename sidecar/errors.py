@@ -119,6 +119,10 @@ class NotARun(SidecarDatabaseError, code="SC005"):
     """No run is active (or the run is unknown, or start_run/finish_run got bad arguments)."""
 
 
+class PauseRefused(SidecarDatabaseError, code="SC006"):
+    """A pause without a reason."""
+
+
 class StepMisuse(SidecarDatabaseError, code="SC007"):
     """No step open, a step without a key, a bad plan."""
 

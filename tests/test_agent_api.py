@@ -316,3 +316,22 @@ def test_a_blocked_step_is_shown_blocked_not_failed(desk, bot, cli, make_conn):
     shown = cli("steps", rerun_id).output
     assert "blocked       close:ticket-109  (a person changed tickets #109 after the run)" in shown
     assert "failed        close:ticket-109" not in shown
+
+
+def test_a_typed_database_error_reaching_the_cli_is_one_line(desk, bot, sc, capsys):
+    from sidecar.cli._common import handles_errors
+
+    sc.execute("SELECT sidecar.pause('support-agent', 'refunds look wrong')")
+
+    @handles_errors
+    def command():
+        with sidecar.Run(bot, "support-agent", run_id=uuid.uuid4()):
+            bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 101")
+
+    with pytest.raises(SystemExit) as code:
+        command()
+    assert code.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith('sidecar: automation "support-agent" is paused since') and "DETAIL" not in err
+    assert err.rstrip().endswith("nothing was changed")
