@@ -4,6 +4,7 @@ failures recorded as they happened, typed errors, its own held writes and pauses
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import psycopg
@@ -311,7 +312,12 @@ def test_a_blocked_step_is_shown_blocked_not_failed(desk, bot, cli, make_conn):
     rerun = sidecar.Run(agent, "support-agent", run_id=rerun_id).__enter__()
     for t in rerun.steps(range(101, 111), key=lambda t: f"close:ticket-{t}"):
         agent.execute("UPDATE tickets SET status = 'closed' WHERE id = %s", (t,))
+    pid = agent.info.backend_pid
     agent.close()  # the agent's process ends before it finishes the run
+    for _ in range(100):
+        if not desk.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            break
+        time.sleep(0.05)
     assert sidecar.steps.get(desk, rerun_id).state == "abandoned"
     shown = cli("steps", rerun_id).output
     assert "blocked       close:ticket-109  (a person changed tickets #109 after the run)" in shown
