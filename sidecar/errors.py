@@ -223,7 +223,10 @@ def full_text(exc: BaseException) -> str | None:
         text = str(exc)
         return text if "\n" in text.strip() else None
     d = exc.diag
-    parts = [f"{k}: {v}" for k, v in (("sqlstate", exc.sqlstate), ("message", d.message_primary),
-                                      ("detail", d.message_detail), ("hint", d.message_hint),
+    parts = [f"{k}: {v}" for k, v in (("sqlstate", exc.sqlstate),
+                                      ("message", getattr(exc, "message", None) or d.message_primary),
+                                      ("detail", d.message_detail or (json.dumps(exc.details, default=str)
+                                                                      if getattr(exc, "_details", None) else None)),
+                                      ("hint", getattr(exc, "hint", None) or d.message_hint),
                                       ("context", d.context)) if v]
     return "\n".join(parts) or str(exc) or None

@@ -96,6 +96,8 @@ def test_a_pause_caught_inside_a_step_becomes_the_runs_error_not_the_commit(desk
     assert error.startswith("Paused: sidecar: automation \"support-agent\" is paused since")
     assert "InFailedSqlTransaction" not in error
     assert _failures(desk, run.run_id)[0][1].startswith("Paused: ")
+    (step,) = [s for s in sidecar.steps.step_states(desk, run.run_id) if s.state == "failed"]
+    assert "sqlstate: SC001" in step.diagnostics and "hint: " in step.diagnostics
 
 
 # Items 2 and 3: one-line stored errors, typed exceptions.
@@ -245,7 +247,7 @@ def test_steps_shows_a_runs_steps_without_opening_a_rerun(desk, bot, cli):
     assert desk.execute("SELECT count(*) FROM sidecar.runs").fetchone()[0] == before
     states = json.loads(cli("steps", str(run.run_id), "--json").output)["steps"]
     assert states[6] == {"key": "close:ticket-107", "state": "failed",
-                         "detail": "RuntimeError: no customer for ticket 107"}
+                         "detail": "RuntimeError: no customer for ticket 107", "diagnostics": None}
 
 
 def test_a_rerun_just_opened_waits_for_its_automation(desk, bot, cli):

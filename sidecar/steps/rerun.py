@@ -26,7 +26,8 @@ from . import runs as runs_mod
 class StepState:
     key: str
     state: str  # completed | failed | blocked | never started
-    detail: str = ""
+    detail: str = ""  # one line: by whom, why it failed or is blocked
+    diagnostics: str | None = None  # a failure's full report (detail, hint, context), for operators
 
 
 @dataclass
@@ -63,8 +64,8 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID, *, stopped: bool = 
         )
         SELECT k.key, min(k.ord),
                (SELECT s.run_id FROM sidecar.steps s, lineage WHERE s.lineage = lineage.root AND s.key = k.key),
-               (SELECT f.error FROM sidecar.step_failures f WHERE f.run_id IN (SELECT run_id FROM runs_of)
-                  AND f.key = k.key ORDER BY f.failed_at DESC LIMIT 1),
+               (SELECT array[f.error, f.detail] FROM sidecar.step_failures f
+                WHERE f.run_id IN (SELECT run_id FROM runs_of) AND f.key = k.key ORDER BY f.failed_at DESC LIMIT 1),
                -- An undo (not undone in turn) of the completing run, or of the step's action.
                (SELECT u.run_id FROM sidecar.steps s CROSS JOIN lineage
                 JOIN sidecar.actions a ON a.action_id = s.action_id
@@ -85,7 +86,8 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID, *, stopped: bool = 
         {"run": run_id},
     ).fetchall()
     out = []
-    for key, ord_, done_by, error, undone_by, failed_at, block in rows:
+    for key, ord_, done_by, failure, undone_by, failed_at, block in rows:
+        error, diagnostics = failure if failure else (None, None)
         blocked_at = datetime.fromisoformat(block[1]) if block else None
         if not done_by and block and (failed_at is None or blocked_at > failed_at):
             out.append(StepState(key, "blocked", block[0]))
@@ -97,7 +99,7 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID, *, stopped: bool = 
         elif done_by:
             out.append(StepState(key, "completed", f"by run {str(done_by)[:8]}"))
         elif error:
-            out.append(StepState(key, "failed", error))
+            out.append(StepState(key, "failed", error, diagnostics))
         elif stopped and ord_ is not None and not any(s.state in ("failed", "blocked") for s in out):
             out.append(StepState(key, "failed", "the run stopped while on it (its session ended)"))
         else:
