@@ -343,3 +343,18 @@ def test_a_typed_database_error_reaching_the_cli_is_one_line(desk, bot, sc, caps
     assert err.count("\n") == 1, err
     assert err.startswith('sidecar: automation "support-agent" is paused since') and "DETAIL" not in err
     assert err.rstrip().endswith("nothing was changed")
+
+
+def test_a_pause_caught_in_a_runs_own_transaction_fails_the_run_as_paused(desk, make_conn, sc):
+    agent = make_conn(autocommit=False)
+    with pytest.raises(errors.Paused):
+        with sidecar.Run(agent, "support-agent") as run:
+            agent.execute("UPDATE tickets SET status = 'closed' WHERE id = 101")
+            sc.execute("SELECT sidecar.pause('support-agent', 'refunds look wrong')")
+            try:
+                agent.execute("UPDATE tickets SET status = 'closed' WHERE id = 102")
+            except psycopg.Error:
+                pass
+    status, error, _ = _run(desk, run.run_id)
+    assert status == "failed" and error.startswith('Paused: sidecar: automation "support-agent" is paused')
+    assert desk.execute("SELECT count(*) FROM tickets WHERE status = 'closed'").fetchone()[0] == 0
