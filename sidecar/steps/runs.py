@@ -193,7 +193,11 @@ class Run:
         return own_run.paused(self.conn, self.run_id)
 
     def raise_if_held(self, action: str | None = None) -> None:
-        """Raise Held when writes of the run (of one action, if given) wait for review."""
+        """Raise Held when writes of the run (of one action, if given) wait for review.
+
+        Call it after a step, not inside one: raised inside, it rolls the step back, and the held
+        write with it (it never reaches the queue).
+        """
         waiting = [h for h in self.held() if h.waiting and (action is None or h.action == action)]
         if waiting:
             raise own_run.held_error(waiting, self.run_id)
