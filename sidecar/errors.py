@@ -135,19 +135,8 @@ class RunUndone(SidecarDatabaseError, code="SC009"):
     """A write tagged with a run that was undone whole: start a new run."""
 
 
-class StepConflict(SidecarDatabaseError, code="SC010"):
-    """One step key for two different pieces of work (say `same_work=True` if they are the same).
-
-    `key`: the step key; `run_id`, `done_at`: who did it first, and when (when known).
-    """
-
-    @property
-    def key(self) -> str | None:
-        return self.details.get("key")
-
-    @property
-    def run_id(self) -> str | None:
-        return self.details.get("run_id")
+class ContextRefused(SidecarDatabaseError, code="SC010"):
+    """An action's context refused (sidecar.set_context: why, read, confidence); the message names the field."""
 
 
 class RunFinished(SidecarDatabaseError, code="SC011"):
@@ -160,6 +149,21 @@ class RunFinished(SidecarDatabaseError, code="SC011"):
     @property
     def status(self) -> str | None:
         return self.details.get("status")
+
+
+class StepConflict(SidecarDatabaseError, code="SC012"):
+    """One step key for two different pieces of work (say `same_work=True` if they are the same).
+
+    `key`: the step key; `run_id`, `done_at`: who did it first, and when (when known).
+    """
+
+    @property
+    def key(self) -> str | None:
+        return self.details.get("key")
+
+    @property
+    def run_id(self) -> str | None:
+        return self.details.get("run_id")
 
 
 class TransactionAborted(SidecarDatabaseError):

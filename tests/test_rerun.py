@@ -161,7 +161,7 @@ def test_sql_steps_skip_what_is_done_and_say_who_did_it(notes, make_conn):
     # The same run beginning a key it completed is a second piece of work under one key: refused...
     with pytest.raises(psycopg.Error) as conflict:
         bot.execute("SELECT sidecar.begin_step('note:ticket-1')")
-    assert conflict.value.sqlstate == "SC010"
+    assert conflict.value.sqlstate == "SC012"
     assert "already done by this run" in conflict.value.diag.message_primary
     # ...unless the caller says it is the same work: then it is skipped.
     with bot.transaction():

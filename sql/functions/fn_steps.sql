@@ -2,7 +2,7 @@
 -- redo only what failed. Re-applied by `sidecar install` when this file changes.
 --
 -- SQLSTATEs: SC005 no run active; SC007 step misuse (no step open, bad plan);
--- SC010 step conflict (one key for two pieces of work).
+-- SC012 step conflict (one key for two pieces of work).
 --
 --   BEGIN;
 --   SELECT sidecar.begin_step('note:ticket-42');   -- false: already done, skip it
@@ -83,7 +83,7 @@ BEGIN
                                                            THEN o.value #>> '{}' END) = v_key) THEN
             RAISE EXCEPTION 'sidecar: step key % appears twice in the plan: the second would be skipped',
                             quote_literal(v_key)
-                USING ERRCODE = 'SC010', DETAIL = jsonb_build_object('key', v_key)::text,
+                USING ERRCODE = 'SC012', DETAIL = jsonb_build_object('key', v_key)::text,
                       HINT = 'Give each piece of work its own key (or plan the key once if it is the same work).';
         END IF;
         INSERT INTO sidecar.step_plan (run_id, key, ord, targets)
@@ -102,7 +102,7 @@ DROP FUNCTION IF EXISTS sidecar.fail_step(text, text);
 -- Open a step in this transaction. False: the step is already done in the
 -- run's lineage (or a rerun blocked it) and must be skipped. Concurrent
 -- attempts of one step wait for each other here; the loser then sees it done.
--- A key this very run completed already is refused (SC010): two pieces of
+-- A key this very run completed already is refused (SC012): two pieces of
 -- work mapped to one key by mistake would skip the second in silence.
 -- p_same_work => true says it is the same work again: then it is skipped.
 CREATE OR REPLACE FUNCTION sidecar.begin_step(p_key text, p_same_work boolean DEFAULT false)
@@ -128,7 +128,7 @@ BEGIN
         IF r_done.run_id = v_run AND NOT coalesce(p_same_work, false) THEN
             RAISE EXCEPTION 'sidecar: step % was already done by this run at %; a second piece of work under one key would be skipped',
                             quote_literal(p_key), to_char(r_done.completed_at, 'YYYY-MM-DD HH24:MI:SS TZ')
-                USING ERRCODE = 'SC010',
+                USING ERRCODE = 'SC012',
                       DETAIL = jsonb_build_object('key', p_key, 'run_id', r_done.run_id,
                                                   'done_at', r_done.completed_at)::text,
                       HINT = 'Give each piece of work its own key; if it is the same work again, say so: '
