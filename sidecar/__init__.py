@@ -9,7 +9,8 @@
 
 from . import errors
 from .errors import Held, NotARun, Paused, RunFinished, StepConflict
+from .steps.context import row
 from .steps.runs import Run
 
 __version__ = "0.1.0"
-__all__ = ["Held", "NotARun", "Paused", "Run", "RunFinished", "StepConflict", "__version__", "errors"]
+__all__ = ["Held", "NotARun", "Paused", "Run", "RunFinished", "StepConflict", "__version__", "errors", "row"]

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlencode
 
 from starlette.routing import Route
 
+from ..capture import context
 from ..capture.history import Change
 from ..errors import UsageError
+from ..ops import summary as run_summary
 from ..review import gate
 from ..steps import runs
 from ..text import describe
@@ -154,49 +156,6 @@ def _held_columns(item) -> list[tuple[str, object, object]]:
     return _side_by_side(item.op, item.old_row, item.new_row, item.changed_columns)
 
 
-@dataclass
-class Story:
-    """The seed's four questions about a run."""
-
-    started: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    next: list[str] = field(default_factory=list)
-
-
-def _story(p: Page, info: runs.RunInfo, held: int) -> Story:
-    story = Story()
-    story.started.append(f"Automation {info.automation}, run by PostgreSQL user {info.started_by}.")
-    if info.rerun_of:
-        story.started.append(f"A rerun of run {str(info.rerun_of)[:8]}.")
-    if info.undo_of:
-        story.started.append(f"An undo of run {str(info.undo_of)[:8]}.")
-    if info.error:
-        story.failed.append(info.error)
-    for key, error in p.conn.execute(
-        "SELECT key, error FROM sidecar.step_failures WHERE run_id = %s ORDER BY failed_at DESC LIMIT 5", (info.run_id,)
-    ):
-        story.failed.append(f"Step {key}: {error}")
-    pause_row = p.conn.execute(
-        "SELECT target, paused_by, reason FROM sidecar.pauses WHERE scope = 'automation' AND target IN (%s, '*') "
-        "ORDER BY target = '*' LIMIT 1", (info.automation,)).fetchone()
-    if pause_row:
-        who = "Every automation" if pause_row[0] == "*" else info.automation
-        story.next.append(f"{who} is paused (by {pause_row[1]}: {pause_row[2]}); its runs cannot start "
-                          "and their next write fails.")
-    elif not info.undo_of:
-        story.next.append(f"{info.automation} is not paused: its next run will go ahead.")
-    if info.state in ("running", "abandoned"):
-        story.next.append("This run is still running." if info.state == "running"
-                          else "This run's session is gone without finishing it (abandoned).")
-    if info.state == "failed":
-        story.next.append(f"A rerun redoes only the steps not done: sidecar rerun {str(info.run_id)[:8]}.")
-    if held:
-        story.next.append(f"{plural(held, 'held write')} of this run wait for review.")
-    if info.undone_by:
-        story.next.append(f"Undone by run {str(info.undone_by)[:8]}; undoing that run puts the changes back.")
-    return story
-
-
 @page()
 def run_page(p: Page):
     info = runs.get(p.conn, p.request.path_params["run_id"])
@@ -215,12 +174,14 @@ def run_page(p: Page):
     events = p.conn.execute(
         "SELECT at, actor, kind, summary FROM sidecar.events WHERE run_id = %s ORDER BY at, event_id",
         (info.run_id,)).fetchall()
-    held = queue.open_count_of_run(p.conn, info.run_id) if p.rights.has_queue else 0
+    # The four questions, as `sidecar show` opens with them; what each action's automation said.
+    story = run_summary.summarize(p.conn, info)
+    contexts = context.of_actions(p.conn, info.run_id, [a.key for a in action_rows] + [action_key])
     undos = p.conn.execute(
         "SELECT run_id, started_at, started_by, meta->>'scope' FROM sidecar.runs WHERE undo_of = %s ORDER BY started_at",
         (info.run_id,)).fetchall()
     return p.render(
-        "run.html", run=info, story=_story(p, info, held), actions=action_rows, apager=apager, action=action_key,
+        "run.html", run=info, story=story, contexts=contexts, actions=action_rows, apager=apager, action=action_key,
         changes=shown, pager=pager, events=events, undos=undos, columns=_columns, row_spec=_row_spec,
         total_rows=sum(info.rows.values()), undo_url=_undo_url, meta=sorted(info.meta.items()),
     )

@@ -20,7 +20,7 @@ def items(conn: psycopg.Connection, *, open_only: bool = True, offset: int = 0,
     total = conn.execute("SELECT count(*) FROM sidecar.pending p" + where, params).fetchone()[0]
     rows = conn.execute(held._SELECT + where + " ORDER BY p.pending_id OFFSET %(o)s LIMIT %(n)s",
                         {**params, "o": offset, "n": limit}).fetchall()
-    return [held._to_item(r) for r in rows], total
+    return held._with_context(conn, [held._to_item(r) for r in rows]), total
 
 
 def open_count_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> int:

@@ -204,10 +204,23 @@ def _serve(handler, needs, request: Request, session: Session, form) -> Response
                 return ctx.render("error.html", status=status, title="That did not work", message=message)
     except SignInError as exc:
         return console.render(request, "error.html", status=503, title="Console unavailable", message=str(exc))
-    except psycopg.OperationalError:
+    except psycopg.OperationalError as exc:
+        if not _signed_out_by_the_database(exc):
+            # The server is down or restarting: say so, and keep the session, whose next
+            # request connects again.
+            return console.render(request, "error.html", status=503, title="Database unavailable",
+                                  message="The database cannot be reached right now (it may be restarting). "
+                                          "Reload this page in a moment; if you had sent a form, check "
+                                          "whether it took effect before sending it again.")
         console.sessions.sign_out(session.sid)
         request.session.clear()
         return RedirectResponse("/signin?" + urlencode({"why": "lost"}), status_code=303)
+
+
+def _signed_out_by_the_database(exc: psycopg.OperationalError) -> bool:
+    """The person's password or role no longer lets them in (not a server that is away)."""
+    text = str(exc)
+    return "authentication failed" in text or ("role" in text and "does not exist" in text)
 
 
 def _message(exc: Exception) -> str:

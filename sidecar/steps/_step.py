@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import psycopg
 
 from ..errors import StepConflict, TransactionAborted, full_text, one_line
+from . import context as _context
 
 LEFT_EARLY = ("the loop over run.steps was left before this step finished (break, or an exception caught "
               "outside the loop); its writes were rolled back")
@@ -25,8 +26,9 @@ def _in_error(conn: psycopg.Connection) -> bool:
 class Step:
     """`with run.step(key) as step:`; `step.skip` is true when it was done before (`step.done_by`)."""
 
-    def __init__(self, run: Any, key: str, *, same_work: bool = False):
+    def __init__(self, run: Any, key: str, context: dict[str, Any] | None = None, *, same_work: bool = False):
         self.run, self.key, self.same_work = run, key, same_work
+        self._context = context or {}
         self.skip = False
         self.done_by: tuple[uuid.UUID, datetime] | None = None
         self._tx: psycopg.Transaction | None = None
@@ -45,12 +47,18 @@ class Step:
                 self.skip = True
                 self.done_by = conn.execute("SELECT run_id, completed_at FROM sidecar.step_done(%s)",
                                             (self.key,)).fetchone()
+            elif self._context:
+                self.context(**self._context)
         except BaseException as err:
             self._closed = True
             self._tx.__exit__(type(err), err, err.__traceback__)
             raise
         run._open_step = self
         return self
+
+    def context(self, **context: Any) -> None:
+        """Add context to this step's action (merged; the later key wins)."""
+        _context.set_context(self.run.conn, **context)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._closed:
@@ -103,7 +111,7 @@ class Step:
 
 
 def iterate(run: Any, items: Iterable, key: Callable[[Any], str], touches: Callable | None,
-            same_work: bool) -> Iterator:
+            same_work: bool, context: dict[str, Any] | None = None) -> Iterator:
     """The body of `Run.steps` (see there)."""
     items = list(items)
     keys = [key(i) for i in items]
@@ -129,6 +137,8 @@ def iterate(run: Any, items: Iterable, key: Callable[[Any], str], touches: Calla
             step.__exit__(None, None, None)
             continue
         try:
+            if context:
+                step.context(**_context.for_item(item, context))
             yield item
         except GeneratorExit:
             step._abandon()

@@ -16,6 +16,7 @@ from ..capture.history import row_counts
 from ..capture.tracking import regclass
 from ..errors import NotARun, RunFinished, TransactionAborted, UsageError, full_text, one_line
 from . import _step, own_run
+from . import context as _context
 from ._step import LEFT_EARLY, Step, _in_error
 
 _UUID_PREFIX = re.compile(r"^[0-9a-fA-F-]+$")
@@ -137,26 +138,32 @@ class Run:
         return TransactionAborted(f"sidecar: {what}",
                                   hint="Let the error propagate, or roll back and retry the step")
 
-    def action(self, key: str) -> "_Action":
+    def action(self, key: str, **context: Any) -> "_Action":
         """Group the writes of the block into one action (one undo unit).
+
+        Context for the people who review and undo it (sidecar.steps.context):
+        ``why=`` the model's reason, ``read=[...]`` what it read (``sidecar.row(table, key)`` or short
+        texts), ``confidence=`` 0..1, any other keyword as JSON (``model=``, ``prompt_version=``).
 
         In autocommit mode an action is not a transaction: each statement commits on its own, so a
         write before an exception stays (and is captured). Without autocommit, the block's writes
         commit with the caller's transaction.
         """
         self._check_open("action")
-        return _Action(self.conn, key)
+        return _Action(self.conn, key, context)
 
-    def step(self, key: str, *, same_work: bool = False) -> Step:
+    def step(self, key: str, *, same_work: bool = False, **context: Any) -> Step:
         """One idempotent unit of work, committed with its writes:
 
-            with run.step("note:ticket-42") as step:
+            with run.step("note:ticket-42", why="...", confidence=0.9) as step:
                 if step.skip:
                     continue          # done before, by this run or the one it reruns
+                conn.execute("INSERT INTO billing_notes ...")
 
+        The context (as for ``action``) is set when the step runs, not when it is skipped.
         A key this run completed already is refused (StepConflict) unless same_work=True.
         """
-        return Step(self, key, same_work=same_work)
+        return Step(self, key, context, same_work=same_work)
 
     def plan(self, steps: list[str | dict]) -> None:
         """Declare the run's steps up front (keys, or {"key", "touches": [{"table", "key"}]})."""
@@ -170,18 +177,21 @@ class Run:
         if not self.conn.autocommit:
             self.conn.commit()
 
-    def steps(self, items, key, touches=None, *, same_work: bool = False):
+    def steps(self, items, key, touches=None, *, same_work: bool = False, **context):
         """Yield the items whose step still has to be done, each inside its own step.
 
-            for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}"):
+            for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}",
+                                    why=lambda t: t.reason, confidence=0.9):
                 conn.execute("INSERT INTO billing_notes ...", ...)
+
+        Context keywords (as for ``action``) take a value or a callable of the item.
 
         The plan is declared first, so a rerun knows what never started. Two items with one key
         are refused (StepConflict) unless same_work=True. An exception inside the loop rolls that
         step back, records it as failed with that exception, and ends the loop; so does leaving
         the loop early (break): the current item's step is rolled back.
         """
-        return _step.iterate(self, items, key, touches, same_work)
+        return _step.iterate(self, items, key, touches, same_work, context)
 
     def held(self) -> list[own_run.HeldWrite]:
         """The run's writes a hold rule held, with queue ids and decisions (pending, conflict, approved,
@@ -204,12 +214,23 @@ class Run:
 
 
 class _Action:
-    def __init__(self, conn: psycopg.Connection, key: str):
+    def __init__(self, conn: psycopg.Connection, key: str, context: dict[str, Any] | None = None):
         self.conn, self.key = conn, key
+        self._context = context or {}
 
     def __enter__(self) -> "_Action":
         self.conn.execute("SELECT set_config('sidecar.action', %s, false)", (self.key,))
+        if self._context:
+            try:
+                self.context(**self._context)
+            except BaseException:
+                self.__exit__()
+                raise
         return self
+
+    def context(self, **context: Any) -> None:
+        """Add context to this action (merged; the later key wins)."""
+        _context.set_context(self.conn, **context)
 
     def __exit__(self, *exc) -> None:
         if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
@@ -261,6 +282,7 @@ class RunInfo:
     error_detail: str | None = None
     run_key: str | None = None
     waiting: bool = False
+    purged_at: datetime | None = None  # set: the captured changes were removed (sidecar purge)
 
     @property
     def state(self) -> str:
@@ -285,14 +307,15 @@ SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.f
                AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)) AS alive,
        r.error_detail, coalesce(r.run_key, r.meta ->> 'run_key') AS run_key,
        r.backend_pid IS NULL AND r.rerun_of IS NOT NULL
-           AND NOT EXISTS (SELECT FROM sidecar.actions ac WHERE ac.run_id = r.run_id) AS waiting
+           AND NOT EXISTS (SELECT FROM sidecar.actions ac WHERE ac.run_id = r.run_id) AS waiting,
+       r.purged_at
 {_RUN_FROM}"""
 
 
 def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
 
     info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12], error_detail=row[13], run_key=row[14],
-                   waiting=row[15])
+                   waiting=row[15], purged_at=row[16])
     if with_rows:
         counts = row_counts(conn, info.run_id)
         info.rows, info.rows_complete, info.rows_counted_at = counts.tables, counts.complete, counts.counted_at

@@ -65,10 +65,22 @@ def first_line(text: str | None, limit: int = 300) -> str | None:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def summary_lines(summary) -> list[str]:
+    """The four questions (ops.summary.Summary), each a heading and its answers."""
+    lines = []
+    for heading, answers in summary.sections():
+        lines.append(f"{heading}:")
+        lines += [f"  {a}" for a in answers] or ["  nothing"]
+    return lines
+
+
 def show_run(info, actions: list[tuple[int, str, list]], events: list, more_actions: int = 0,
-             held: list | None = None) -> str:
-    lines = [
-        f"Run {info.run_id}",
+             contexts: dict | None = None, summary=None, held: list | None = None) -> str:
+    contexts = contexts or {}
+    lines = [f"Run {info.run_id}"]
+    if summary is not None:
+        lines += summary_lines(summary) + ["", "Details"]
+    lines += [
         f"  automation  {info.automation}",
         f"  started     {when(info.started_at)} by {info.started_by}",
         f"  status      {info.state}" + (f" ({first_line(info.error)})" if info.error else ""),
@@ -83,6 +95,10 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
         lines.append(f"  undo of     {info.undo_of}")
     if info.undone_by:
         lines.append(f"  undone by   {info.undone_by}")
+    if getattr(info, "purged_at", None):
+        lines.append(f"  purged      {when(info.purged_at)}: its captured changes were removed "
+                     "(sidecar archive restore FILE loads an archived run back)")
+        return "\n".join(lines)
     total = sum(info.rows.values())
     lines.append(f"  changed     {'' if info.rows_complete else 'at least '}{plural(total, 'row')}"
                  + (" in " + ", ".join(f"{describe.table_name(t)} ({n})" for t, n in sorted(info.rows.items()))
@@ -97,8 +113,12 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
     for key, changes, more in actions:
         lines.append("")
         lines.append(f"Action {key}")
+        if key in contexts:
+            lines += [f"  {line}" for line in contexts[key].lines()]
         for ch in changes:
             lines.append(f"  {describe.change_line(ch)}")
+        if not changes:
+            lines.append("  nothing of it landed (held for review, or it changed nothing)")
         if more:
             lines.append(f"  … and {plural(more, 'more change')}")
     if more_actions:

@@ -52,6 +52,7 @@ GRANT EXECUTE ON FUNCTION
     sidecar.fail_step(text, text, text),
     sidecar.plan_steps(jsonb),
     sidecar.step_done(text),
+    sidecar.set_context(text, jsonb, float8, jsonb),
     sidecar._qualname(regclass)
 TO PUBLIC;
 
