@@ -183,4 +183,4 @@ def test_bot_sets_the_context_of_its_action_but_cannot_write_it_otherwise(sc, ro
     assert sc.execute("SELECT context FROM sidecar.actions WHERE run_id = %s", (run.run_id,)).fetchone()[0] == {
         "why": "customer said thanks", "confidence": 0.9}
     assert isinstance(refused(bot, "UPDATE sidecar.actions SET context = '{}'"), psycopg.errors.InsufficientPrivilege)
-    assert isinstance(refused(bot, "SELECT sidecar._write_context()"), psycopg.errors.InsufficientPrivilege)
+    assert isinstance(refused(bot, "SELECT sidecar._context_text('why')"), psycopg.errors.InsufficientPrivilege)
