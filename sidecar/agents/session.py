@@ -136,7 +136,8 @@ class AgentSession:
         try:
             with self.conn.transaction():
                 if step:
-                    if not self.conn.execute("SELECT sidecar.begin_step(%s)", (step,)).fetchone()[0]:
+                    # A call with the same step key is the agent retrying the same work (same_work).
+                    if not self.conn.execute("SELECT sidecar.begin_step(%s, true)", (step,)).fetchone()[0]:
                         return self._skipped(step)
                 else:
                     self.conn.execute("SELECT set_config('sidecar.action', %s, true)", (action,))

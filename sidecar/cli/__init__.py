@@ -6,7 +6,20 @@ from __future__ import annotations
 
 import click
 
-from . import archive, capture, console, demo, gate, inventory, mcp, ops, review, runs, steps, undo
+from . import (
+    archive,
+    capture,
+    console,
+    demo,
+    gate,
+    inventory,
+    mcp,
+    ops,
+    review,
+    runs,
+    steps,
+    undo,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

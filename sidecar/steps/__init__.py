@@ -7,9 +7,19 @@ its own run (held writes, pauses); rerun lists a run's steps and opens a rerun
 that redoes only the steps not done.
 """
 
-from .rerun import RerunReport, StepState, step_states
 from .own_run import HeldWrite, Pause
-from .runs import STATES, Run, RunInfo, Step, count_runs, get, list_runs, resolve, state_word
+from .rerun import RerunReport, StepState, step_states
+from .runs import (
+           STATES,
+           Run,
+           RunInfo,
+           Step,
+           count_runs,
+           get,
+           list_runs,
+           resolve,
+           state_word,
+)
 
 # rerun.rerun() is reached through its module, whose name it shares.
 __all__ = ["STATES", "HeldWrite", "Pause", "RerunReport", "Run", "RunInfo", "Step", "StepState", "count_runs", "get",

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import psycopg
 
-from ..errors import StepConflict, TransactionAborted, full_text, one_line
+from ..errors import StepConflict, full_text, one_line
 from . import context as _context
 
 LEFT_EARLY = ("the loop over run.steps was left before this step finished (break, or an exception caught "

@@ -14,7 +14,14 @@ from psycopg.types.json import Jsonb
 
 from ..capture.history import row_counts
 from ..capture.tracking import regclass
-from ..errors import NotARun, RunFinished, TransactionAborted, UsageError, full_text, one_line
+from ..errors import (
+    NotARun,
+    RunFinished,
+    TransactionAborted,
+    UsageError,
+    full_text,
+    one_line,
+)
 from . import _step, own_run
 from . import context as _context
 from ._step import LEFT_EARLY, Step, _in_error
