@@ -261,6 +261,20 @@ def pg_major(pg_server: Server) -> int:
     return pg_server.major
 
 
+@pytest.fixture(scope="session")
+def pg_bindir(pg_server: Server) -> Path:
+    """Server binaries for tests that start a cluster of their own (crash, demo, password auth):
+    the ones the suite's server runs from; for a DSN or container server, local ones of its major
+    if any, else the first found."""
+    if plan().bindir is not None:
+        return plan().bindir
+    found = find_bindirs()
+    if not found:
+        pytest.fail("no PostgreSQL server binaries to start a cluster of a test's own", pytrace=False)
+    same = [b for b in found if server_version(b).split(".")[0] == str(pg_server.major)]
+    return (same or found)[0]
+
+
 @pytest.fixture
 def dsn(pg_server: Server, _template_db: str) -> Iterator[str]:
     """DSN of a fresh, empty database of this test's own, dropped afterwards."""
