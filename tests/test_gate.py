@@ -208,3 +208,21 @@ def test_an_undo_can_itself_be_undone_under_a_pause(tickets, make_conn, cli, kin
     result = cli("undo", str(undo_run), "--yes")
     assert result.exit_code == 0, result.output
     assert snapshot(tickets, "tickets") == after
+
+
+@pytest.mark.parametrize("kind", PAUSES)
+def test_a_pause_stops_the_first_write_after_a_schema_change_nothing_watched(tickets, make_conn, cli, kind):
+    """Without the event triggers, the first write after ALTER TABLE takes capture's shape-check
+    path: the pause holds there too, and an undo still passes it."""
+    tickets.execute("ALTER EVENT TRIGGER sidecar_watch_drop DISABLE")
+    assert cli("install").exit_code == 0  # capture now checks each statement's table shape itself
+    bot, run_id = _open_session(make_conn)
+    tickets.execute("ALTER TABLE tickets ADD COLUMN note text")
+    assert cli("pause", *PAUSES[kind][0], "--reason", "incident 7").exit_code == 0
+    with pytest.raises(psycopg.Error) as caught:
+        bot.execute(WRITES["UPDATE"])
+    assert caught.value.sqlstate == "SC001"
+    assert tickets.execute("SELECT status FROM tickets WHERE id = 2").fetchone()[0] == "open"
+    result = cli("undo", str(run_id), "--yes")
+    assert result.exit_code == 0, result.output
+    assert tickets.execute("SELECT status FROM tickets WHERE id = 1").fetchone()[0] == "open"

@@ -131,6 +131,17 @@ def test_bot_cannot_resume_its_own_pause_but_a_pauser_can(sc, roles):
     assert event[0].startswith("pauser_") and "wrong customers" in event[1]
 
 
+def test_a_pauser_pauses_and_resumes_a_table_the_bot_cannot(sc, roles):
+    bot, pauser = roles
+    bot.execute("SELECT sidecar.start_run('ticket-bot')")
+    assert isinstance(refused(bot, "SELECT sidecar.pause_table('tickets', 'x')"), psycopg.errors.InsufficientPrivilege)
+    pauser.execute("SELECT sidecar.pause_table('tickets', 'wrong customers')")
+    assert refused(bot, "UPDATE tickets SET status = 'bot'").sqlstate == "SC001"
+    assert isinstance(refused(bot, "SELECT sidecar.resume_table('tickets')"), psycopg.errors.InsufficientPrivilege)
+    assert pauser.execute("SELECT sidecar.resume_table('tickets')").fetchone()[0] is True
+    bot.execute("UPDATE tickets SET status = 'bot'")
+
+
 def test_sidecar_functions_do_not_read_other_tables_for_the_bot(sc, roles):
     bot, _ = roles
     # The row fingerprint reads rows as sidecar's owner: not for automations.
