@@ -107,6 +107,25 @@ def test_the_sql_script_keeps_an_edit_of_any_type(typed, run_bot, cli, dsn):
     assert kept == edited
 
 
+def test_the_sql_script_guards_each_row_against_edits_made_after_it_was_printed(typed, run_bot, cli, dsn):
+    """A DBA reviews the script, and runs it later: a row a person edited meanwhile is left alone."""
+    statements = [
+        (sql.SQL("UPDATE things SET {c} = %s::{t} WHERE id = %s").format(
+            c=sql.Identifier(_col(t)), t=sql.SQL(t)).as_string(typed), (TYPES[t][1], n))
+        for n, t in enumerate(TYPES, start=1)
+    ]
+    run_id = run_bot(*statements)
+    script = cli("undo", str(run_id), "--sql")
+    assert script.exit_code == 0, script.output
+    for n, t in enumerate(TYPES, start=1):
+        typed.execute(sql.SQL("UPDATE things SET {c} = %s::{t} WHERE id = %s").format(
+            c=sql.Identifier(_col(t)), t=sql.SQL(t)), (TYPES[t][2], n))
+    with psycopg.connect(dsn, autocommit=True) as dba:
+        dba.execute(script.output)
+    kept = {t: _value(typed, n, t) for n, t in enumerate(TYPES, start=1)}
+    assert kept == _expected(typed, 2)
+
+
 def test_the_same_value_written_again_is_no_conflict(typed, run_bot, cli, dsn):
     """A person who writes back exactly what the run wrote changed nothing: every row is restored."""
     run_id = _run_then_people_edit(typed, run_bot, edit=False)

@@ -105,11 +105,22 @@ def test_an_automation_pause_stops_only_that_automation(tickets, make_conn, cli)
     assert tickets.execute("SELECT status FROM tickets WHERE id = 4").fetchone()[0] == "billing"
 
 
-def test_untagged_writes_pass_every_pause(tickets, cli):
+@pytest.mark.parametrize("capture", ["tagged", "all"])
+def test_untagged_writes_pass_every_pause(sc, cli, capture):
+    """A person's writes are never gated, on a table captured for runs only or for everyone."""
+    sc.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
+    sc.execute("INSERT INTO tickets SELECT g, 'open' FROM generate_series(1, 5) g")
+    track(sc, "tickets", capture=capture)
     for pause_args, _, _ in PAUSES.values():
         assert cli("pause", *pause_args, "--reason", "incident 7").exit_code == 0
-    tickets.execute("UPDATE tickets SET status = 'a person' WHERE id = 5")
-    assert tickets.execute("SELECT status FROM tickets WHERE id = 5").fetchone()[0] == "a person"
+    sc.execute("UPDATE tickets SET status = 'a person' WHERE id = 5")
+    sc.execute("INSERT INTO tickets VALUES (6, 'a person')")
+    sc.execute("DELETE FROM tickets WHERE id = 4")
+    assert sc.execute("SELECT id, status FROM tickets WHERE id >= 4 ORDER BY id").fetchall() == [
+        (5, "a person"), (6, "a person")]
+    captured = sc.execute("SELECT string_agg(op::text, '' ORDER BY stmt_id) FROM sidecar.statements "
+                          "WHERE run_id IS NULL").fetchone()[0]
+    assert captured == ("UID" if capture == "all" else None)
 
 
 @pytest.mark.parametrize("kind", ["automation", "every"])
@@ -133,6 +144,26 @@ def test_resume_of_what_is_not_paused_says_so(tickets, cli):
     assert tickets.execute("SELECT sidecar.resume_table('tickets')").fetchone()[0] is False
     assert tickets.execute("SELECT sidecar.resume('*')").fetchone()[0] is False
     assert tickets.execute("SELECT target FROM sidecar.pauses").fetchall() == [("ticket-bot",)]
+
+
+def test_each_resume_lifts_only_its_own_pause(tickets, make_conn, cli):
+    bot, _ = _open_session(make_conn)
+    for pause_args, _, _ in PAUSES.values():
+        assert cli("pause", *pause_args, "--reason", "incident 7").exit_code == 0
+
+    def left():
+        return sorted(tickets.execute("SELECT scope || ':' || target FROM sidecar.pauses").fetchall())
+
+    tracked = tickets.execute("SELECT tracked_id FROM sidecar.tracked WHERE relid = 'tickets'::regclass").fetchone()[0]
+    assert cli("resume", "ticket-bot").exit_code == 0
+    assert left() == [("automation:*",), (f"table:{tracked}",)]
+    assert cli("resume", "--table", "tickets").exit_code == 0
+    assert left() == [("automation:*",)]
+    with pytest.raises(psycopg.Error):
+        bot.execute(WRITES["UPDATE"])
+    assert cli("resume", "*").exit_code == 0
+    assert left() == []
+    bot.execute(WRITES["UPDATE"])
 
 
 def test_pause_table_of_an_untracked_table_is_refused(sc, cli):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 
 import psycopg
@@ -230,3 +231,30 @@ def test_step_done_names_the_run_that_did_the_step(notes, make_conn, cli):
                                 "'note:ticket-10']) key").fetchall())
     assert done == {"note:ticket-1": run_id, "note:ticket-5": run_id,
                     "note:ticket-6": uuid.UUID(rerun_id), "note:ticket-10": uuid.UUID(rerun_id)}
+
+
+def test_two_attempts_of_one_step_wait_for_each_other(notes, make_conn):
+    """The second session's begin_step waits while the first has the step open, then sees it done."""
+    first, second = make_conn(autocommit=False), make_conn(autocommit=False)
+    run_id = first.execute("SELECT sidecar.start_run('note-bot')").fetchone()[0]
+    first.commit()
+    second.execute("SELECT set_config('sidecar.run_id', %s, false)", (str(run_id),))
+    second.commit()
+    assert first.execute("SELECT sidecar.begin_step('note:ticket-1')").fetchone()[0] is True
+    first.execute("INSERT INTO billing_notes (ticket_id, note) VALUES (1, 'first')")
+    answer: list[bool] = []
+    waiter = threading.Thread(target=lambda: answer.append(
+        second.execute("SELECT sidecar.begin_step('note:ticket-1')").fetchone()[0]))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and notes.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+            (second.info.backend_pid,)).fetchone()[0] == 0 and waiter.is_alive():
+        time.sleep(0.05)
+    assert waiter.is_alive() and answer == []  # waiting for the first attempt, not going ahead
+    first.execute("SELECT sidecar.end_step()")
+    first.commit()
+    waiter.join(timeout=10)
+    assert answer == [False]  # the loser sees the step done, and skips it
+    second.rollback()
+    assert count_notes(notes) == (1, 1)

@@ -37,20 +37,20 @@ MUTATIONS: list[Mutation] = []
 for n, op in OPS.items():
     MUTATIONS.append(Mutation(
         f"capture ignores pause '*' on {op}", "pause", CAPTURE, STAR, "ARRAY[v_tag.automation, '@TRACKED_ID@']",
-        (GATE_TESTS, "-k", "every_kind_of_write and every"), nth=n))
+        (GATE_TESTS + "::test_a_pause_stops_every_kind_of_write_of_a_session_already_open[every]",), nth=n))
     MUTATIONS.append(Mutation(
         f"capture ignores a table pause on {op}", "pause", CAPTURE, STAR, "ARRAY[v_tag.automation, '*']",
-        (GATE_TESTS, "-k", "every_kind_of_write and table"), nth=n))
+        (GATE_TESTS + "::test_a_pause_stops_every_kind_of_write_of_a_session_already_open[table]",), nth=n))
     MUTATIONS.append(Mutation(
         f"undo loses its exemption from the pause on {op}", "pause", CAPTURE, EXEMPT, NOT_EXEMPT,
         (GATE_TESTS, "-k", "undo_works_under_every_kind_of_pause and run"), nth=n))
 MUTATIONS += [
     Mutation("the gate ignores pause '*'", "pause", GATE_SQL,
              "p.target IN (p_automation, '*')", "p.target IN (p_automation)",
-             (GATE_TESTS, "-k", "every_kind_of_write and every")),
+             (GATE_TESTS + "::test_a_pause_stops_every_kind_of_write_of_a_session_already_open[every]",)),
     Mutation("the gate ignores table pauses", "pause", GATE_SQL,
              "OR (p.scope = 'table' AND p.target = p_tracked_id::text)", "OR false",
-             (GATE_TESTS, "-k", "every_kind_of_write and table")),
+             (GATE_TESTS + "::test_a_pause_stops_every_kind_of_write_of_a_session_already_open[table]",)),
     Mutation("untagged writes are gated", "pause", CAPTURE, EXEMPT, "THEN NOT EXISTS (",
              (GATE_TESTS, "-k", "untagged")),
     Mutation("start_run ignores the pause", "pause", "sql/functions/fn_runs.sql",
@@ -63,7 +63,7 @@ MUTATIONS += [
     Mutation("resume lifts every scope", "pause", "sql/functions/fn_gate.sql",
              "DELETE FROM sidecar.pauses WHERE scope = p_scope AND target = p_target;",
              "DELETE FROM sidecar.pauses WHERE target = p_target OR target = '*';",
-             (GATE_TESTS, "-k", "resume_of_what_is_not_paused")),
+             (GATE_TESTS, "-k", "resume_lifts_only")),
     Mutation("pause --table pauses the automation named like the table", "pause", "sidecar/review/gate.py",
              "conn.execute(\"SELECT sidecar.pause_table(%s::regclass, %s)\", (name, reason))",
              "conn.execute(\"SELECT sidecar.pause(%s, %s)\", (name, reason))",
@@ -74,7 +74,7 @@ MUTATIONS += [
     Mutation("the shape check path ignores the pause", "pause", CAPTURE,
              "IF NOT coalesce(v_tag.is_undo, true) THEN\n                PERFORM sidecar._gate",
              "IF false THEN\n                PERFORM sidecar._gate",
-             (GATE_TESTS, "-k", "shape")),
+             (GATE_TESTS, "-k", "schema_change_nothing_watched")),
 ]
 
 # -- hold ----------------------------------------------------------------------
@@ -138,7 +138,7 @@ MUTATIONS += [
              (RERUN, "-k", "step_done_names")),
     Mutation("two attempts of a step do not wait for each other", "steps", "sql/functions/fn_steps.sql",
              "PERFORM pg_advisory_xact_lock(hashtext('sidecar.step:' || v_lineage), hashtext(p_key));",
-             "PERFORM 1;", (RERUN, "-k", "concurrent")),
+             "PERFORM 1;", (RERUN, "-k", "wait_for_each_other or concurrent")),
     Mutation("rerun --step redoes every step", "steps", "sidecar/steps/rerun.py",
              "and (not steps or s.key in steps)]", "]", (RERUN, "-k", "rerun_step_redoes")),
 ]
@@ -167,10 +167,10 @@ MUTATIONS += [
              (TYPES, "-k", "edit_of_any_type_after_the_run")),
     Mutation("the --sql script's guard compares every column with =", "conflict", "sidecar/undo/script.py",
              "        if not c.comparable:\n", "        if False:\n",
-             (TYPES, "-k", "sql_script_keeps")),
+             (TYPES, "-k", "sql_script_guards or sql_script_restores")),
     Mutation("the --sql script's guard compares text columns as equal", "conflict", "sidecar/undo/script.py",
              "value = exp.Literal.string(left[c.name]) if left.get(c.name) is not None else exp.Null()",
-             "value = col", (TYPES, "-k", "sql_script_keeps")),
+             "value = col", (TYPES, "-k", "sql_script_guards or sql_script_restores")),
     Mutation("a conflict exits 0", "conflict", "sidecar/cli/undo.py",
              "        sys.exit(EXIT_CONFLICTS)", "        pass", (TYPES, "-k", "edit_of_any_type_after_the_run")),
 ]
@@ -208,7 +208,7 @@ MUTATIONS += [
              PRIV_TESTS),
     Mutation("approvers may not approve", "privileges", PRIVS,
              "GRANT EXECUTE ON FUNCTION sidecar.approve(bigint, text), ", "GRANT EXECUTE ON FUNCTION ",
-             PRIV_TESTS + (REVIEW, "-k", "approve")),
+             PRIV_TESTS + ("-k", "approver")),
     Mutation("automations may read history", "privileges", PRIVS,
              "GRANT USAGE ON SCHEMA sidecar TO PUBLIC;",
              "GRANT USAGE ON SCHEMA sidecar TO PUBLIC; GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO PUBLIC;",

@@ -16,6 +16,7 @@ one survived (or its text is no longer in the file: the list needs updating), 2 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from tests.mutation.mutations import MUTATIONS, Mutation
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_TIMEOUT = 900  # seconds for one mutation's tests
+NO_TESTS, USAGE_ERROR = 5, 4  # pytest's exit codes when nothing ran
 
 
 def _tracked_files() -> list[str]:
@@ -90,8 +92,8 @@ def _apply(repo: Path, m: Mutation) -> str | None:
     return text
 
 
-def _run_tests(python: Path, repo: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
-    """(passed, the tail of pytest's output)."""
+def _run_tests(python: Path, repo: Path, tests: tuple[str, ...]) -> tuple[bool | None, str]:
+    """(passed, the tail of pytest's output); passed is None when no test ran."""
     cmd = [str(python), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header", *tests]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     try:
@@ -99,10 +101,12 @@ def _run_tests(python: Path, repo: Path, tests: tuple[str, ...]) -> tuple[bool, 
     except subprocess.TimeoutExpired:
         return False, f"timed out after {TEST_TIMEOUT} s (counted as caught: the tests did not pass)"
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode in (NO_TESTS, USAGE_ERROR):  # nothing ran: nothing can be caught either
+        return None, f"pytest exit {proc.returncode}, no test ran: " + "\n".join(lines[-3:])
     return proc.returncode == 0, "\n".join(lines[-3:])
 
 
-def check(mutations: list[Mutation], baseline: bool, out=print) -> list[tuple[Mutation, str]]:
+def check(mutations: list[Mutation], baseline: bool, out=functools.partial(print, flush=True)) -> list[tuple[Mutation, str]]:
     """Run the check; returns the mutations not caught, each with what happened."""
     survived: list[tuple[Mutation, str]] = []
     started = time.monotonic()
@@ -113,7 +117,7 @@ def check(mutations: list[Mutation], baseline: bool, out=print) -> list[tuple[Mu
             selections = sorted({m.tests for m in mutations})
             for tests in selections:
                 passed, tail = _run_tests(python, repo, tests)
-                if not passed:
+                if passed is not True:
                     raise SystemExit(f"mutation check: the tests fail without any mutation: {' '.join(tests)}\n"
                                      f"{tail}")
             out(f"baseline: {len(selections)} test selections pass unmutated "
@@ -129,9 +133,9 @@ def check(mutations: list[Mutation], baseline: bool, out=print) -> list[tuple[Mu
                 passed, tail = _run_tests(python, repo, m.tests)
             finally:
                 (repo / m.file).write_text(original)
-            verdict = "SURVIVED" if passed else "caught"
-            if passed:
-                survived.append((m, f"{' '.join(m.tests)} passed with it"))
+            verdict = "caught" if passed is False else "SURVIVED"
+            if passed is not False:
+                survived.append((m, f"{' '.join(m.tests)} passed with it ({tail.splitlines()[-1] if tail else ''})"))
             out(f"[{i}/{len(mutations)}] {verdict:<9} {m.area}: {m.name} ({time.monotonic() - t0:.0f} s)")
     out("")
     out(f"{len(mutations) - len(survived)} of {len(mutations)} mutations caught, {len(survived)} survived, "
