@@ -245,6 +245,7 @@ def test_an_undo_can_itself_be_undone_under_a_pause(tickets, make_conn, cli, kin
 def test_a_pause_stops_the_first_write_after_a_schema_change_nothing_watched(tickets, make_conn, cli, kind):
     """Without the event triggers, the first write after ALTER TABLE takes capture's shape-check
     path: the pause holds there too, and an undo still passes it."""
+    tickets.execute("ALTER EVENT TRIGGER sidecar_watch_alter DISABLE")
     tickets.execute("ALTER EVENT TRIGGER sidecar_watch_drop DISABLE")
     assert cli("install").exit_code == 0  # capture now checks each statement's table shape itself
     bot, run_id = _open_session(make_conn)
