@@ -68,12 +68,12 @@ class RefRuleBench:
         self._drop()
         c.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, name text NOT NULL, tier text NOT NULL)").format(
             sql.Identifier(CUSTOMERS)))
-        c.execute(sql.SQL("INSERT INTO {} SELECT i, 'customer ' || i, CASE WHEN i % 10 = 0 THEN 'vip' ELSE 'free' END "
+        c.execute(sql.SQL("INSERT INTO {} SELECT i, 'customer ' || i, CASE WHEN i %% 10 = 0 THEN 'vip' ELSE 'free' END "
                           "FROM generate_series(1, %s) i").format(sql.Identifier(CUSTOMERS)), (self.customers,))
         c.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, customer_id int NOT NULL REFERENCES {}, "
                           "amount numeric(12, 2) NOT NULL, note text) WITH (autovacuum_enabled = false)").format(
             sql.Identifier(TABLE), sql.Identifier(CUSTOMERS)))
-        c.execute(sql.SQL("INSERT INTO {} SELECT i, 1 + i % %s, round(i * 1.37, 2), 'note ' || md5(i::text) "
+        c.execute(sql.SQL("INSERT INTO {} SELECT i, 1 + i %% %s, round(i * 1.37, 2), 'note ' || md5(i::text) "
                           "FROM generate_series(1, %s) i").format(sql.Identifier(TABLE)), (self.customers, self.rows))
         c.execute(sql.SQL("VACUUM (FREEZE, ANALYZE) {}, {}").format(sql.Identifier(TABLE), sql.Identifier(CUSTOMERS)))
         c.execute("SELECT sidecar.track(%s::regclass)", (TABLE,))

@@ -10,8 +10,13 @@
 """
 
 from .agents.asyncrun import AsyncRun
+from . import errors
+from .errors import Held, NotARun, Paused, RunFinished, StepConflict
 from .steps.context import row
 from .steps.runs import Run
 
 __version__ = "0.1.0"
-__all__ = ["AsyncRun", "Run", "__version__", "row"]
+__all__ = [
+    "AsyncRun", "Held", "NotARun", "Paused", "Run", "RunFinished", "StepConflict",
+    "__version__", "errors", "row",
+]

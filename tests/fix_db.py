@@ -15,7 +15,7 @@ can be had, every test needing one fails with the reason: nothing is skipped sil
 
 Each test using ``dsn``/``conn`` gets its own empty database, cloned from a template.
 Mark a test ``@pytest.mark.pg_version(min=15)`` to skip it on older servers.
-``server_bindir`` gives the session server's binaries (or the first local ones) to tests
+``pg_bindir`` gives the session server's binaries (or the first local ones) to tests
 that need a cluster of their own, such as the crash tests.
 """
 
@@ -273,22 +273,23 @@ def server_dsn(pg_server: Server) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_bindir(pg_server: Server) -> Path:
-    """Server binaries of the session's major, for tests that start (and crash) a cluster
-    of their own: the session's own when it runs from binaries, else the first local ones."""
-    p = plan()
-    if p.bindir is not None:
-        return p.bindir
-    found = find_bindirs()
-    if not found:
-        pytest.fail(f"no server binaries for a cluster of this test's own (the session uses {p.kind})")
-    return found[0]
-
-
-@pytest.fixture(scope="session")
 def pg_major(pg_server: Server) -> int:
     """The server's major version, e.g. 15."""
     return pg_server.major
+
+
+@pytest.fixture(scope="session")
+def pg_bindir(pg_server: Server) -> Path:
+    """Server binaries for tests that start a cluster of their own (crash, demo, password auth):
+    the ones the suite's server runs from; for a DSN or container server, local ones of its major
+    if any, else the first found."""
+    if plan().bindir is not None:
+        return plan().bindir
+    found = find_bindirs()
+    if not found:
+        pytest.fail("no PostgreSQL server binaries to start a cluster of a test's own", pytrace=False)
+    same = [b for b in found if server_version(b).split(".")[0] == str(pg_server.major)]
+    return (same or found)[0]
 
 
 @pytest.fixture

@@ -107,12 +107,18 @@ class Browser:
     def get(self, url: str, **kw):
         return self.client.get(url, **kw)
 
+    def text_of(self, url: str, **kw) -> str:
+        """A page that must load (200): what a person reads on it."""
+        r = self.client.get(url, **kw)
+        assert r.status_code == 200, (url, r.status_code, r.text[:500])
+        return r.text
+
     def sign_in(self, user: str, password: str = PASSWORD):
         page = self.client.get("/signin")
         return self.client.post("/signin", data={"user": user, "password": password, "csrftoken": token(page.text)})
 
     def post(self, url: str, data: dict, page: str | None = None):
-        html = self.client.get(page or "/automations").text
+        html = self.text_of(page or "/automations")
         return self.client.post(url, data={**data, "csrftoken": token(html)})
 
     def close(self):
@@ -198,10 +204,10 @@ def test_csrf_refused_without_token(scene, browser, sc):
 
 def test_viewer_sees_no_buttons_and_cannot_pause(scene, browser, sc):
     b = browser(scene.users["viewer"])
-    page = b.get("/automations").text
+    page = b.text_of("/automations")
     assert "billing-bot" in page and "active" in page
     assert "Pause billing-bot" not in page and "Pause everything" not in page
-    run_page = b.get(f"/runs/{scene.run_id}").text
+    run_page = b.text_of(f"/runs/{scene.run_id}")
     assert "Undo this run" not in run_page and "Undo this row" not in run_page
     assert "Northwind Solar" in run_page
     r = b.post("/automations/pause", {"automation": "billing-bot", "reason": "viewer tries"})
@@ -212,42 +218,44 @@ def test_viewer_sees_no_buttons_and_cannot_pause(scene, browser, sc):
 
 def test_pauser_pauses_with_a_reason_and_resumes(scene, browser, sc, bot):
     b = browser(scene.users["pauser"])
-    page = b.get("/automations").text
+    page = b.text_of("/automations")
     assert "Pause billing-bot" in page and "Pause everything" in page
-    assert "Undo" not in b.get(f"/runs/{scene.run_id}").text
+    assert "Undo" not in b.text_of(f"/runs/{scene.run_id}")
     r = b.post("/automations/pause", {"automation": "billing-bot", "reason": ""})
+    assert r.status_code == 303
+    assert "A pause needs a reason, so that people know why." in b.text_of(r.headers["location"])
     assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
     r = b.post("/automations/pause", {"automation": "billing-bot", "reason": "matching wrong customers"})
     assert r.status_code == 303
     row = sc.execute("SELECT scope, target, paused_by, reason FROM sidecar.pauses").fetchone()
     assert row == ("automation", "billing-bot", scene.users["pauser"], "matching wrong customers")
-    page = b.get("/automations").text
+    page = b.text_of("/automations")
     assert "Paused automation billing-bot" in page and "Resume billing-bot" in page
     with pytest.raises(psycopg.Error, match="paused"):
         bot.execute("SELECT sidecar.start_run('billing-bot')")
-    events = b.get("/events").text
+    events = b.text_of("/events")
     assert scene.users["pauser"] in events and "matching wrong customers" in events
-    b.post("/automations/resume", {"automation": "billing-bot"})
+    assert b.post("/automations/resume", {"automation": "billing-bot"}).status_code == 303
     assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
-    b.post("/automations/pause", {"automation": "*", "reason": "incident 7"})
-    assert "Every automation is paused" in b.get("/automations").text
+    assert b.post("/automations/pause", {"automation": "*", "reason": "incident 7"}).status_code == 303
+    assert "Every automation is paused" in b.text_of("/automations")
 
 
 def test_runs_list_filters_and_counts(scene, browser, run_bot):
     other = run_bot("UPDATE customers SET billing_email = 'x@y' WHERE id = 4", automation="email-bot")
     b = browser(scene.users["viewer"])
-    page = b.get("/runs").text
+    page = b.text_of("/runs")
     assert page.index(str(other)[:8]) < page.index(str(scene.run_id)[:8])  # newest first
     assert "tickets 3" in page and "billing_notes 3" in page
-    only = b.get("/runs?automation=billing-bot").text
+    only = b.text_of("/runs?automation=billing-bot")
     assert str(other)[:8] not in only and str(scene.run_id)[:8] in only
-    assert str(scene.run_id)[:8] not in b.get("/runs?status=failed").text
-    assert str(scene.run_id)[:8] in b.get("/runs?since=1h&status=succeeded").text
+    assert str(scene.run_id)[:8] not in b.text_of("/runs?status=failed")
+    assert str(scene.run_id)[:8] in b.text_of("/runs?since=1h&status=succeeded")
 
 
 def test_run_page_in_plain_language(scene, browser):
     b = browser(scene.users["viewer"])
-    page = b.get(f"/runs/{str(scene.run_id)[:8]}", follow_redirects=True).text
+    page = b.text_of(f"/runs/{str(scene.run_id)[:8]}", follow_redirects=True)
     assert "What started this" in page and "match-billing v3" in page and "gpt-4o-mini" in page
     assert "Changed customer_id of tickets #42 from empty to 2" in page  # columns in the table's order
     assert "status of tickets #42 from &#39;needs review&#39; to &#39;resolved&#39;" in page
@@ -261,19 +269,19 @@ def test_a_big_running_runs_pages_say_its_rows_were_counted_earlier(scene, brows
     bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 41")
     bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 44")
     b = browser(scene.users["viewer"])
-    assert "At least" not in b.get(f"/runs/{run_id}").text  # counted when first shown
+    assert "At least" not in b.text_of(f"/runs/{run_id}")  # counted when first shown
     bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 44")
-    page = b.get(f"/runs/{run_id}").text
+    page = b.text_of(f"/runs/{run_id}")
     assert "At least 2 rows in tickets (2)" in page
     assert "the run has written since, and is counted again once it has finished" in page
-    assert "at least tickets 2" in b.get("/runs").text
+    assert "at least tickets 2" in b.text_of("/runs")
 
 
 def test_undo_preview_lists_the_conflict(scene, browser, sc):
     before = snapshot(sc, "tickets")
     b = browser(scene.users["undoer"])
-    assert "Undo this run" in b.get(f"/runs/{scene.run_id}").text
-    page = b.get(f"/runs/{scene.run_id}/undo").text
+    assert "Undo this run" in b.text_of(f"/runs/{scene.run_id}")
+    page = b.text_of(f"/runs/{scene.run_id}/undo")
     assert "Nothing has changed yet" in page
     assert "5 rows to restore" in page and "1 conflict" in page
     conflicts = page[page.index("Conflicts: kept as they are"):]
@@ -288,7 +296,7 @@ def test_undo_says_why_a_row_the_run_added_stays(scene, browser, sc, run_bot):
     run_id = run_bot("INSERT INTO customers (id, name) VALUES (9, 'Fabrikam')", automation="billing-bot")
     sc.execute("INSERT INTO tickets (id, customer_id, subject) VALUES (90, 9, 'filed by a person')")
     b = browser(scene.users["undoer"])
-    page = b.get(f"/runs/{run_id}/undo").text
+    page = b.text_of(f"/runs/{run_id}/undo")
     assert "0 rows to restore" in page and "1 conflict" in page
     conflicts = page[page.index("Conflicts: kept as they are"):]
     assert "added by the run, and rows changed since still refer to it" in conflicts
@@ -296,7 +304,7 @@ def test_undo_says_why_a_row_the_run_added_stays(scene, browser, sc, run_bot):
 
     r = b.post(f"/runs/{run_id}/undo", {"reason": "test"}, page=f"/runs/{run_id}/undo")
     assert r.status_code == 303
-    message = b.get(r.headers["location"]).text
+    message = b.text_of(r.headers["location"])
     assert "added by the run, and rows changed since still refer to it" in message
     assert sc.execute("SELECT name FROM customers WHERE id = 9").fetchone() == ("Fabrikam",)
 
@@ -308,7 +316,7 @@ def test_undo_restores_rows_and_keeps_the_conflict(scene, browser, sc):
     rows = sc.execute("SELECT id, customer_id, status FROM tickets WHERE id BETWEEN 42 AND 44 ORDER BY id").fetchall()
     assert rows == [(42, None, "needs review"), (43, 3, "waiting on customer"), (44, None, "needs review")]
     assert sc.execute("SELECT count(*) FROM billing_notes").fetchone()[0] == 0
-    page = b.get(r.headers["location"]).text
+    page = b.text_of(r.headers["location"])
     assert "restored 5 rows" in page and "Kept 1 conflicting row" in page and "tickets #43" in page
     event = sc.execute("SELECT actor, summary FROM sidecar.events WHERE kind = 'undo'").fetchone()
     assert event[0] == scene.users["undoer"] and "wrong customers" in event[1]
@@ -317,14 +325,16 @@ def test_undo_restores_rows_and_keeps_the_conflict(scene, browser, sc):
 
 def test_undo_one_action_and_one_row(scene, browser, sc):
     b = browser(scene.users["undoer"])
-    preview = b.get(f"/runs/{scene.run_id}/undo?action=match:ticket-42").text
+    preview = b.text_of(f"/runs/{scene.run_id}/undo?action=match:ticket-42")
     assert "2 rows to restore" in preview
-    b.post(f"/runs/{scene.run_id}/undo", {"action": "match:ticket-42"}, page=f"/runs/{scene.run_id}")
+    r = b.post(f"/runs/{scene.run_id}/undo", {"action": "match:ticket-42"}, page=f"/runs/{scene.run_id}")
+    assert r.status_code == 303
     assert sc.execute("SELECT status FROM tickets WHERE id = 42").fetchone()[0] == "needs review"
     assert sc.execute("SELECT status FROM tickets WHERE id = 44").fetchone()[0] == "resolved"
-    page = b.get(f"/runs/{scene.run_id}").text
+    page = b.text_of(f"/runs/{scene.run_id}")
     assert "Undo this row" in page
-    b.post(f"/runs/{scene.run_id}/undo", {"row": "tickets:44"}, page=f"/runs/{scene.run_id}")
+    r = b.post(f"/runs/{scene.run_id}/undo", {"row": "tickets:44"}, page=f"/runs/{scene.run_id}")
+    assert r.status_code == 303
     assert sc.execute("SELECT status FROM tickets WHERE id = 44").fetchone()[0] == "needs review"
     assert sc.execute("SELECT count(*) FROM billing_notes WHERE ticket_id = 44").fetchone()[0] == 1
 
@@ -333,10 +343,10 @@ def test_run_page_is_paginated(scene, browser, sc, run_bot):
     sc.execute("INSERT INTO customers SELECT g, 'Customer ' || g, NULL FROM generate_series(100, 219) g")
     big = run_bot("UPDATE customers SET billing_email = 'c' || id || '@example.com' WHERE id >= 100")
     b = browser(scene.users["viewer"])
-    first = b.get(f"/runs/{big}").text
+    first = b.text_of(f"/runs/{big}")
     assert "Page 1 of 3 (120 in all)" in first
     assert "customers &#34;Customer 100&#34;" in first and "customers &#34;Customer 150&#34;" not in first
-    third = b.get(f"/runs/{big}?page=3").text
+    third = b.text_of(f"/runs/{big}?page=3")
     assert "customers &#34;Customer 219&#34;" in third and "customers &#34;Customer 100&#34;" not in third
 
 
@@ -347,11 +357,11 @@ def test_a_run_of_many_actions_is_paged_without_counting_them_all(scene, browser
     sc.execute("INSERT INTO customers SELECT g, 'Customer ' || g, NULL FROM generate_series(100, 169) g")
     many = run_bot(*[f"UPDATE customers SET billing_email = 'c{i}@example.com' WHERE id = {i}" for i in range(100, 170)])
     b = browser(scene.users["viewer"])
-    first = b.get(f"/runs/{many}").text
+    first = b.text_of(f"/runs/{many}")
     assert "in more than 60 actions" in first
     assert first.count("Page 1 (more than 60 in all)") == 2  # actions and changes
     assert "customers &#34;Customer 149&#34;" in first and "customers &#34;Customer 150&#34;" not in first
-    second = b.get(f"/runs/{many}?page=2").text  # past the first 64 statements
+    second = b.text_of(f"/runs/{many}?page=2")  # past the first 64 statements
     assert "customers &#34;Customer 150&#34;" in second and "customers &#34;Customer 169&#34;" in second
     assert "customers &#34;Customer 149&#34;" not in second
     assert "Page 2 (more than 60 in all)" in second
@@ -361,7 +371,7 @@ def test_a_run_of_many_actions_is_paged_without_counting_them_all(scene, browser
 def test_long_values_are_cut_with_a_way_to_see_all(scene, browser, run_bot):
     long_note = "Refund approved. " * 20
     run_id = run_bot(("UPDATE billing_notes SET note = %s WHERE ticket_id = 42", (long_note,)))
-    page = browser(scene.users["viewer"]).get(f"/runs/{run_id}").text
+    page = browser(scene.users["viewer"]).text_of(f"/runs/{run_id}")
     assert '<details class="long">' in page and f"show all {len(long_note):,} characters" in page
 
 
@@ -386,20 +396,20 @@ def test_approver_approves_and_rejects_held_writes(scene, browser, sc, run_bot):
                    reason="billing email changes need review")
     run_bot("UPDATE customers SET billing_email = 'ap@northwind.example' WHERE id = 3",
             "UPDATE customers SET billing_email = 'spam@evil.example' WHERE id = 4")
-    viewer = browser(scene.users["viewer"]).get("/queue").text
+    viewer = browser(scene.users["viewer"]).text_of("/queue")
     assert "ap@northwind.example" in viewer and "Approve #" not in viewer
     b = browser(scene.users["approver"])
-    page = b.get("/queue").text
+    page = b.text_of("/queue")
     ids = [int(x) for x in re.findall(r'action="/queue/(\d+)/approve"', page)]
     assert len(ids) == 2
     assert "billing email changes need review" in page
     r = b.post(f"/queue/{ids[0]}/approve", {}, page="/queue")
     assert r.status_code == 303
     assert sc.execute("SELECT billing_email FROM customers WHERE id = 3").fetchone()[0] == "ap@northwind.example"
-    b.post(f"/queue/{ids[1]}/reject", {"reason": "not their address"}, page="/queue")
+    assert b.post(f"/queue/{ids[1]}/reject", {"reason": "not their address"}, page="/queue").status_code == 303
     assert sc.execute("SELECT billing_email FROM customers WHERE id = 4").fetchone()[0] == "finance@globex.example"
-    assert "Nothing waits for review" in b.get("/queue").text
-    assert "not their address" in b.get("/queue?show=all").text
+    assert "Nothing waits for review" in b.text_of("/queue")
+    assert "not their address" in b.text_of("/queue?show=all")
 
 
 def test_sign_in_sends_people_back_only_to_this_site(scene, browser):
@@ -409,6 +419,6 @@ def test_sign_in_sends_people_back_only_to_this_site(scene, browser):
                              ("/\\evil.example", "/"), ("https://evil.example", "/")):
         r = b.client.post("/signin", data={"user": scene.users["viewer"], "password": PASSWORD, "next": target,
                                            "csrftoken": token(page.text)})
-        assert r.headers["location"] == expected, target
-        b.post("/signout", {}, page="/runs")
+        assert r.status_code == 303 and r.headers["location"] == expected, target
+        assert b.post("/signout", {}, page="/runs").status_code == 303
         page = b.get("/signin")

@@ -10,10 +10,13 @@ from sidecar import cluster
 from sidecar.cli import cli
 
 
-def test_demo_tells_the_story_and_exits_0():
+def test_demo_tells_the_story_and_exits_0(monkeypatch, pg_bindir):
+    # The demo on the server binaries the suite runs on, not always the first local ones.
+    monkeypatch.setattr(cluster, "find_bindirs", lambda: [pg_bindir])
     result = CliRunner().invoke(cli, ["demo"])
     out = result.output
     assert result.exit_code == 0, out
+    assert f"PostgreSQL {cluster.server_version(pg_bindir)} from " in out
 
     # The bad run, in plain language.
     assert re.search(r"tickets #42: customer_id empty -> 2, status 'needs review' -> 'resolved'", out)

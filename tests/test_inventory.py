@@ -114,12 +114,11 @@ def test_inventory_lists_tables_writers_and_warns_about_high_risk_without_hold(t
 
 
 def test_a_hold_rule_for_the_automation_silences_the_warning(tables, run_bot, cli):
-    add_rule = "sidecar.add_rule(regclass,text,text,text,integer)"
-    if tables.execute("SELECT to_regprocedure(%s)", (add_rule,)).fetchone()[0] is None:
-        pytest.skip("the review queue (hold rules) is not installed")
     track(tables, "billing_notes", owner="billing-team", risk="high")
     run_bot("INSERT INTO billing_notes VALUES (1, 1, 'a')", automation="billing-bot")
-    tables.execute("""SELECT sidecar.add_rule('billing_notes', 'NEW."note" IS NULL', 'empty note', 'other-bot')""")
+    added = cli("rule", "add", "billing_notes", "--when", "NEW.note IS NULL", "--hold", "--reason", "empty note",
+                "--automation", "other-bot")
+    assert added.exit_code == 0, added.output
     report, by_table = inventory(cli)
     assert by_table["public.billing_notes"]["hold_rules"] == [
         'rule 1 holds rows where NEW."note" IS NULL (other-bot): empty note']

@@ -86,6 +86,11 @@ def test_bot_writes_are_captured_but_it_cannot_touch_history(sc, roles):
     assert sc.execute(sql.SQL("SELECT count(*) FROM sidecar.{}").format(sql.Identifier(log))).fetchone()[0] == 2
 
     history = sql.Identifier("sidecar", log)
+    # No reading either: history holds other automations' rows, and people's.
+    for table in (history, sql.Identifier("sidecar", "runs"), sql.Identifier("sidecar", "events"),
+                  sql.Identifier("sidecar", "pending")):
+        assert isinstance(refused(bot, sql.SQL("SELECT count(*) FROM {}").format(table)),
+                          psycopg.errors.InsufficientPrivilege)
     assert isinstance(refused(bot, sql.SQL("DELETE FROM {}").format(history)), psycopg.errors.InsufficientPrivilege)
     assert isinstance(refused(bot, sql.SQL("UPDATE {} SET status = 'x'").format(history)),
                       psycopg.errors.InsufficientPrivilege)
@@ -129,6 +134,39 @@ def test_bot_cannot_resume_its_own_pause_but_a_pauser_can(sc, roles):
     assert pauser.execute("SELECT sidecar.resume('ticket-bot')").fetchone()[0] is True
     event = sc.execute("SELECT actor, summary FROM sidecar.events WHERE kind = 'pause'").fetchone()
     assert event[0].startswith("pauser_") and "wrong customers" in event[1]
+
+
+def test_a_pauser_pauses_and_resumes_a_table_the_bot_cannot(sc, roles):
+    bot, pauser = roles
+    bot.execute("SELECT sidecar.start_run('ticket-bot')")
+    assert isinstance(refused(bot, "SELECT sidecar.pause_table('tickets', 'x')"), psycopg.errors.InsufficientPrivilege)
+    pauser.execute("SELECT sidecar.pause_table('tickets', 'wrong customers')")
+    assert refused(bot, "UPDATE tickets SET status = 'bot'").sqlstate == "SC001"
+    assert isinstance(refused(bot, "SELECT sidecar.resume_table('tickets')"), psycopg.errors.InsufficientPrivilege)
+    assert pauser.execute("SELECT sidecar.resume_table('tickets')").fetchone()[0] is True
+    bot.execute("UPDATE tickets SET status = 'bot'")
+
+
+def test_an_approver_approves_and_rejects_what_the_bot_cannot(sc, dsn, roles):
+    bot, _ = roles
+    approver = f"approver_{uuid.uuid4().hex[:8]}"
+    sc.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE sidecar_approver").format(sql.Identifier(approver)))
+    try:
+        result = CliRunner().invoke(cli, ["rule", "add", "tickets", "--when", "NEW.status = 'refunded'", "--hold",
+                                          "--reason", "refunds need a person", "--dsn", dsn])
+        assert result.exit_code == 0, result.output
+        with sidecar.Run(bot, "ticket-bot"):
+            bot.execute("UPDATE tickets SET status = 'refunded'")
+        first, second = [r[0] for r in sc.execute("SELECT pending_id FROM sidecar.pending ORDER BY pending_id")]
+        assert isinstance(refused(bot, "SELECT sidecar.approve(%s, 'me')", (first,)),
+                          psycopg.errors.InsufficientPrivilege)
+        with psycopg.connect(make_conninfo(dsn, user=approver), autocommit=True) as person:
+            person.execute("SELECT sidecar.approve(%s, 'checked')", (first,))
+            person.execute("SELECT sidecar.reject(%s, 'not refunded')", (second,))
+        assert sc.execute("SELECT id, status FROM tickets ORDER BY id").fetchall() == [(1, "refunded"), (2, "open")]
+    finally:
+        sc.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(approver)))
+        sc.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(approver)))
 
 
 def test_sidecar_functions_do_not_read_other_tables_for_the_bot(sc, roles):
@@ -183,4 +221,4 @@ def test_bot_sets_the_context_of_its_action_but_cannot_write_it_otherwise(sc, ro
     assert sc.execute("SELECT context FROM sidecar.actions WHERE run_id = %s", (run.run_id,)).fetchone()[0] == {
         "why": "customer said thanks", "confidence": 0.9}
     assert isinstance(refused(bot, "UPDATE sidecar.actions SET context = '{}'"), psycopg.errors.InsufficientPrivilege)
-    assert isinstance(refused(bot, "SELECT sidecar._write_context()"), psycopg.errors.InsufficientPrivilege)
+    assert isinstance(refused(bot, "SELECT sidecar._context_text('why')"), psycopg.errors.InsufficientPrivilege)

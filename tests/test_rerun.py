@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import uuid
 
 import psycopg
 import pytest
@@ -26,10 +28,12 @@ def notes(sc):
     return sc
 
 
-def note_batch(conn, run, die_at=None, killer=None):
-    """The automation: one note per ticket, each ticket one step."""
+def note_batch(conn, run, die_at=None, killer=None, did=None, same_work=False):
+    """The automation: one note per ticket, each ticket one step (the tickets it did go to `did`)."""
     for t in run.steps(range(1, N + 1), key=lambda t: f"note:ticket-{t}",
-                       touches=lambda t: [("tickets", {"id": t})]):
+                       touches=lambda t: [("tickets", {"id": t})], same_work=same_work):
+        if did is not None:
+            did.append(t)
         conn.execute("INSERT INTO billing_notes (ticket_id, note) VALUES (%s, 'matched')", (t,))
         conn.execute("UPDATE tickets SET status = 'noted' WHERE id = %s", (t,))
         if t == die_at:
@@ -74,11 +78,12 @@ def test_rerun_does_only_what_is_left(notes, make_conn, cli):
     assert count_notes(notes) == (N, N)
     row = notes.execute("SELECT rerun_of, status FROM sidecar.runs WHERE run_id = %s", (rerun_id,)).fetchone()
     assert row == (run_id, "succeeded")
-    # Once more: everything is done, nothing is written twice.
+    # Once more: everything is done, so no rerun is opened (no empty run left behind).
+    runs_before = notes.execute("SELECT count(*) FROM sidecar.runs").fetchone()[0]
     again = cli("rerun", str(run_id)[:8])
-    bot2 = make_conn()
-    with sidecar.Run(bot2, "note-bot", run_id=again.output.split("Rerun ")[1].split(":")[0]) as run:
-        note_batch(bot2, run)
+    assert again.exit_code == 0, again.output
+    assert "Nothing left to redo: no rerun opened." in again.output
+    assert notes.execute("SELECT count(*) FROM sidecar.runs").fetchone()[0] == runs_before
     assert count_notes(notes) == (N, N)
 
 
@@ -101,21 +106,31 @@ def test_a_rerun_says_which_done_steps_were_undone_since(notes, make_conn, cli):
 def test_two_concurrent_reruns_still_give_exactly_n(notes, make_conn, cli):
     run_id = kill_batch(notes, make_conn, die_at=3)
     rerun_id = cli("rerun", str(run_id)).output.split("Rerun ")[1].split(":")[0]
-    errors = []
+    errors: list[BaseException] = []
+    both_in = threading.Barrier(2, timeout=30)
+    attached: list[int] = []
+    did: dict[int, list[int]] = {0: [], 1: []}
 
-    def attempt():
+    def attempt(i):
         conn = make_conn()
         try:
             with sidecar.Run(conn, "note-bot", run_id=rerun_id) as run:
-                note_batch(conn, run)
-        except Exception as exc:  # a clear failure is allowed; a double write is not
+                attached.append(conn.info.backend_pid)
+                both_in.wait()  # both sessions hold the rerun before either starts a step
+                # Two attempts of one run do the same work: said so, a step the other did is skipped.
+                note_batch(conn, run, did=did[i], same_work=True)
+        except Exception as exc:  # noqa: BLE001 - asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert len(set(attached)) == 2  # the two attempts overlapped, in two sessions
+    # Neither failed: each step waits for the other session's attempt of it, then is skipped as done.
+    assert errors == []
+    assert sorted(did[0] + did[1]) == list(range(3, N + 1))  # each step left done exactly once
     assert count_notes(notes) == (N, N)
 
 
@@ -152,15 +167,22 @@ def test_rerun_of_a_live_run_needs_force(notes, make_conn, cli):
 
 def test_sql_steps_skip_what_is_done_and_say_who_did_it(notes, make_conn):
     bot = make_conn()
-    bot.execute("SELECT sidecar.start_run('note-bot')")
+    run_id = bot.execute("SELECT sidecar.start_run('note-bot')").fetchone()[0]
     with bot.transaction():
         assert bot.execute("SELECT sidecar.begin_step('note:ticket-1')").fetchone()[0] is True
         bot.execute("INSERT INTO billing_notes (ticket_id, note) VALUES (1, 'x')")
         bot.execute("SELECT sidecar.end_step()")
+    # The same run beginning a key it completed is a second piece of work under one key: refused...
+    with pytest.raises(psycopg.Error) as conflict:
+        bot.execute("SELECT sidecar.begin_step('note:ticket-1')")
+    assert conflict.value.sqlstate == "SC012"
+    assert "already done by this run" in conflict.value.diag.message_primary
+    # ...unless the caller says it is the same work: then it is skipped.
     with bot.transaction():
-        assert bot.execute("SELECT sidecar.begin_step('note:ticket-1')").fetchone()[0] is False
+        assert bot.execute("SELECT sidecar.begin_step('note:ticket-1', p_same_work => true)").fetchone()[0] is False
         who = bot.execute("SELECT run_id FROM sidecar.step_done('note:ticket-1')").fetchone()
-        assert who is not None
+        assert who == (run_id,)
+        assert bot.execute("SELECT count(*) FROM sidecar.step_done('note:ticket-2')").fetchone()[0] == 0
     # A step is an action: one undo unit.
     assert notes.execute("SELECT key FROM sidecar.actions").fetchall() == [("note:ticket-1",)]
     with pytest.raises(psycopg.Error) as err:
@@ -179,3 +201,69 @@ def test_rerun_exec_runs_the_command_attached(notes, make_conn, cli, dsn, tmp_pa
     assert rerun_of == str(run_id)
     assert steps.split(",")[0] == "note:ticket-2"
     assert notes.execute("SELECT status FROM sidecar.runs WHERE run_id = %s", (rerun_id,)).fetchone()[0] == "succeeded"
+
+
+def test_rerun_step_redoes_only_the_steps_named(notes, make_conn, cli):
+    run_id = kill_batch(notes, make_conn, die_at=6)
+    result = cli("rerun", str(run_id)[:8], "--step", "note:ticket-8", "--step", "note:ticket-6")
+    assert result.exit_code == 0, result.output
+    rerun_id = result.output.split("Rerun ")[1].split(":")[0]
+    assert result.output.split("Rerun ")[1].split(": ", 1)[1].splitlines()[0] == "note:ticket-6, note:ticket-8"
+    bot = make_conn()
+    with sidecar.Run(bot, "note-bot", run_id=rerun_id) as run:
+        note_batch(bot, run)
+    noted = {r[0] for r in notes.execute("SELECT ticket_id FROM billing_notes")}
+    assert noted == {1, 2, 3, 4, 5, 6, 8}
+    # The rest is still left for another rerun.
+    again = cli("rerun", str(run_id)[:8])
+    assert again.exit_code == 0, again.output
+    assert again.output.split("Rerun ")[1].split(": ", 1)[1].splitlines()[0] == "note:ticket-7, note:ticket-9, note:ticket-10"
+
+
+def test_rerun_step_that_the_run_never_had_is_refused(notes, make_conn, cli):
+    run_id = kill_batch(notes, make_conn, die_at=6)
+    result = cli("rerun", str(run_id)[:8], "--step", "note:ticket-99")
+    assert result.exit_code == 2
+    assert f"run {run_id} has no step 'note:ticket-99'" in result.output
+    assert notes.execute("SELECT count(*) FROM sidecar.runs WHERE rerun_of = %s", (run_id,)).fetchone()[0] == 0
+
+
+def test_step_done_names_the_run_that_did_the_step(notes, make_conn, cli):
+    run_id = kill_batch(notes, make_conn, die_at=6)
+    rerun_id = cli("rerun", str(run_id)[:8]).output.split("Rerun ")[1].split(":")[0]
+    bot = make_conn()
+    with sidecar.Run(bot, "note-bot", run_id=rerun_id) as run:
+        note_batch(bot, run)
+        done = dict(bot.execute("SELECT key, (SELECT run_id FROM sidecar.step_done(key)) "
+                                "FROM unnest(ARRAY['note:ticket-1', 'note:ticket-5', 'note:ticket-6', "
+                                "'note:ticket-10']) key").fetchall())
+    assert done == {"note:ticket-1": run_id, "note:ticket-5": run_id,
+                    "note:ticket-6": uuid.UUID(rerun_id), "note:ticket-10": uuid.UUID(rerun_id)}
+
+
+def test_two_attempts_of_one_step_wait_for_each_other(notes, make_conn):
+    """The second session's begin_step waits while the first has the step open, then sees it done
+    (a second attempt of the run's own step says it is the same work: p_same_work)."""
+    first, second = make_conn(autocommit=False), make_conn(autocommit=False)
+    run_id = first.execute("SELECT sidecar.start_run('note-bot')").fetchone()[0]
+    first.commit()
+    second.execute("SELECT set_config('sidecar.run_id', %s, false)", (str(run_id),))
+    second.commit()
+    assert first.execute("SELECT sidecar.begin_step('note:ticket-1')").fetchone()[0] is True
+    first.execute("INSERT INTO billing_notes (ticket_id, note) VALUES (1, 'first')")
+    answer: list[bool] = []
+    waiter = threading.Thread(target=lambda: answer.append(
+        second.execute("SELECT sidecar.begin_step('note:ticket-1', true)").fetchone()[0]))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and notes.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+            (second.info.backend_pid,)).fetchone()[0] == 0 and waiter.is_alive():
+        time.sleep(0.05)
+    assert waiter.is_alive() and answer == []  # waiting for the first attempt, not going ahead
+    first.execute("SELECT sidecar.end_step()")
+    first.commit()
+    waiter.join(timeout=10)
+    assert answer == [False]  # the loser sees the step done, and skips it
+    second.rollback()
+    assert count_notes(notes) == (1, 1)

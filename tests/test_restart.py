@@ -13,10 +13,10 @@ from tests.fix_sidecar import snapshot, undo
 
 
 @pytest.fixture
-def own_cluster(server_bindir):
-    """A server of our own (the shared one cannot be crashed), of the session's major."""
+def own_cluster(pg_bindir):
+    """A server of our own (the shared one cannot be crashed), of the major the suite runs on."""
     # Commits wait for their WAL: a committed write must survive the crash.
-    with ThrowawayCluster(bindir=server_bindir, settings={"synchronous_commit": "on"}) as cluster:
+    with ThrowawayCluster(bindir=pg_bindir, settings={"synchronous_commit": "on"}) as cluster:
         yield cluster
 
 

@@ -51,6 +51,7 @@ def test_purge_keeps_runs_still_running_or_being_undone(sc, run_bot, make_conn, 
     other = make_conn(autocommit=False)
     other.execute("SELECT pg_advisory_xact_lock(hashtext('sidecar.undo'), hashtext(%s))", (str(old),))
     result = cli("purge", "--before", "90d", "--yes")
+    assert result.exit_code == 0, result.output
     assert "kept run " + str(old)[:8] in result.output
     assert history_rows(sc) == 6
     other.rollback()
@@ -58,5 +59,34 @@ def test_purge_keeps_runs_still_running_or_being_undone(sc, run_bot, make_conn, 
     run_id = running.execute("SELECT sidecar.start_run('slow-bot')").fetchone()[0]
     sc.execute("UPDATE sidecar.runs SET started_at = now() - interval '100 days' WHERE run_id = %s", (run_id,))
     result = cli("purge", "--before", "90d", "--yes")
+    assert result.exit_code == 0, result.output
     assert "still running" in result.output
     assert history_rows(sc) == 2
+
+
+def test_purge_keeps_a_run_whose_held_changes_still_wait(sc, run_bot, cli):
+    """A held change is applied under its run when approved: the run's history must stay until
+    nobody waits on it any more."""
+    sc.execute("CREATE TABLE refunds (id int PRIMARY KEY, amount int)")
+    track(sc, "refunds")
+    result = cli("rule", "add", "refunds", "--when", "NEW.amount > 500", "--hold", "--reason", "refund over limit")
+    assert result.exit_code == 0, result.output
+    old, _ = make_runs(sc, run_bot)
+    held_run = run_bot("UPDATE tickets SET status = 'held bot' WHERE id = 4",
+                       "INSERT INTO refunds VALUES (1, 900)")
+    sc.execute("UPDATE sidecar.runs SET started_at = now() - interval '100 days' WHERE run_id = %s", (held_run,))
+    assert sc.execute("SELECT count(*) FROM sidecar.pending WHERE status = 'pending'").fetchone()[0] == 1
+
+    result = cli("purge", "--before", "90d", "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert f"kept run {str(held_run)[:8]}: held items wait for review" in result.output
+    assert "Purged 1 run" in result.output
+    assert sc.execute("SELECT purged_at IS NULL FROM sidecar.runs WHERE run_id = %s", (held_run,)).fetchone()[0]
+    assert sc.execute("SELECT purged_at IS NOT NULL FROM sidecar.runs WHERE run_id = %s", (old,)).fetchone()[0]
+    # Once decided, the run is purged like any other.
+    pending_id = sc.execute("SELECT pending_id FROM sidecar.pending").fetchone()[0]
+    assert cli("reject", str(pending_id), "--reason", "too much").exit_code == 0
+    result = cli("purge", "--before", "90d", "--yes")
+    assert result.exit_code == 0, result.output
+    assert sc.execute("SELECT purged_at IS NOT NULL FROM sidecar.runs WHERE run_id = %s", (held_run,)).fetchone()[0]

@@ -187,11 +187,12 @@ def test_show_json_has_run_actions_and_change_text(support, cli, run_bot):
 
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert sorted(doc) == ["actions", "events", "more_actions", "run"]
+    assert sorted(doc) == ["actions", "events", "held", "more_actions", "run", "summary"]
+    assert sorted(doc["summary"]) == ["changed", "failed", "meta", "next", "started", "started_at"]
     assert doc["more_actions"] == 0
     assert doc["run"]["run_id"] == str(run_id) and doc["run"]["meta"] == {"rule": "auto-close"}
     (action,) = doc["actions"]
-    assert action["key"].startswith("tx:")
+    assert action["key"].startswith("tx:") and action["context"] is None
     (change,) = action["changes"]
     assert change["text"] == "tickets #42: status 'needs review' -> 'resolved'"
     assert change["op"] == "U" and change["key"] == {"id": 42}

@@ -7,7 +7,7 @@ tables), the test sees it waiting in pg_locks, and kills the server then. After 
 each test checks the whole state (rows, history, runs, queue, events) and that running the
 same command again finishes the job.
 
-Each test has a cluster of its own, of the session's major (`server_bindir`).
+Each test has a cluster of its own, of the session's major (`pg_bindir`).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ END $$"""
 
 
 @pytest.fixture
-def cluster(server_bindir):
+def cluster(pg_bindir):
     # Commits wait for their WAL: what was committed must survive the kill.
-    with ThrowawayCluster(bindir=server_bindir, settings={"synchronous_commit": "on"}) as c:
+    with ThrowawayCluster(bindir=pg_bindir, settings={"synchronous_commit": "on"}) as c:
         yield c
 
 

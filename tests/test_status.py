@@ -8,6 +8,12 @@ import time
 import sidecar
 
 
+def ok(result):
+    """A CLI call that must succeed: exit code 0, else its output in the failure."""
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def _refunds(sc, cli):
     sc.execute("CREATE TABLE refunds (id int PRIMARY KEY, ticket_id int NOT NULL, amount numeric NOT NULL, "
                "status text NOT NULL DEFAULT 'proposed')")
@@ -35,7 +41,7 @@ def test_status_of_a_paused_automation_lists_its_run_in_flight_and_its_held_item
         assert "Added refund #1 (" in out
         assert "#1  Add refund #2 (ticket id 43, amount 900, status 'proposed') (rule: refund over limit)" in out
 
-        doc = json.loads(cli("status", "--json").output)
+        doc = json.loads(ok(cli("status", "--json")).output)
         (bot_state,) = [a for a in doc["automations"] if a["name"] == "refund-bot"]
         assert bot_state["state"] == "paused"
         assert bot_state["pending"] == 1
@@ -58,7 +64,7 @@ def test_status_counts_held_items_of_an_active_automation_and_names_abandoned_ru
         for i in range(5):
             bot.execute("INSERT INTO refunds (id, ticket_id, amount) VALUES (%s, 40, 600)", (10 + i,))
     # Active: the count only; the items are in `sidecar queue`.
-    out = cli("status").output
+    out = ok(cli("status")).output
     assert "refund-bot           active   1 run" in out and "5 held changes to review" in out
     assert "waiting for review" not in out
 
@@ -72,14 +78,14 @@ def test_status_counts_held_items_of_an_active_automation_and_names_abandoned_ru
         if not sc.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
             break
         time.sleep(0.05)
-    cli("pause", "*", "--reason", "big red button")
-    out = cli("status").output
+    ok(cli("pause", "*", "--reason", "big red button"))
+    out = ok(cli("status")).output
     assert "EVERY AUTOMATION PAUSED" in out
     assert f"run {str(run.run_id)[:8]} abandoned (no live session), last write" in out
     assert "Changed status of refund #1 from 'proposed' to 'sent'" in out
     assert "… and 2 more: sidecar queue" in out
     assert out.count("(rule: refund over limit)") == 3
-    doc = json.loads(cli("status", "--json").output)
+    doc = json.loads(ok(cli("status", "--json")).output)
     (bot_state,) = doc["automations"]
     assert bot_state["pending"] == 5 and len(bot_state["held"]) == 3
     assert [f["state"] for f in bot_state["in_flight"]] == ["abandoned"]
@@ -88,13 +94,13 @@ def test_status_counts_held_items_of_an_active_automation_and_names_abandoned_ru
 def test_status_says_how_history_follows_schema_changes(sc, cli):
     sc.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
     sidecar.capture.tracking.track(sc, "tickets")
-    assert "schema changes: followed at each ALTER TABLE" in cli("status").stdout
+    assert "schema changes: followed at each ALTER TABLE" in ok(cli("status")).stdout
 
     # A DBA disables one: capture still relies on it until install renders it with the check.
     sc.execute("ALTER EVENT TRIGGER sidecar_watch_drop DISABLE")
-    out = cli("status").stdout
+    out = ok(cli("status")).stdout
     assert "SCHEMA CHANGES NOT FOLLOWED: event trigger sidecar_watch_alter or sidecar_watch_drop" in out
-    assert json.loads(cli("status", "--json").stdout)["shapes"] == "lost"
+    assert json.loads(ok(cli("status", "--json")).stdout)["shapes"] == "lost"
 
     assert cli("install").exit_code == 0
-    assert "schema changes: checked by every captured statement" in cli("status").stdout
+    assert "schema changes: checked by every captured statement" in ok(cli("status")).stdout

@@ -21,6 +21,7 @@ class InstallReport:
     rerendered: list[str] = field(default_factory=list)
     shapes_watched: bool = False  # the shape-watching event triggers were created by this install
     statements: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the installing role could not do, and what to ask for
 
     @property
     def changed(self) -> bool:
@@ -114,7 +115,17 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
             conn.execute("SELECT sidecar._render_hold(%s)", (tracked_id,))
             report.rerendered.append(relid)
         # Grants are re-applied every time: new functions start executable by PUBLIC.
-        conn.execute(resources.privileges())
+        # What this role may not do (create the group roles) comes back as warnings.
+        def keep_warning(notice: psycopg.errors.Diagnostic) -> None:
+            if notice.severity_nonlocalized == "WARNING" and (notice.message_primary or "").startswith("sidecar:"):
+                hint = f" {notice.message_hint}" if notice.message_hint else ""
+                report.warnings.append(f"{notice.message_primary}.{hint}")
+
+        conn.add_notice_handler(keep_warning)
+        try:
+            conn.execute(resources.privileges())
+        finally:
+            conn.remove_notice_handler(keep_warning)
     return report
 
 

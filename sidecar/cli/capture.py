@@ -20,6 +20,8 @@ def install(dsn, dry_run):
     """
     with connect(dsn) as conn:
         report = schema.install(conn, dry_run=dry_run)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if dry_run:
         if not report.changed:
             click.echo("-- sidecar is up to date: nothing would run")

@@ -6,6 +6,7 @@ import click
 
 from ..capture import context, history
 from ..ops import summary as run_summary
+from ..review import held as held_mod
 from ..steps import runs
 from ..text import render
 from ._common import connect, dsn_option, handles_errors, json_option, parse_since
@@ -43,6 +44,7 @@ def show(dsn, run_id, limit, actions_max, as_json):
         events = conn.execute(
             "SELECT at, actor, summary FROM sidecar.events WHERE run_id = %s ORDER BY at", (info.run_id,)
         ).fetchall()
+        held = held_mod.of_run(conn, info.run_id)
         if more_actions:
             contexts = context.of_actions(conn, info.run_id, [k for k, _, _ in actions])
         else:
@@ -64,7 +66,8 @@ def show(dsn, run_id, limit, actions_max, as_json):
                          "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c))
                                      for c in ch], "more": m} for k, ch, m in actions],
             "more_actions": more_actions,
+            "held": [dict(render.to_jsonable(h), text=h.text) for h in held],
             "events": [{"at": a, "actor": b, "summary": s} for a, b, s in events],
         }))
     else:
-        click.echo(render.show_run(info, actions, events, more_actions, contexts, summary))
+        click.echo(render.show_run(info, actions, events, more_actions, contexts, summary, held))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 
@@ -19,12 +20,18 @@ class Summary:
     """Each answer a list of lines; an empty list: nothing (nothing failed, nothing waits)."""
 
     started: list[str] = field(default_factory=list)
+    # When, apart: the CLI prints it in the local time zone, the console in the reader's.
+    started_at: datetime | None = None
+    # The run's metadata (prompt, model...) as lines: the console shows its own list of it.
+    meta: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     next: list[str] = field(default_factory=list)
 
     def sections(self) -> list[tuple[str, list[str]]]:
-        return [("What started this", self.started), ("What changed", self.changed),
+        when = self.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if self.started_at else None
+        started = ([f"{self.started[0]} at {when}"] + self.started[1:]) if self.started and when else self.started
+        return [("What started this", started + self.meta), ("What changed", self.changed),
                 ("What failed", self.failed), ("What happens next", self.next)]
 
 
@@ -34,13 +41,12 @@ def _short(run_id: uuid.UUID | None) -> str:
 
 def summarize(conn: psycopg.Connection, info: RunInfo) -> Summary:
     """Plain-language answers, each a few lines, read from runs, actions, steps, the queue and events."""
-    s = Summary()
-    when = info.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    s.started.append(f"{info.automation}, started by {info.started_by} at {when}")
+    s = Summary(started_at=info.started_at)
+    s.started.append(f"{info.automation}, started by {info.started_by}")
     # The run's own metadata (prompt, model, job...), the usual keys first.
     keys = sorted(info.meta, key=lambda k: ({"prompt": 0, "model": 1}.get(k, 2), k))
     for key in keys[:5]:
-        s.started.append(f"{key}: {describe.value(info.meta[key], 200).strip(chr(39))}")
+        s.meta.append(f"{key}: {describe.value(info.meta[key], 200).strip(chr(39))}")
     if info.undo_of:
         s.started.append(f"an undo of run {_short(info.undo_of)}")
     if info.rerun_of:

@@ -189,6 +189,12 @@ def queue(conn: psycopg.Connection, *, include_decided: bool = False, limit: int
     return _with_context(conn, [_to_item(r) for r in rows])
 
 
+def of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[HeldChange]:
+    """Every write of one run a rule held, decided or not, oldest first."""
+    rows = conn.execute(_SELECT + " WHERE p.run_id = %s ORDER BY p.pending_id", (run_id,)).fetchall()
+    return [_to_item(r) for r in rows]
+
+
 def get(conn: psycopg.Connection, pending_id: int) -> HeldChange:
     row = conn.execute(_SELECT + " WHERE p.pending_id = %s", (pending_id,)).fetchone()
     if row is None:

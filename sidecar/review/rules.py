@@ -121,17 +121,32 @@ def _one_line(message: str) -> str:
     return " ".join(message.split())
 
 
-def _node_name(node: exp.Expression) -> str:
-    if isinstance(node, exp.Anonymous):
-        return f"function {node.name}()"
+_CALLED = re.compile(r"([A-Za-z_][A-Za-z0-9_$]*)\s*\(")
+
+
+def _called_name(node: exp.Func, text: str | None) -> str:
+    """The function's name as the user wrote it (sqlglot's class names another dialect's: random() is Rand)."""
+    names = {node.name.lower()} if isinstance(node, exp.Anonymous) else set()
+    names |= {n.lower() for n in getattr(type(node), "_sql_names", [])} | {node.sql_name().lower()}
+    rendered = node.sql(dialect="postgres").split("(")[0].strip().lower()
+    names.add(rendered)
+    written = [m.group(1) for m in _CALLED.finditer(text or "")]
+    for name in written:
+        if name.lower() in names:
+            return name
+    unknown = [n for n in written if n.lower() not in set(ALLOWED_FUNCTIONS.values()) | {"in", "cast"}]
+    return unknown[0] if len(unknown) == 1 else rendered
+
+
+def _node_name(node: exp.Expression, text: str | None = None) -> str:
     if isinstance(node, exp.Func):
-        return f"function {node.sql_name().lower()}()"
+        return f"function {_called_name(node, text)}()"
     if isinstance(node, (exp.Subquery, exp.Query)):
         return "a subquery"
     return type(node).__name__
 
 
-def _check_node(node: exp.Expression, columns: set[str], table: str) -> None:
+def _check_node(node: exp.Expression, columns: set[str], table: str, text: str | None = None) -> None:
     # Exact classes, not isinstance: a subclass of an allowed node is another construct.
     kind = type(node)
     if isinstance(node, (exp.Subquery, exp.Query, exp.Exists)):
@@ -142,7 +157,7 @@ def _check_node(node: exp.Expression, columns: set[str], table: str) -> None:
     if kind not in _ALLOWED_NODES:
         if isinstance(node, exp.Func):
             allowed = ", ".join(sorted(ALLOWED_FUNCTIONS.values()))
-            raise UsageError(f"--when must not call {_node_name(node)}; allowed functions: {allowed}")
+            raise UsageError(f"--when must not call {_node_name(node, text)}; allowed functions: {allowed}")
         raise UsageError(
             f"--when must not use {_node_name(node)} ({node.sql(dialect='postgres')}); use column references "
             "NEW.col / OLD.col, literals, comparisons, AND/OR/NOT, arithmetic, IS NULL, IN (...), BETWEEN, "
@@ -227,7 +242,7 @@ def _ref_key(node: exp.Dot, foreign_keys: list[ForeignKey], table: str) -> tuple
 
 
 def _check_tree(node: exp.Expression, columns: set[str], table: str, foreign_keys: list[ForeignKey],
-                compiled: set[str] | None = None) -> None:
+                compiled: set[str] | None = None, text: str | None = None) -> None:
     """Check every node of the predicate. compiled: the rendered text is checked, where the
     sidecar-made forms (REF subqueries, CONTEXT calls) are allowed exactly as rendered, and CONTEXT
     and REF as the user writes them are not."""
@@ -243,9 +258,9 @@ def _check_tree(node: exp.Expression, columns: set[str], table: str, foreign_key
     if isinstance(node, exp.Column):
         _check_column(node, columns, table, context_allowed=compiled is None)
     else:
-        _check_node(node, columns, table)
+        _check_node(node, columns, table, text)
     for child in node.iter_expressions():
-        _check_tree(child, columns, table, foreign_keys, compiled)
+        _check_tree(child, columns, table, foreign_keys, compiled, text)
 
 
 def _parse_one(text: str) -> exp.Expression:
@@ -298,7 +313,7 @@ def compile_predicate(text: str, columns: set[str], table: str,
     """
     foreign_keys = foreign_keys or []
     tree = _parse_one(text)
-    _check_tree(tree, columns, table, foreign_keys)
+    _check_tree(tree, columns, table, foreign_keys, text=text)
     made: set[str] = set()
 
     def quote(node: exp.Expression) -> exp.Expression:

@@ -15,9 +15,10 @@ import psycopg
 
 from ..capture.history import row_counts
 from ..capture.tracking import regclass
-from ..errors import UsageError
+from ..errors import TransactionAborted, UsageError, full_text, one_line
+from . import _step, own_run, protocol
 from . import context as _context
-from . import protocol
+from ._step import LEFT_EARLY, Step, _in_error
 
 _UUID_PREFIX = re.compile(r"^[0-9a-fA-F-]+$")
 
@@ -28,8 +29,10 @@ class Run(protocol.BaseRun):
         with sidecar.Run(conn, "ticket-bot", meta={"prompt": "v3"}) as run:
             conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
 
-    The run finishes as succeeded, or as failed with the exception's text when
-    the block raises (the exception still propagates).
+    The run finishes as succeeded, or as failed with the exception's one-line text
+    when the block raises (the exception still propagates). `run.run_id` is its id.
+    key: an idempotency key; a second run of the automation with the same key is a
+    rerun of the first (its steps done are skipped).
 
     pooled=True leaves nothing on the session, for PgBouncer's transaction
     pooling: each `run.action(key)`, `run.step(key)` and `run.transaction()` is
@@ -37,29 +40,57 @@ class Run(protocol.BaseRun):
     the run's.
     """
 
+    conn: psycopg.Connection
+
     def __enter__(self) -> "Run":
-        if self.run_id is None:
-            with self.conn.transaction():
-                self.run_id = self.conn.execute(protocol.START,
-                                                protocol.start(self.automation, self.meta)).fetchone()[0]
-                if self.pooled:
-                    self.conn.execute(protocol.UNTAG_SESSION)
-        elif not self.pooled:
-            self.conn.execute(protocol.ATTACH, protocol.attach(self.run_id, self.automation))
+        self._check_enter()
+        with self.conn.transaction():
+            if self.run_id is None:
+                self.run_id = self.conn.execute(
+                    protocol.START, protocol.start(self.automation, self.meta, self.key)).fetchone()[0]
+            else:
+                self.conn.execute(protocol.ATTACH, protocol.attach(self.run_id, self.automation))
+            if self.pooled:
+                self.conn.execute(protocol.UNTAG_SESSION)
         if not self.conn.autocommit:
             self.conn.commit()
+        self._started = True
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._finished = True
         if self.conn.closed:
             return
+        if self._open_step is not None:
+            # A loop over run.steps kept in a variable: its step ends with the block's exception.
+            if exc is not None:
+                self._open_step.__exit__(exc_type, exc, tb)
+            else:
+                self._open_step._abandon()
+        if exc is None and _in_error(self.conn):
+            # The block caught a failed statement and went on: its transaction cannot commit.
+            self.conn.rollback()
+            err = self._why_aborted("a statement of the run failed and its error was caught, so its "
+                                    "transaction could not commit; it was rolled back")
+            self._finish(err)
+            raise err
         if exc is None:
             if not self.conn.autocommit:
                 self.conn.commit()
+            self._record_unfinished(LEFT_EARLY)
+            self._finish(None)
         else:
             # The block's transaction may be aborted: the failure is recorded outside it.
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self.conn.rollback()
+            try:
+                self._record_unfinished(one_line(exc), full_text(exc))
+                self._finish(exc)
+            except psycopg.Error as err:
+                # Recording the failure failed too (the session is gone...): the block's own exception goes on.
+                exc.add_note(f"sidecar: the run's failure could not be recorded: {one_line(err)}")
+
+    def _finish(self, exc: BaseException | None) -> None:
         self.conn.execute(protocol.FINISH, protocol.finish(self.run_id, exc))
         if not self.conn.autocommit:
             self.conn.commit()
@@ -67,6 +98,7 @@ class Run(protocol.BaseRun):
     @contextmanager
     def transaction(self, action: str | None = None) -> Iterator[psycopg.Transaction]:
         """One transaction tagged with the run (and the action, if given), whatever the session holds."""
+        self._check_open("transaction")
         with self.conn.transaction() as tx:
             self._tag_transaction(action)
             yield tx
@@ -74,18 +106,43 @@ class Run(protocol.BaseRun):
     def _tag_transaction(self, action: str | None = None) -> None:
         self.conn.execute(protocol.TAG_TRANSACTION, self._tag_params(action))
 
+    def _fail_step(self, key: str, error: str, detail: str | None) -> None:
+        with self.conn.transaction():
+            if self.pooled:
+                self._tag_transaction()
+            self.conn.execute(protocol.FAIL_STEP, protocol.step_failed(key, error, detail))
+
+    def _record_unfinished(self, error: str, detail: str | None = None) -> None:
+        key = self._take_unfinished()
+        if key is not None:
+            self._fail_step(key, error, detail)
+
+    def _why_aborted(self, what: str) -> Exception:
+        """After a caught failure rolled a transaction back: Paused when the automation is paused, else
+        TransactionAborted."""
+        pauses = [p for p in self.paused() if p.scope == "automation"]
+        if pauses:
+            return own_run.paused_error(pauses[0])
+        return TransactionAborted(f"sidecar: {what}",
+                                  hint="Let the error propagate, or roll back and retry the step")
+
     def action(self, key: str, **context: Any):
         """Group the writes of the block into one action (one undo unit). Pooled: one transaction.
 
         Context for the people who review and undo it (sidecar.steps.context):
         ``why=`` the model's reason, ``read=[...]`` what it read (``sidecar.row(table, key)`` or short
         texts), ``confidence=`` 0..1, any other keyword as JSON (``model=``, ``prompt_version=``).
+
+        In autocommit mode an action is not a transaction: each statement commits on its own, so a
+        write before an exception stays (and is captured). Without autocommit, the block's writes
+        commit with the caller's transaction.
         """
+        self._check_open("action")
         if self.pooled:
             return _PooledAction(self, key, context)
         return _Action(self.conn, key, context)
 
-    def step(self, key: str, **context: Any) -> "Step":
+    def step(self, key: str, *, same_work: bool = False, **context: Any) -> Step:
         """One idempotent unit of work, committed with its writes:
 
             with run.step("note:ticket-42", why="...", confidence=0.9) as step:
@@ -94,12 +151,13 @@ class Run(protocol.BaseRun):
                 conn.execute("INSERT INTO billing_notes ...")
 
         The context (as for ``action``) is set when the step runs, not when it is skipped.
+        A key this run completed already is refused (StepConflict) unless same_work=True.
         """
-        return Step(self, key, context)
+        return Step(self, key, context, same_work=same_work)
 
     def plan(self, steps: list[str | dict]) -> None:
         """Declare the run's steps up front (keys, or {"key", "touches": [{"table", "key"}]})."""
-
+        self._check_open("plan")
         names: dict[str, str] = {}
         for step in steps:
             # Names are resolved here, with the caller's search_path (the SQL function takes qualified names).
@@ -112,7 +170,7 @@ class Run(protocol.BaseRun):
         if not self.conn.autocommit:
             self.conn.commit()
 
-    def steps(self, items, key, touches=None, **context):
+    def steps(self, items, key, touches=None, *, same_work: bool = False, **context):
         """Yield the items whose step still has to be done, each inside its own step.
 
             for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}",
@@ -121,64 +179,31 @@ class Run(protocol.BaseRun):
 
         Context keywords (as for ``action``) take a value or a callable of the item.
 
-        The plan is declared first, so a rerun knows what never started. An
-        exception inside the loop rolls that step back, records it as failed
-        and ends the loop.
+        The plan is declared first, so a rerun knows what never started. Two items with one key
+        are refused (StepConflict) unless same_work=True. An exception inside the loop rolls that
+        step back, records it as failed with that exception, and ends the loop; so does leaving
+        the loop early (break): the current item's step is rolled back.
         """
-        items = list(items)
-        self.plan(protocol.plan(items, key, touches))
-        for item in items:
-            with self.step(key(item)) as step:
-                if step.skip:
-                    continue
-                step.context(**_context.for_item(item, context))
-                yield item
+        return _step.iterate(self, items, key, touches, same_work, context)
 
+    def held(self) -> list[own_run.HeldWrite]:
+        """The run's writes a hold rule held, with queue ids and decisions (pending, conflict, approved,
+        rejected)."""
+        return own_run.held(self.conn, self.run_id)
 
-class Step:
-    def __init__(self, run: Run, key: str, context: dict[str, Any] | None = None):
-        self.run, self.key = run, key
-        self._context = context or {}
-        self.skip = False
-        self.done_by: tuple[uuid.UUID, datetime] | None = None
-        self._tx = None
+    def paused(self) -> list[own_run.Pause]:
+        """The pauses that stop the run's writes now: empty when it is not paused."""
+        return own_run.paused(self.conn, self.run_id)
 
-    def __enter__(self) -> "Step":
-        conn = self.run.conn
-        self._tx = conn.transaction()
-        self._tx.__enter__()
-        if self.run.pooled:
-            self.run._tag_transaction()
-        if not conn.execute(protocol.BEGIN_STEP, {"key": self.key}).fetchone()[0]:
-            self.skip = True
-            self.done_by = conn.execute(protocol.STEP_DONE, {"key": self.key}).fetchone()
-        elif self._context:
-            try:
-                self.context(**self._context)
-            except BaseException as err:
-                self._tx.__exit__(type(err), err, err.__traceback__)
-                raise
-        return self
+    def raise_if_held(self, action: str | None = None) -> None:
+        """Raise Held when writes of the run (of one action, if given) wait for review.
 
-    def context(self, **context: Any) -> None:
-        """Add context to this step's action (merged; the later key wins)."""
-        _context.set_context(self.run.conn, **context)
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        conn = self.run.conn
-        if exc_type is None and not self.skip:
-            try:
-                conn.execute(protocol.END_STEP)
-            except BaseException as err:
-                self._tx.__exit__(type(err), err, err.__traceback__)
-                raise
-        self._tx.__exit__(exc_type, exc, tb)
-        if exc_type is not None and not conn.closed and not isinstance(exc, psycopg.OperationalError):
-            with conn.transaction():
-                if self.run.pooled:
-                    self.run._tag_transaction()
-                conn.execute(protocol.FAIL_STEP, protocol.step_failure(self.key, exc))
-        return False
+        Call it after a step, not inside one: raised inside, it rolls the step back, and the held
+        write with it (it never reaches the queue).
+        """
+        waiting = protocol.waiting(self.held(), action)
+        if waiting:
+            raise own_run.held_error(waiting, self.run_id)
 
 
 class _Action:
@@ -233,6 +258,25 @@ class _PooledAction:
         self._tx.__exit__(exc_type, exc, tb)
 
 
+# The words people read for a run's state, in the CLI, its JSON and the console.
+STATES = ("running", "waiting", "succeeded", "failed", "abandoned", "undone")
+
+
+def state_word(status: str, *, undone: bool = False, alive: bool = True, waiting: bool = False) -> str:
+    """A run's state in one word:
+
+    - undone: an undo of the whole run is in effect (not itself undone);
+    - waiting: opened by `sidecar rerun`, no session has attached or written yet;
+    - abandoned: running, but no live session holds it;
+    - else its status: running, succeeded, failed.
+    """
+    if undone:
+        return "undone"
+    if status == "running" and not alive:
+        return "waiting" if waiting else "abandoned"
+    return status
+
+
 @dataclass
 class RunInfo:
     run_id: uuid.UUID
@@ -245,6 +289,7 @@ class RunInfo:
     error: str | None
     undo_of: uuid.UUID | None
     rerun_of: uuid.UUID | None
+    # The undo in effect: None when the run was never undone whole, or its undo was undone in turn.
     undone_by: uuid.UUID | None
     rows: dict[str, int]
 
@@ -253,33 +298,44 @@ class RunInfo:
     # False: rows are the counts kept at rows_counted_at of a big run that has written since.
     rows_complete: bool = True
     rows_counted_at: datetime | None = None
+    # The failure's full diagnostics (detail, hint, context), for operators; error is its one line.
+    error_detail: str | None = None
+    run_key: str | None = None
+    waiting: bool = False
     purged_at: datetime | None = None  # set: the captured changes were removed (sidecar purge)
 
     @property
     def state(self) -> str:
-        """What a person reads: succeeded, failed, running, abandoned (no live session), undone."""
-        if self.undone_by:
-            return "undone"
-        if self.status == "running" and not self.alive:
-            return "abandoned"
-        return self.status
+        """What a person reads: running, waiting, succeeded, failed, abandoned, undone (state_word)."""
+        return state_word(self.status, undone=self.undone_by is not None, alive=self.alive, waiting=self.waiting)
 
 
-_RUN_SELECT = """
+# A run's undo is in effect unless that undo was undone in turn (and that one not undone again).
+_RUN_FROM = """
+FROM sidecar.runs r
+LEFT JOIN sidecar.runs ru ON ru.run_id = r.undone_by
+LEFT JOIN sidecar.runs ruu ON ruu.run_id = ru.undone_by
+"""
+_UNDONE_BY = "CASE WHEN ru.undone_by IS NULL OR ruu.undone_by IS NOT NULL THEN r.undone_by END"
+
+_RUN_SELECT = f"""
 SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.finished_at, r.error,
        r.undo_of, r.rerun_of,
-       r.undone_by,
+       {_UNDONE_BY} AS undone_by,
        (SELECT count(*) FROM sidecar.steps st WHERE st.run_id = r.run_id) AS steps_done,
        EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
                AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)) AS alive,
+       r.error_detail, coalesce(r.run_key, r.meta ->> 'run_key') AS run_key,
+       r.backend_pid IS NULL AND r.rerun_of IS NOT NULL
+           AND NOT EXISTS (SELECT FROM sidecar.actions ac WHERE ac.run_id = r.run_id) AS waiting,
        r.purged_at
-FROM sidecar.runs r
-"""
+{_RUN_FROM}"""
 
 
 def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
 
-    info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12], purged_at=row[13])
+    info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12], error_detail=row[13], run_key=row[14],
+                   waiting=row[15], purged_at=row[16])
     if with_rows:
         counts = row_counts(conn, info.run_id)
         info.rows, info.rows_complete, info.rows_counted_at = counts.tables, counts.complete, counts.counted_at
@@ -317,10 +373,10 @@ def get(conn: psycopg.Connection, run_ref: str | uuid.UUID) -> RunInfo:
 
 
 # Runs by automation, start time and state (a run's state as RunInfo.state names it).
-_RUN_FILTER = """
+_RUN_FILTER = f"""
     (%(a)s::text IS NULL OR r.automation = %(a)s) AND (%(s)s::timestamptz IS NULL OR r.started_at >= %(s)s)
-    AND (%(st)s::text IS NULL OR CASE WHEN %(st)s = 'undone' THEN r.undone_by IS NOT NULL
-                                      ELSE r.status = %(st)s AND r.undone_by IS NULL END)
+    AND (%(st)s::text IS NULL OR CASE WHEN %(st)s = 'undone' THEN {_UNDONE_BY} IS NOT NULL
+                                      ELSE r.status = %(st)s AND {_UNDONE_BY} IS NULL END)
 """
 
 
@@ -343,5 +399,5 @@ def list_runs(
 
 def count_runs(conn: psycopg.Connection, *, automation: str | None = None, since: datetime | None = None,
                status: str | None = None) -> int:
-    return conn.execute("SELECT count(*) FROM sidecar.runs r WHERE " + _RUN_FILTER,
+    return conn.execute("SELECT count(*) " + _RUN_FROM + " WHERE " + _RUN_FILTER,
                         {"a": automation, "s": since, "st": status}).fetchone()[0]

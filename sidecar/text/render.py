@@ -57,6 +57,14 @@ def runs_table(runs) -> str:
     return "\n".join([head] + [run_line(r) for r in runs])
 
 
+def first_line(text: str | None, limit: int = 300) -> str | None:
+    """A stored error as one line (older releases stored the database's whole report)."""
+    if not text:
+        return text
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def summary_lines(summary) -> list[str]:
     """The four questions (ops.summary.Summary), each a heading and its answers."""
     lines = []
@@ -67,7 +75,7 @@ def summary_lines(summary) -> list[str]:
 
 
 def show_run(info, actions: list[tuple[int, str, list]], events: list, more_actions: int = 0,
-             contexts: dict | None = None, summary=None) -> str:
+             contexts: dict | None = None, summary=None, held: list | None = None) -> str:
     contexts = contexts or {}
     lines = [f"Run {info.run_id}"]
     if summary is not None:
@@ -75,7 +83,7 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
     lines += [
         f"  automation  {info.automation}",
         f"  started     {when(info.started_at)} by {info.started_by}",
-        f"  status      {info.state}" + (f" ({info.error})" if info.error else ""),
+        f"  status      {info.state}" + (f" ({first_line(info.error)})" if info.error else ""),
     ]
     if info.finished_at:
         lines.append(f"  finished    {when(info.finished_at)}")
@@ -98,6 +106,10 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
                  + ("" if info.rows_complete else
                     f" (counted at {when(info.rows_counted_at)}; the run has written since, and is "
                     "counted again once it has finished)"))
+    waiting = [h for h in held or [] if h.status in ("pending", "conflict")]
+    if held:
+        lines.append(f"  held        {plural(len(held), 'change')} for review, {len(waiting)} still waiting"
+                     + (" (sidecar queue)" if waiting else ""))
     for key, changes, more in actions:
         lines.append("")
         lines.append(f"Action {key}")
@@ -113,6 +125,11 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
         lines.append("")
         lines.append(f"… and {plural(more_actions, 'more action')} (--actions 0 shows them all; "
                      "the console pages through them)")
+    if held:
+        lines.append("")
+        lines.append("Held for review")
+        for h in held:
+            lines.append(f"  [{h.pending_id}] {h.status:<9} action {h.action}: {h.text}")
     if events:
         lines.append("")
         lines.append("Events")

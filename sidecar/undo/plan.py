@@ -38,6 +38,10 @@ CONFLICTS_LISTED = 200
 # An undo restoring more rows of a table than this locks the table (SHARE ROW
 # EXCLUSIVE) rather than each row.
 ROW_LOCKS_MAX = 10_000
+# Types whose = calls different values equal (their text differs): a later edit
+# that only changes such a value (a numeric's scale, an interval's units, -0)
+# is still a conflict, so they are compared as text.
+LOOSE_EQUALITY = ["numeric", "interval", "real", "double precision"]
 
 
 @dataclass
@@ -135,24 +139,30 @@ class Planner:
         rows = self.conn.execute(
             """
             SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-                   c.log_column IS NOT NULL AND NOT c.retired AND c.since_stmt <= %s AS captured,
+                   c.log_column IS NOT NULL AND NOT c.retired AND c.since_stmt <= %(since)s AS captured,
                    EXISTS (SELECT FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
                            WHERE am.amname = 'btree' AND oc.opcdefault
                              AND oc.opcintype = CASE WHEN bt.typtype = 'e' THEN 'anyenum'::regtype
                                                      WHEN bt.typcategory = 'A' AND bt.typelem <> 0
                                                           AND el.typtype <> 'c' AND el.typname NOT IN ('json', 'xml', 'point')
                                                           THEN 'anyarray'::regtype
-                                                     ELSE bt.oid END) AS comparable,
+                                                     ELSE bt.oid END)
+                   -- Equal to = but not the same value (2.5 = 2.50, '1 day' = '24:00:00', 0 = -0,
+                   -- a nondeterministic collation): a person's edit all the same, compared as text.
+                   AND NOT (bt.oid = ANY (%(loose)s::regtype[]) OR bt.typname = 'citext'
+                            OR (bt.typcategory = 'A' AND (el.oid = ANY (%(loose)s::regtype[]) OR el.typname = 'citext'))
+                            OR EXISTS (SELECT FROM pg_collation co
+                                       WHERE co.oid = a.attcollation AND NOT co.collisdeterministic)) AS comparable,
                    a.attidentity = 'a'
             FROM pg_attribute a
             JOIN pg_type ty ON ty.oid = a.atttypid
             JOIN pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
             LEFT JOIN pg_type el ON el.oid = bt.typelem
-            LEFT JOIN sidecar.columns c ON c.tracked_id = %s AND c.attnum = a.attnum AND NOT c.retired
-            WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+            LEFT JOIN sidecar.columns c ON c.tracked_id = %(tracked)s AND c.attnum = a.attnum AND NOT c.retired
+            WHERE a.attrelid = %(table)s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
             ORDER BY a.attnum
             """,
-            (info.stmt_range[0], info.tracked_id, info.table),
+            {"since": info.stmt_range[0], "tracked": info.tracked_id, "table": info.table, "loose": LOOSE_EQUALITY},
         ).fetchall()
         columns, skipped = [], []
         for name, type_name, captured, comparable, identity_always in rows:

@@ -18,7 +18,7 @@ from ..capture.history import TableInfo
 class Column:
     name: str
     type_name: str
-    comparable: bool  # has a btree equality; otherwise compared as text
+    comparable: bool  # a btree equality that means the same value; otherwise compared as text
     identity_always: bool
 
 

@@ -145,30 +145,45 @@ BEGIN
 END
 $set_context$;
 
--- The context of the action the current write belongs to (NULL: none), for
--- hold rules that read CONTEXT.<key>: the run and action as sidecar._tag()
--- finds them, read only.
-CREATE OR REPLACE FUNCTION sidecar._write_context()
-RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $_write_context$
-    SELECT a.context FROM sidecar.actions a
-    WHERE a.run_id = (SELECT CASE WHEN s.v ~ '^\{?[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\}?$'
-                                  THEN s.v::uuid END
-                      FROM (SELECT current_setting('sidecar.run_id', true) AS v) s)
-      AND a.key = coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current())
-$_write_context$;
+-- What hold rules read: CONTEXT.confidence and CONTEXT.<key> of the action
+-- the current write belongs to (the run and action as sidecar._tag() finds
+-- them), read only. On a table with such a rule they run once per row of a
+-- tagged write: PL/pgSQL (its lookup planned once per session), one index
+-- lookup each, no nested call.
+DROP FUNCTION IF EXISTS sidecar._write_context();
 
--- CONTEXT.confidence in a hold rule: the number, NULL when not a number or not set.
+-- CONTEXT.confidence: the number, NULL when not set or not a number.
 CREATE OR REPLACE FUNCTION sidecar._context_number(p_key text)
-RETURNS float8 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURNS float8 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_context_number$
-    SELECT CASE WHEN jsonb_typeof(c -> p_key) = 'number' THEN (c ->> p_key)::float8 END
-    FROM (SELECT sidecar._write_context() AS c) w
+DECLARE
+    v_run    text := current_setting('sidecar.run_id', true);
+    v_value  jsonb;
+BEGIN
+    IF v_run !~ '^\{?[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\}?$' THEN
+        RETURN NULL;
+    END IF;
+    SELECT a.context -> p_key INTO v_value FROM sidecar.actions a
+    WHERE a.run_id = v_run::uuid
+      AND a.key = coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
+    RETURN CASE WHEN jsonb_typeof(v_value) = 'number' THEN (v_value #>> '{}')::float8 END;
+END
 $_context_number$;
 
--- CONTEXT.<key> in a hold rule: the value as text (NULL when not set).
+-- CONTEXT.<key>: the value as text (NULL when not set).
 CREATE OR REPLACE FUNCTION sidecar._context_text(p_key text)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_context_text$
-    SELECT sidecar._write_context() ->> p_key
+DECLARE
+    v_run    text := current_setting('sidecar.run_id', true);
+    v_value  text;
+BEGIN
+    IF v_run !~ '^\{?[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}\}?$' THEN
+        RETURN NULL;
+    END IF;
+    SELECT a.context ->> p_key INTO v_value FROM sidecar.actions a
+    WHERE a.run_id = v_run::uuid
+      AND a.key = coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
+    RETURN v_value;
+END
 $_context_text$;
