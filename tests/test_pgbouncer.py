@@ -171,3 +171,37 @@ def test_a_pooled_runs_action_carries_its_context(tickets, bot):
             bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 41")
     assert tickets.execute("SELECT context FROM sidecar.actions WHERE run_id = %s",
                            (run.run_id,)).fetchone()[0] == {"why": "customer confirmed", "confidence": 0.9}
+
+
+def test_a_pooled_run_keeps_issue_28s_api_through_the_pooler(tickets, bot, someone):
+    """Idempotency key, a step's failure recorded as it happened, held writes read back: each in a
+    transaction of its own that tags itself, nothing left on the pooler's session."""
+    rules.add_rule(tickets, "notes", when="NEW.body = 'refund'", reason="refunds need a person")
+
+    def nightly(die_at=None):
+        with sidecar.Run(bot, "ticket-bot", key="nightly-2026-12-03", pooled=True) as run:
+            for t in run.steps(range(40, 44), key=lambda t: f"note:ticket-{t}"):
+                bot.execute("INSERT INTO notes (ticket_id, body) VALUES (%s, %s)",
+                            (t, "refund" if t == 43 else "noted"))
+                if t == die_at:
+                    raise RuntimeError(f"model timed out on ticket {t}")
+            assert someone.execute("SHOW sidecar.run_id").fetchone()[0] == ""
+            assert run.paused() == []
+            held = run.held()
+            with pytest.raises(sidecar.Held):
+                run.raise_if_held()
+        return run.run_id, held
+
+    with pytest.raises(RuntimeError, match="timed out"):
+        nightly(die_at=41)
+    first = tickets.execute("SELECT run_id FROM sidecar.runs WHERE run_key = 'nightly-2026-12-03'").fetchone()[0]
+    assert tickets.execute("SELECT key, error FROM sidecar.step_failures WHERE run_id = %s", (first,)).fetchall() == [
+        ("note:ticket-41", "RuntimeError: model timed out on ticket 41")]
+    second, held = nightly()  # the scheduler fires again: a rerun of the first run, steps done skipped
+    assert tickets.execute("SELECT rerun_of, status FROM sidecar.runs WHERE run_id = %s",
+                           (second,)).fetchone() == (first, "succeeded")
+    assert tickets.execute("SELECT ticket_id FROM notes ORDER BY ticket_id").fetchall() == [(40,), (41,), (42,)]
+    assert [(h.action, h.status) for h in held] == [("note:ticket-43", "pending")]
+    assert tickets.execute("SELECT pending_id, run_id, status FROM sidecar.pending").fetchall() == [
+        (held[0].pending_id, second, "pending")]
+    assert set(runs_of_statements(tickets)) == {first, second}
