@@ -216,3 +216,31 @@ def test_bad_context_is_refused_before_anything_runs(tickets, dsn):
         with pytest.raises(sidecar.steps.context.ContextError, match="confidence must be a number from 0 to 1"):
             run.action("close:ticket-42", confidence="high")
     engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_a_second_run_with_the_same_key_is_a_rerun_of_the_first(tickets, dsn, driver):
+    """The idempotency key of issue 28, as sidecar.Run(conn, "bot", key=...) has it."""
+    def nightly():
+        engine = create_engine(url(dsn, "psycopg"))
+        with Session(engine) as session, sidecar.sqlalchemy.run(session, "ticket-bot", key="nightly-2026-12-03") as run:
+            session.execute(text("UPDATE tickets SET status = 'resolved' WHERE id = 42"))
+        engine.dispose()
+        return run.run_id
+
+    async def nightly_async():
+        engine = create_async_engine(url(dsn, "asyncpg"))
+        async with AsyncSession(engine) as session:
+            async with sidecar.sqlalchemy.run(session, "ticket-bot", key="nightly-2026-12-03") as run:
+                await session.execute(text("UPDATE tickets SET status = 'resolved' WHERE id = 43"))
+        await engine.dispose()
+        return run.run_id
+
+    first = nightly() if driver == "psycopg" else asyncio.run(nightly_async())
+    second = nightly() if driver == "psycopg" else asyncio.run(nightly_async())
+    assert tickets.execute("SELECT rerun_of, lineage, run_key FROM sidecar.runs WHERE run_id = %s",
+                           (second,)).fetchone() == (first, first, None)
+    assert tickets.execute("SELECT run_key FROM sidecar.runs WHERE run_id = %s", (first,)).fetchone() == (
+        "nightly-2026-12-03",)
+    with pytest.raises(Exception, match="not both"):
+        sidecar.sqlalchemy.run(tickets, "ticket-bot", run_id=first, key="nightly-2026-12-03")

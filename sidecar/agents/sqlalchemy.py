@@ -67,20 +67,24 @@ def _context_params(context: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def run(target, automation: str, meta: dict[str, Any] | None = None, *,
-        run_id: str | uuid.UUID | None = None) -> "SessionRun":
+        run_id: str | uuid.UUID | None = None, key: str | None = None) -> "SessionRun":
     """A run tagging `target` (a Session, AsyncSession, Connection or AsyncConnection).
 
     Use it with `with` (sync) or `async with` (AsyncSession, AsyncConnection).
-    run_id attaches to a run that exists (one `sidecar rerun` opened).
+    run_id attaches to a run that exists (one `sidecar rerun` opened); key is an idempotency key,
+    as for `sidecar.Run` (a second run of the automation with it is a rerun of the first).
     """
-    return SessionRun(target, automation, meta, run_id=run_id)
+    return SessionRun(target, automation, meta, run_id=run_id, key=key)
 
 
 class SessionRun:
     """A run over a SQLAlchemy Session or Connection; see `run`."""
 
     def __init__(self, target, automation: str, meta: dict[str, Any] | None = None, *,
-                 run_id: str | uuid.UUID | None = None):
+                 run_id: str | uuid.UUID | None = None, key: str | None = None):
+        if run_id and key:
+            raise UsageError("sidecar.sqlalchemy.run takes run_id (attach to a run) or key (an idempotency key), "
+                             "not both")
         if not isinstance(target, (Session, Connection, AsyncSession, AsyncConnection)):
             raise UsageError(f"sidecar.sqlalchemy.run takes a Session, AsyncSession or Connection, "
                              f"not {type(target).__name__}")
@@ -89,6 +93,7 @@ class SessionRun:
         self.target = target
         self.automation = automation
         self.meta = meta or {}
+        self.key = key
         self.run_id: uuid.UUID | None = protocol.run_id_of(run_id)
         self._action: str | None = None
         self._action_context: dict[str, Any] | None = None  # set_context's parameters for the action
@@ -144,7 +149,7 @@ class SessionRun:
         target = self._sync_target
         if self.run_id is None:
             try:
-                self.run_id = target.execute(_START, protocol.start(self.automation, self.meta)).scalar_one()
+                self.run_id = target.execute(_START, protocol.start(self.automation, self.meta, self.key)).scalar_one()
                 target.execute(_UNTAG)
                 target.commit()
             except BaseException:
@@ -189,7 +194,7 @@ class SessionRun:
             raise UsageError("a Session's run is entered with `with`, not `async with`")
         if self.run_id is None:
             try:
-                result = await self.target.execute(_START, protocol.start(self.automation, self.meta))
+                result = await self.target.execute(_START, protocol.start(self.automation, self.meta, self.key))
                 self.run_id = result.scalar_one()
                 await self.target.execute(_UNTAG)
                 await self.target.commit()
