@@ -113,6 +113,19 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
             conn.execute("SELECT sidecar._create_triggers(%s)", (tracked_id,))
             conn.execute("SELECT sidecar._render_hold(%s)", (tracked_id,))
             report.rerendered.append(relid)
+        # A tracked table without its undo function (tracked before sidecar had
+        # them) gets it here, where this role owns the table (else a warning
+        # names the owner, who runs `sidecar track TABLE` again).
+        for tracked_id, relid in conn.execute(
+            "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked t "
+            "WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) "
+            "AND to_regprocedure(format('sidecar.%%I(text, uuid, jsonb)', 'undo_' || tracked_id)) IS NULL "
+            "ORDER BY tracked_id"
+        ).fetchall():
+            if conn.execute("SELECT sidecar._render_undo(%s)", (tracked_id,)).fetchone()[0]:
+                report.statements.append(f"SELECT sidecar._render_undo({tracked_id});  -- undo function of {relid}")
+                if relid not in report.rerendered:
+                    report.rerendered.append(relid)
         # Grants are re-applied every time: new functions start executable by PUBLIC.
         conn.execute(resources.privileges())
     return report
