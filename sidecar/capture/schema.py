@@ -119,7 +119,7 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
         for tracked_id, relid in conn.execute(
             "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked t "
             "WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) "
-            "AND to_regprocedure(format('sidecar.%%I(text, uuid, jsonb)', 'undo_' || tracked_id)) IS NULL "
+            "AND to_regprocedure(format('sidecar.%I(text, uuid, jsonb)', 'undo_' || tracked_id)) IS NULL "
             "ORDER BY tracked_id"
         ).fetchall():
             if conn.execute("SELECT sidecar._render_undo(%s)", (tracked_id,)).fetchone()[0]:

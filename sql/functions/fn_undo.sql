@@ -635,6 +635,25 @@ AS $_undo_referred_now$
     FROM sidecar._undo_foreign_keys(p_relid, true) f
 $_undo_referred_now$;
 
+-- An approval's write (sidecar._apply_pending) with the table owner's rights:
+-- only an item of this table that sidecar._approve is applying in this
+-- transaction (_apply_pending_here checks). Its conflict, if any, is handed
+-- back in the setting sidecar._approve_conflict. Returns 1 when applied.
+CREATE OR REPLACE FUNCTION sidecar._undo_apply_pending(p_tracked_id int, p_pending_id bigint)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $_undo_apply_pending$
+DECLARE
+    v_conflict jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT FROM sidecar.pending p WHERE p.pending_id = p_pending_id AND p.tracked_id = p_tracked_id) THEN
+        RAISE EXCEPTION 'sidecar: held change % is not one of this table', p_pending_id USING ERRCODE = 'SC021';
+    END IF;
+    v_conflict := sidecar._apply_pending_here(p_pending_id);
+    PERFORM set_config('sidecar._approve_conflict', coalesce(v_conflict::text, ''), true);
+    RETURN CASE WHEN v_conflict IS NULL THEN 1 ELSE 0 END;
+END
+$_undo_apply_pending$;
+
 -- What a table's undo function runs: one step of the undo of p_run for that
 -- table, with the rights of whoever calls it (the table's owner, through
 -- sidecar.undo_<tracked_id>). Returns a count (rows read, marked or written).
@@ -657,6 +676,7 @@ BEGIN
         WHEN 'kept' THEN sidecar._undo_kept(p_tracked_id, coalesce((p_args ->> 'predicted')::boolean, false), v_tables)
         WHEN 'referenced' THEN sidecar._undo_referenced(p_tracked_id)
         WHEN 'now' THEN sidecar._undo_now(p_tracked_id)
+        WHEN 'apply_pending' THEN sidecar._undo_apply_pending(p_tracked_id, (p_args ->> 'pending_id')::bigint)
         WHEN 'insert' THEN sidecar._undo_write(p_tracked_id, p_run, p_op, false)
         WHEN 'update' THEN sidecar._undo_write(p_tracked_id, p_run, p_op, false)
         WHEN 'delete' THEN
@@ -678,7 +698,8 @@ AS $_undo_internals$
                  'sidecar._undo_kept(int, boolean, int[])',
                  'sidecar._undo_referenced(int)', 'sidecar._undo_now(int)',
                  'sidecar._undo_write(int, uuid, text, boolean)', 'sidecar._undo_referred_now(oid)',
-                 'sidecar._undo_op(int, text, uuid, jsonb)', 'sidecar._pk_columns(regclass)']
+                 'sidecar._undo_op(int, text, uuid, jsonb)', 'sidecar._pk_columns(regclass)',
+                 'sidecar._undo_apply_pending(int, bigint)', 'sidecar._apply_pending_here(bigint)']
 $_undo_internals$;
 
 -- Create (or re-create) a tracked table's undo function, sidecar.undo_<id>:
@@ -724,14 +745,19 @@ BEGIN
     EXECUTE format('REVOKE ALL ON FUNCTION %s(text, uuid, jsonb) FROM PUBLIC', v_fn);
     IF r_t.owner <> current_user THEN
         -- What the function reads and calls with the owner's rights.
-        EXECUTE format('GRANT SELECT ON sidecar.tracked, sidecar.statements, sidecar.columns, sidecar.runs, sidecar.%I TO %I',
-                       r_t.log_table, r_t.owner);
+        EXECUTE format('GRANT SELECT ON sidecar.tracked, sidecar.statements, sidecar.columns, sidecar.runs, '
+                       'sidecar.pending, sidecar.%I TO %I', r_t.log_table, r_t.owner);
         FOREACH v_name IN ARRAY sidecar._undo_internals() LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', v_name, r_t.owner);
         END LOOP;
     END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_undoer') THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s(text, uuid, jsonb) TO sidecar_undoer', v_fn);
+    END IF;
+    -- Approvals call it from sidecar._apply_pending, which runs as sidecar's owner.
+    SELECT pg_catalog.pg_get_userbyid(n.nspowner) INTO v_name FROM pg_catalog.pg_namespace n WHERE n.nspname = 'sidecar';
+    IF v_name <> r_t.owner THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s(text, uuid, jsonb) TO %I', v_fn, v_name);
     END IF;
     RETURN true;
 END
