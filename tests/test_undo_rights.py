@@ -264,3 +264,45 @@ def test_a_table_tracked_before_undo_functions_says_who_must_run_what(managed):
     assert installed.exit_code == 0, installed.output
     done = CliRunner().invoke(cli, ["undo", str(run_id), "--yes", "--dsn", managed.dsn["undoer"]])
     assert done.exit_code == 0, done.output
+
+
+def test_tables_of_another_owner_are_undone_and_approved_with_that_owners_rights(managed):
+    """The tables belong to an application role that neither sidecar's owner (the DBA, once
+    the tables are tracked) nor the operators are members of: undo and approval write through
+    the tables' undo functions, which run as that role."""
+    dba, bot, approver = managed.conns["dba"], managed.conns["bot"], managed.conns["approver"]
+    app = f"app_{uuid.uuid4().hex[:8]}"
+    dba.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(app)))
+    try:
+        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(app)))
+        for table in ("customers", "tickets"):
+            dba.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(table), sql.Identifier(app)))
+            track(dba, table)  # the owner's part: renders the undo function, owned by app
+        assert dba.execute("SELECT proowner::regrole::text FROM pg_proc WHERE proname = 'undo_2'").fetchone()[0] == app
+        dba.execute(sql.SQL("REVOKE {} FROM current_user").format(sql.Identifier(app)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            dba.execute("UPDATE tickets SET status = 'x'")
+
+        before = _state(managed.conns["bot"])
+        run_id = _bots_run(managed)
+        result = CliRunner().invoke(cli, ["undo", str(run_id), "--yes", "--dsn", managed.dsn["undoer"]])
+        assert result.exit_code == 0, result.output
+        assert _state(bot) == before
+
+        with psycopg.connect(managed.dsn["dba"], autocommit=True) as member:  # the rule is the owner's to add
+            member.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))
+            member.execute("""SELECT sidecar.add_rule('tickets', 'NEW.status = ''closed''', 'closing needs a person')""")
+            member.execute(sql.SQL("REVOKE {} FROM current_user").format(sql.Identifier(app)))
+        with sidecar.Run(bot, "ticket-bot"):
+            bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 41")
+        pending_id = dba.execute("SELECT pending_id FROM sidecar.pending").fetchone()[0]
+        approved = CliRunner().invoke(cli, ["approve", str(pending_id), "--dsn", managed.dsn["approver"]])
+        assert approved.exit_code == 0, approved.output
+        assert bot.execute("SELECT status FROM tickets WHERE id = 41").fetchone()[0] == "closed"
+        assert approver.execute("SELECT status FROM sidecar.pending").fetchone()[0] == "approved"
+    finally:
+        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("REASSIGN OWNED BY {} TO current_user").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(app)))
