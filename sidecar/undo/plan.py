@@ -1,6 +1,10 @@
 """Undo, planning: read a scope's history into temporary tables and decide each row's step.
 
-The plan lives in temporary tables inside the undo's own transaction:
+The plan lives in temporary tables inside the undo's own transaction. The
+per-table ones are made by the table's undo function (sidecar.undo_<id>,
+sql/functions/fn_undo.sql), which runs with the table owner's rights and
+reads the images from the history itself: this module says what to do, in
+which order, and reads the results; the operator needs sidecar_undoer only.
   _sc_stmts         the statements in scope (run, actions, rows)
   _sc_first_<id>    per row key, the scope's first image (kind O: the row as it
                     was before; kind N: the row did not exist before)
