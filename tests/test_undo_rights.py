@@ -306,3 +306,31 @@ def test_tables_of_another_owner_are_undone_and_approved_with_that_owners_rights
         dba.execute(sql.SQL("REASSIGN OWNED BY {} TO current_user").format(sql.Identifier(app)))
         dba.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(app)))
         dba.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(app)))
+
+
+def test_install_names_the_owner_who_must_track_a_table_again(managed):
+    dba = managed.conns["dba"]
+    app = f"app_{uuid.uuid4().hex[:8]}"
+    dba.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(app)))
+    try:
+        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("ALTER TABLE customers OWNER TO {}").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("REVOKE {} FROM current_user").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("DROP FUNCTION {}(text, uuid, jsonb)").format(_undo_function(managed, "customers")))
+
+        installed = CliRunner().invoke(cli, ["install", "--dsn", managed.dsn["dba"]])
+        assert installed.exit_code == 0, installed.output
+        assert (f"note: public.customers has no undo function, so undoers cannot restore it; "
+                f"as its owner ({app}), run: sidecar track public.customers") in installed.output
+
+        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))  # the owner's part
+        tracked = CliRunner().invoke(cli, ["track", "customers", "--dsn", managed.dsn["dba"]])
+        assert tracked.exit_code == 0 and "note:" not in tracked.output, tracked.output
+        again = CliRunner().invoke(cli, ["install", "--dsn", managed.dsn["dba"]])
+        assert "nothing changed" in again.output and "note:" not in again.output, again.output
+    finally:
+        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("REASSIGN OWNED BY {} TO current_user").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(app)))
+        dba.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(app)))

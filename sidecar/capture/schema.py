@@ -21,10 +21,13 @@ class InstallReport:
     rerendered: list[str] = field(default_factory=list)
     shapes_watched: bool = False  # the shape-watching event triggers were created by this install
     statements: list[str] = field(default_factory=list)
+    undo_functions: list[str] = field(default_factory=list)  # tables whose undo function this install made
+    undo_missing: list[tuple[str, str]] = field(default_factory=list)  # (table, its owner): not this role's to make
 
     @property
     def changed(self) -> bool:
-        return bool(self.migrations or self.functions or self.templates or self.shapes_watched or self.rerendered)
+        return bool(self.migrations or self.functions or self.templates or self.shapes_watched or self.rerendered
+                    or self.undo_functions)
 
 
 def installed_version(conn: psycopg.Connection) -> int | None:
@@ -116,16 +119,17 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
         # A tracked table without its undo function (tracked before sidecar had
         # them) gets it here, where this role owns the table (else a warning
         # names the owner, who runs `sidecar track TABLE` again).
-        for tracked_id, relid in conn.execute(
-            "SELECT tracked_id, sidecar._qualname(relid) FROM sidecar.tracked t "
-            "WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) "
-            "AND to_regprocedure(format('sidecar.%I(text, uuid, jsonb)', 'undo_' || tracked_id)) IS NULL "
-            "ORDER BY tracked_id"
+        for tracked_id, relid, owner in conn.execute(
+            "SELECT t.tracked_id, sidecar._qualname(t.relid), pg_get_userbyid(c.relowner) "
+            "FROM sidecar.tracked t JOIN pg_class c ON c.oid = t.relid "  # not a table dropped since
+            "WHERE to_regprocedure(format('sidecar.%I(text, uuid, jsonb)', 'undo_' || t.tracked_id)) IS NULL "
+            "ORDER BY t.tracked_id"
         ).fetchall():
             if conn.execute("SELECT sidecar._render_undo(%s)", (tracked_id,)).fetchone()[0]:
                 report.statements.append(f"SELECT sidecar._render_undo({tracked_id});  -- undo function of {relid}")
-                if relid not in report.rerendered:
-                    report.rerendered.append(relid)
+                report.undo_functions.append(relid)
+            else:
+                report.undo_missing.append((relid, owner))
         # Grants are re-applied every time: new functions start executable by PUBLIC.
         conn.execute(resources.privileges())
     return report

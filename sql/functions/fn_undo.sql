@@ -573,6 +573,7 @@ DECLARE
     v_sql    text;
     v_trig   name[];
     v_name   name;
+    v_all    boolean;
     v_n      bigint;
 BEGIN
     SELECT t.relid, t.relid::regclass AS tab, t.pk_columns::text[] AS pk INTO STRICT r_t
@@ -599,9 +600,17 @@ BEGIN
         IF v_sets IS NULL THEN
             RETURN 0;
         END IF;
-        v_sql := format($q$UPDATE %s AS cur SET %s FROM %s f JOIN %s p ON %s WHERE %s AND p.step = 'update'$q$,
-                        r_t.tab, v_sets, v_first, v_plan, sidecar._undo_keys_eq('p', 'f', r_t.pk),
-                        sidecar._undo_keys_eq('f', 'cur', r_t.pk));
+        EXECUTE format($q$SELECT NOT EXISTS (SELECT FROM %s WHERE step <> 'update')$q$, v_plan) INTO v_all;
+        IF v_all THEN
+            -- Every row of the plan is restored (the usual big undo): the plan
+            -- has nothing to add to the join of images and table.
+            v_sql := format('UPDATE %s AS cur SET %s FROM %s f WHERE %s',
+                            r_t.tab, v_sets, v_first, sidecar._undo_keys_eq('f', 'cur', r_t.pk));
+        ELSE
+            v_sql := format($q$UPDATE %s AS cur SET %s FROM %s f JOIN %s p ON %s WHERE %s AND p.step = 'update'$q$,
+                            r_t.tab, v_sets, v_first, v_plan, sidecar._undo_keys_eq('p', 'f', r_t.pk),
+                            sidecar._undo_keys_eq('f', 'cur', r_t.pk));
+        END IF;
     ELSIF p_step = 'delete' THEN
         v_free := CASE WHEN p_unreferenced THEN sidecar._undo_referred_now(r_t.relid) END;
         v_sql := format($q$DELETE FROM %s AS cur USING %s p WHERE %s AND p.step = 'delete' AND %s$q$,
