@@ -197,6 +197,17 @@ def test_the_undo_functions_write_nothing_but_the_history(managed):
         with pytest.raises(psycopg.errors.InsufficientPrivilege), undoer.transaction():
             undoer.execute(step, ("images", run_id, psycopg.types.json.Jsonb({"columns": columns})))
         undoer.execute("DROP TABLE _sc_first_2")
+        # Nor is a whole forged plan, made before any step of the function ran.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="is not a plan table of this undo"), \
+                undoer.transaction():
+            undoer.execute("CREATE TEMP TABLE _sc_meta_2 AS SELECT %s::uuid AS run_id, "
+                           "'{\"columns\": [{\"name\": \"id\"}, {\"name\": \"status\"}]}'::jsonb AS args, "
+                           "NULL::text AS single_op, 1::bigint AS rows, 1::bigint AS lo, 1::bigint AS hi", (run_id,))
+            undoer.execute("CREATE TEMP TABLE _sc_first_2 AS SELECT 'O'::\"char\" AS _kind, 41 AS id, 'forged' AS status")
+            undoer.execute("CREATE TEMP TABLE _sc_last_2 AS SELECT * FROM _sc_first_2")
+            undoer.execute("CREATE TEMP TABLE _sc_plan_2 AS SELECT 41 AS id, 'update' AS step, true AS forced")
+            undoer.execute("GRANT SELECT ON _sc_meta_2, _sc_first_2, _sc_last_2, _sc_plan_2 TO PUBLIC")
+            undoer.execute(step, ("update", run_id, psycopg.types.json.Jsonb({})))
         undoer.execute(step, ("images", run_id, psycopg.types.json.Jsonb({"columns": columns})))
         undoer.execute(step, ("classify", run_id, psycopg.types.json.Jsonb({"lock": True})))
         # The images and the plan the function made can be read, not changed.

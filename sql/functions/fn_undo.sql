@@ -663,6 +663,27 @@ BEGIN
 END
 $_undo_apply_pending$;
 
+-- Refuse to go on from plan tables that this undo function did not make: a
+-- caller could have made look-alikes (its own _sc_meta_N, _sc_first_N ...)
+-- before any step of the function ran, and those would carry its values.
+CREATE OR REPLACE FUNCTION sidecar._undo_check_own(p_tracked_id int)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $_undo_check_own$
+DECLARE
+    v_name text;
+BEGIN
+    SELECT c.relname INTO v_name
+    FROM unnest(ARRAY['meta', 'stmts', 'first', 'last', 'plan']) AS p(prefix)
+    JOIN pg_catalog.pg_class c ON c.oid = to_regclass(sidecar._undo_temp(p.prefix, p_tracked_id))
+    WHERE c.relowner <> (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+    LIMIT 1;
+    IF v_name IS NOT NULL THEN
+        RAISE EXCEPTION 'sidecar: % is not a plan table of this undo; nothing was changed', v_name
+            USING ERRCODE = '42501', HINT = 'Undo with sidecar undo, which makes its own.';
+    END IF;
+END
+$_undo_check_own$;
+
 -- What a table's undo function runs: one step of the undo of p_run for that
 -- table, with the rights of whoever calls it (the table's owner, through
 -- sidecar.undo_<tracked_id>). Returns a count (rows read, marked or written).
@@ -675,6 +696,9 @@ BEGIN
     p_args := coalesce(p_args, '{}');
     -- The tracked ids of the tables in this undo's plan (foreign-key checks look at their plans).
     v_tables := ARRAY(SELECT t::int FROM jsonb_array_elements_text(coalesce(p_args -> 'tables', '[]')) t);
+    IF p_op NOT IN ('images', 'apply_pending') THEN
+        PERFORM sidecar._undo_check_own(p_tracked_id);
+    END IF;
     RETURN CASE p_op
         WHEN 'images' THEN sidecar._undo_images(p_tracked_id, p_run, p_args, false)
         WHEN 'classify' THEN sidecar._undo_classify(p_tracked_id, p_run, coalesce((p_args ->> 'lock')::boolean, false),
@@ -708,7 +732,7 @@ AS $_undo_internals$
                  'sidecar._undo_referenced(int)', 'sidecar._undo_now(int)',
                  'sidecar._undo_write(int, uuid, text, boolean)', 'sidecar._undo_referred_now(oid)',
                  'sidecar._undo_op(int, text, uuid, jsonb)', 'sidecar._pk_columns(regclass)',
-                 'sidecar._undo_apply_pending(int, bigint)', 'sidecar._apply_pending_here(bigint)']
+                 'sidecar._undo_apply_pending(int, bigint)', 'sidecar._undo_check_own(int)', 'sidecar._apply_pending_here(bigint)']
 $_undo_internals$;
 
 -- Create (or re-create) a tracked table's undo function, sidecar.undo_<id>:
