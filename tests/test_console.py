@@ -58,8 +58,9 @@ def make_scene(sc: psycopg.Connection, dsn: str, bot: psycopg.Connection) -> Sce
     track(sc, "billing_notes")
     _login_role(sc, users["viewer"], "sidecar_viewer")
     _login_role(sc, users["pauser"], "sidecar_pauser")
-    # Undo restores rows with the tables' own triggers off: the undoer acts as the tables' owner.
-    _login_role(sc, users["undoer"], "sidecar_undoer", owner)
+    # sidecar_undoer is all the undoer holds: no right on the tables, which app_owner owns
+    # (each table's undo function restores with its owner's rights).
+    _login_role(sc, users["undoer"], "sidecar_undoer")
     _login_role(sc, users["approver"], "sidecar_approver")
     _login_role(sc, users["nobody"])
 

@@ -79,6 +79,18 @@ def track(
     return get(conn, name)
 
 
+def undo_function_owner_needed(conn: psycopg.Connection, table: str) -> str | None:
+    """The table's owner when the table has no undo function (sidecar.undo_<id>, made when its
+    owner tracks it), else None: undoers cannot restore it until that owner tracks it again."""
+    row = conn.execute(
+        "SELECT pg_get_userbyid(c.relowner) FROM sidecar.tracked t JOIN pg_class c ON c.oid = t.relid "
+        "WHERE t.relid = %s::regclass "
+        "AND to_regprocedure(format('sidecar.%%I(text, uuid, jsonb)', 'undo_' || t.tracked_id)) IS NULL",
+        (table,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def untrack(conn: psycopg.Connection, table: str) -> None:
     name = regclass(conn, table)
     try:

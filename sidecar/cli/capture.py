@@ -30,6 +30,7 @@ def install(dsn, dry_run):
         return
     if not report.changed:
         click.echo("sidecar is already installed and up to date: nothing changed.")
+        _say_undo_missing(report)
         return
     for name in report.migrations:
         click.echo(f"applied migration {name}")
@@ -42,7 +43,16 @@ def install(dsn, dry_run):
                    "ALTER TABLE on a tracked table updates its history columns at once")
     for table in report.rerendered:
         click.echo(f"re-rendered capture of {table}")
+    for table in report.undo_functions:
+        click.echo(f"made the undo function of {table}: sidecar_undoer can restore it now")
+    _say_undo_missing(report)
     click.echo("sidecar is installed.")
+
+
+def _say_undo_missing(report: schema.InstallReport) -> None:
+    for table, owner in report.undo_missing:
+        click.echo(f"note: {table} has no undo function, so undoers cannot restore it; "
+                   f"as its owner ({owner}), run: sidecar track {table}")
 
 
 @click.command()
@@ -85,6 +95,10 @@ def track(dsn, tables, capture, label_column, display_name, owner, risk, kind):
                                owner=owner, risk=risk, kind=kind)
             click.echo(f"tracking {t.table} (capture {t.capture}, key {', '.join(t.pk_columns)}"
                        + (f"; {inventory}" if inventory else "") + ")")
+            owner_needed = tracking.undo_function_owner_needed(conn, t.table)
+            if owner_needed:
+                click.echo(f"note: only {t.table}'s owner ({owner_needed}) can let undoers restore it; "
+                           f"as {owner_needed}, run: sidecar track {t.table}")
 
 
 @click.command()

@@ -525,6 +525,8 @@ BEGIN
     PERFORM sidecar._create_triggers(v_id);
     -- The hold trigger (fn_review.sql) comes back with the table's rules.
     PERFORM sidecar._render_hold(v_id);
+    -- The table's undo function (fn_undo.sql): undoers restore it with its owner's rights.
+    PERFORM sidecar._render_undo(v_id);
     RETURN v_id;
 END
 $track$;
