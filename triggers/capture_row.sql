@@ -49,13 +49,29 @@ BEGIN
             IF current_setting('sidecar._tag_for', true) = v_tag_for THEN
                 v_tag := current_setting('sidecar._tag')::sidecar.tag;
             ELSE
-                SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
+                -- The usual first write of a transaction: a run id as
+                -- start_run() gives it, of a run that is running, and the
+                -- transaction as the action (its key is new: the txid). One
+                -- query reads the run and registers the action; anything
+                -- else (a run to register, undone or finished, a bad id, an
+                -- action key, an action a held write registered) goes
+                -- through sidecar._tag().
+                IF v_run_text ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                   AND coalesce(current_setting('sidecar.action', true), '') = '' THEN
+                    WITH r AS (
+                        SELECT r.automation, r.undo_of IS NOT NULL AS is_undo FROM sidecar.runs r
+                        WHERE r.run_id = v_run_text::uuid AND r.status = 'running' AND r.undone_by IS NULL),
+                    a AS (
+                        INSERT INTO sidecar.actions (run_id, key)
+                        SELECT v_run_text::uuid, 'tx:' || txid_current() FROM r
+                        ON CONFLICT ON CONSTRAINT actions_run_id_key_key DO NOTHING  -- made by a hold: _tag() reads it
+                        RETURNING action_id)
+                    SELECT a.action_id, r.is_undo, r.automation INTO v_tag FROM r, a;
+                END IF;
+                IF v_tag.action_id IS NULL THEN
+                    SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
+                END IF;
                 PERFORM set_config('sidecar._tag', v_tag::text, true), set_config('sidecar._tag_for', v_tag_for, true);
-            END IF;
-            -- The gate, once per statement; undo runs are never gated.
-            IF NOT v_tag.is_undo AND EXISTS (
-                SELECT FROM sidecar.pauses p WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])) THEN
-                PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
             END IF;
         ELSIF @TAGGED_ONLY@ THEN
             RETURN NULL;
@@ -69,6 +85,9 @@ BEGIN
                 -- The table changed shape since this function was rendered:
                 -- history first, then this row with SQL for the new shape
                 -- (the next rows call the function rendered anew).
+                IF NOT coalesce(v_tag.is_undo, true) THEN
+                    PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
+                END IF;
                 PERFORM sidecar._sync_shape(@TRACKED_ID@);
                 v_stmt := nextval('sidecar.stmt_seq');
                 INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
@@ -78,6 +97,14 @@ BEGIN
                 RETURN NULL;
             END IF;
         END IF;
+        -- The statement's first row: the gate (undo runs and untagged
+        -- writes are never gated; one look at the tiny pauses table finds a
+        -- superset of the pauses that apply, which sidecar._gate() reads
+        -- exactly and raises on), then the statement row.
+        IF NOT coalesce(v_tag.is_undo, true) AND EXISTS (
+            SELECT FROM sidecar.pauses p WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])) THEN
+            PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
+        END IF;
         v_stmt := nextval('sidecar.stmt_seq');
         INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
         VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), nullif(v_run_text, '')::uuid, v_tag.action_id,
@@ -85,6 +112,7 @@ BEGIN
         PERFORM set_config('sidecar._row_for', v_key, true), set_config('sidecar._row_stmt', v_stmt::text, true);
     END IF;
 
+    -- Every other row of the statement: its images.
     IF TG_OP = 'UPDATE' THEN
         INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
         VALUES (v_stmt, 'O', @OLD_COLS@), (v_stmt, 'N', @NEW_COLS@);
