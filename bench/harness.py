@@ -247,7 +247,8 @@ def source_state() -> str:
     head = git("rev-parse", "--short", "HEAD") or "?"
     changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
     files = {f.name: f.sha256[:10] for f in resources.function_files() if f.name == "fn_capture.sql"}
-    files["capture.sql"] = hashlib.sha256(resources.templates().get("capture", "").encode()).hexdigest()[:10]
+    for name in ("capture", "capture_row"):
+        files[f"{name}.sql"] = hashlib.sha256(resources.templates().get(name, "").encode()).hexdigest()[:10]
     return (f"rollback-sidecar {version('rollback-sidecar')}, git {head}"
             + (f" + {len(changed)} modified file(s)" if changed else " (clean)")
             + "; " + ", ".join(f"{k} {v}" for k, v in sorted(files.items())))
