@@ -19,6 +19,7 @@ class TrackedTable:
     display_name: str | None
     log_table: str
     active: bool
+    capture_mode: str = "statement"
 
 
 def _raise_clean(exc: psycopg.Error) -> None:
@@ -58,6 +59,7 @@ def track(
     table: str,
     *,
     capture: str = "tagged",
+    capture_mode: str | None = None,
     label_column: str | None = None,
     display_name: str | None = None,
     owner: str | None = None,
@@ -65,12 +67,15 @@ def track(
     kind: str | None = None,
 ) -> TrackedTable:
     """Track TABLE; owner, risk (low|medium|high) and kind (draft|final) fill its inventory entry
-    (None leaves a field as it was, owner '' clears it)."""
+    (None leaves a field as it was, owner '' clears it). capture_mode: 'statement' or 'row'
+    (None: a tracked table keeps its mode, a new one takes the setting sidecar.capture_mode,
+    else 'statement')."""
     name = regclass(conn, table)
     try:
         with conn.transaction():
             conn.execute(
-                "SELECT sidecar.track(%s::regclass, %s, %s, %s)", (name, capture, label_column, display_name)
+                "SELECT sidecar.track(%s::regclass, %s, %s, %s, %s)",
+                (name, capture, label_column, display_name, capture_mode)
             )
             if owner is not None or risk is not None or kind is not None:
                 conn.execute("SELECT sidecar.set_table_info(%s::regclass, %s, %s, %s)", (name, owner, risk, kind))
@@ -101,7 +106,7 @@ def untrack(conn: psycopg.Connection, table: str) -> None:
 
 
 _COLUMNS = (
-    "tracked_id, sidecar._qualname(relid), capture, pk_columns::text[], label_column, display_name, log_table, active"
+    "tracked_id, sidecar._qualname(relid), capture, pk_columns::text[], label_column, display_name, log_table, active, capture_mode"
 )
 
 
