@@ -144,7 +144,9 @@ def test_nothing_but_sign_in_works_without_signing_in(scene, browser, sc):
         assert r.status_code == 303 and r.headers["location"].startswith("/signin"), url
     assert b.get("/live").status_code == 401
     r = b.post("/automations/pause", {"automation": "billing-bot", "reason": "x"}, page="/signin")
-    assert r.status_code == 303 and r.headers["location"].startswith("/signin")
+    # The sign-in form, saying that nothing was done, and keeping what was typed for after signing in.
+    assert r.status_code == 401 and 'action="/signin"' in r.text
+    assert "nothing was done: billing-bot was not paused" in r.text and 'name="_draft"' in r.text
     assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
     assert b.get("/signin").status_code == 200
 
@@ -249,10 +251,17 @@ def test_run_page_in_plain_language(scene, browser):
     b = browser(scene.users["viewer"])
     page = b.get(f"/runs/{str(scene.run_id)[:8]}", follow_redirects=True).text
     assert "What started this" in page and "match-billing v3" in page and "gpt-4o-mini" in page
-    assert "Changed customer_id of tickets #42 from empty to 2" in page  # columns in the table's order
-    assert "status of tickets #42 from &#39;needs review&#39; to &#39;resolved&#39;" in page
+    # Records named: the ticket by its subject (and id); a viewer may not read customers, so the id stays.
+    ticket = "tickets &#34;Northwind Systems: invoice NS-2291 charged twice&#34; (#42)"
+    assert f"Changed customer_id of {ticket} from empty to 2" in page  # columns in the table's order
+    assert f"status of {ticket} from &#39;needs review&#39; to &#39;resolved&#39;" in page
     assert "match:ticket-43" in page
     assert '<time datetime="' in page and " UTC</time>" in page
+    assert "+00:00" not in page.split("Raw values")[0]  # captured times read as times, raw ones a click away
+
+    # Someone who may read customers sees the customer by name, its id beside it.
+    page = browser(scene.users["undoer"]).get(f"/runs/{scene.run_id}").text
+    assert f"Changed customer_id of {ticket} from empty to customer Northwind Solar (#2)" in page
 
 
 def test_a_big_running_runs_pages_say_its_rows_were_counted_earlier(scene, browser, bot, monkeypatch):

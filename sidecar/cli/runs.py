@@ -14,15 +14,17 @@ from ._common import connect, dsn_option, handles_errors, json_option, parse_sin
 @dsn_option
 @click.option("--automation", help="Only runs of this automation.")
 @click.option("--since", help="Only runs started since: 30m, 2h, 3d, or an ISO time.")
+@click.option("--status", "state", type=click.Choice(runs.STATES),
+              help="Only runs in this state (as the status column says it).")
 @click.option("--limit", default=50, show_default=True)
 @json_option
 @handles_errors
-def runs_cmd(dsn, automation, since, limit, as_json):
+def runs_cmd(dsn, automation, since, state, limit, as_json):
     """List runs, newest first, with rows changed per table."""
     since_at = parse_since(since)
     with connect(dsn) as conn:
-        found = runs.list_runs(conn, automation=automation, since=since_at, limit=limit)
-    click.echo(render.dumps({"runs": found}) if as_json else render.runs_table(found))
+        found = runs.list_runs(conn, automation=automation, since=since_at, status=state, limit=limit)
+    click.echo(render.dumps({"runs": [render.run_json(r) for r in found]}) if as_json else render.runs_table(found))
 
 
 @click.command()
@@ -44,7 +46,7 @@ def show(dsn, run_id, limit, actions_max, as_json):
         ).fetchall()
     if as_json:
         click.echo(render.dumps({
-            "run": info,
+            "run": render.run_json(info),
             "actions": [{"key": k, "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c))
                                                for c in ch], "more": m} for k, ch, m in actions],
             "more_actions": more_actions,

@@ -96,6 +96,7 @@ class Session:
     created: float
     last_seen: float
     flashes: list[tuple[str, str]] = field(default_factory=list)
+    draft: Any = None  # a form that could not be done, given back on its page (drafts.Draft)
     spare: psycopg.Connection | None = field(default=None, repr=False)
 
 

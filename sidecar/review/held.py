@@ -179,7 +179,7 @@ def queue(conn: psycopg.Connection, *, include_decided: bool = False, limit: int
 def get(conn: psycopg.Connection, pending_id: int) -> HeldChange:
     row = conn.execute(_SELECT + " WHERE p.pending_id = %s", (pending_id,)).fetchone()
     if row is None:
-        raise UsageError(f"there is no held change {pending_id}; sidecar queue lists them")
+        raise UsageError(f"there is no held change {pending_id}", shell="sidecar queue lists them")
     return _to_item(row)
 
 

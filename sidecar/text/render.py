@@ -31,6 +31,11 @@ def dumps(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def run_json(info) -> dict:
+    """A run for --json: its fields, and its state in the words the CLI and console use."""
+    return dict(to_jsonable(info), state=info.state)
+
+
 def when(t: datetime | None) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 
