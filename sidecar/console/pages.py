@@ -376,7 +376,8 @@ def undo_preview(p: Page):
                              for c in before if before.get(c) != after.get(c)]
                 rows.append(PreviewRow(verb, label, diffs))
             planned.append((describe.table_name(t.table, t.display_name), rows, more))
-    conflicts = [_conflict(c) for c in result.conflicts]
+    named = labels_mod.lookup(p.conn, [(c.table, c.now or c.run_left) for c in result.conflicts])
+    conflicts = [_conflict(c, named) for c in result.conflicts]
     to_restore = sum(sum(c.get(s, 0) for s in ("insert", "update", "delete")) for c in result.tables.values())
     already = sum(c.get("done", 0) for c in result.tables.values())
     return p.render("undo.html", run=info, scope=scope, planned=planned, conflicts=conflicts,
@@ -384,8 +385,8 @@ def undo_preview(p: Page):
                     already=already, held=result.held_rejected)
 
 
-def _conflict(c: restore.Conflict) -> dict:
-    label = row_name(c.table, c.key, c.now or c.run_left, None, c.label_column, c.display_name)
+def _conflict(c: restore.Conflict, labels=None) -> dict:
+    label = row_name(c.table, c.key, c.now or c.run_left, labels, c.label_column, c.display_name)
     if c.now is None:
         what = [("", "the row is gone", None)]
     elif c.run_left is None:
@@ -402,15 +403,19 @@ def _conflict(c: restore.Conflict) -> dict:
 def undo_apply(p: Page):
     scope = _scope(p, p.form)
     result = restore.undo(p.conn, scope, reason=p.field("reason") or None)
-    scope_text = "run" if scope.kind == "run" else f"{scope.kind} of run"
+    if scope.kind == "actions":
+        scope_text = f"{agree(len(scope.actions), 'action', 'actions')} {', '.join(scope.actions)} of run"
+    else:
+        scope_text = "run" if scope.kind == "run" else f"{agree(len(scope.rows), 'row', 'rows')} of run"
     message = f"Undid {scope_text} {str(scope.run_id)[:8]}: restored {plural(result.restored, 'row')}."
     if result.held_rejected:
         message += (f" Rejected {plural(result.held_rejected, 'held change')} of it that "
                     f"{agree(result.held_rejected, 'had', 'had')} not landed.")
     if result.conflict_count:
+        named = labels_mod.lookup(p.conn, [(c.table, c.now or c.run_left) for c in result.conflicts])
         message += (f" Kept {plural(result.conflict_count, 'conflicting row')} as they are (changed since): "
                     + "; ".join(f"{x['label']} ({x['reason'] or 'changed by ' + x['who']})"
-                                for x in map(_conflict, result.conflicts)))
+                                for x in (_conflict(c, named) for c in result.conflicts)))
     return p.redirect(f"/runs/{scope.run_id}", message, "warn" if result.conflict_count else "ok")
 
 
