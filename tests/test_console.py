@@ -286,7 +286,7 @@ def test_undo_preview_lists_the_conflict(scene, browser, sc):
     assert "Nothing has changed yet" in page
     assert "5 rows to restore" in page and "1 conflict" in page
     conflicts = page[page.index("Conflicts: kept as they are"):]
-    assert "tickets #43" in conflicts and "someone outside any run" in conflicts
+    assert "(#43)" in conflicts and "Northwind Systems: update billing address" in conflicts and "someone outside any run" in conflicts
     assert "waiting on customer" in conflicts
     assert snapshot(sc, "tickets") == before
 
@@ -318,7 +318,7 @@ def test_undo_restores_rows_and_keeps_the_conflict(scene, browser, sc):
     assert rows == [(42, None, "needs review"), (43, 3, "waiting on customer"), (44, None, "needs review")]
     assert sc.execute("SELECT count(*) FROM billing_notes").fetchone()[0] == 0
     page = b.get(r.headers["location"]).text
-    assert "restored 5 rows" in page and "Kept 1 conflicting row" in page and "tickets #43" in page
+    assert "restored 5 rows" in page and "Kept 1 conflicting row" in page and "update billing address&#34; (#43)" in page
     event = sc.execute("SELECT actor, summary FROM sidecar.events WHERE kind = 'undo'").fetchone()
     assert event[0] == scene.users["undoer"] and "wrong customers" in event[1]
     assert "Undo this run" not in page  # undone: no second undo offered

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..capture import history
+from ..capture import history, labels
 from ..steps import runs
 from ..text import render
 from ._common import connect, dsn_option, handles_errors, json_option, parse_since
@@ -44,13 +44,14 @@ def show(dsn, run_id, limit, actions_max, as_json):
         events = conn.execute(
             "SELECT at, actor, summary FROM sidecar.events WHERE run_id = %s ORDER BY at", (info.run_id,)
         ).fetchall()
+        named = labels.lookup(conn, [(c.table, i) for _, ch, _ in actions for c in ch for i in (c.before, c.after)])
     if as_json:
         click.echo(render.dumps({
             "run": render.run_json(info),
-            "actions": [{"key": k, "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c))
+            "actions": [{"key": k, "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c, named))
                                                for c in ch], "more": m} for k, ch, m in actions],
             "more_actions": more_actions,
             "events": [{"at": a, "actor": b, "summary": s} for a, b, s in events],
         }))
     else:
-        click.echo(render.show_run(info, actions, events, more_actions))
+        click.echo(render.show_run(info, actions, events, more_actions, named))

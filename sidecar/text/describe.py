@@ -54,16 +54,27 @@ def _fields(image: dict[str, Any], skip: list[str]) -> str:
     return ", ".join(shown[:6]) + (", …" if len(shown) > 6 else "")
 
 
-def change_line(change) -> str:
-    """One change: `tickets #42: status 'needs review' -> 'resolved'`."""
+def change_line(change, labels=None) -> str:
+    """One change: `tickets #42: status 'needs review' -> 'resolved'`; with a page's labels
+    (capture.labels), records named: `tickets "Northwind Systems: …" (#42): customer_id empty ->
+    customer Northwind Solar (#2)`."""
     image = change.after or change.before
-    label = row_label(change.table, change.key, image, change.label_column, change.display_name)
+    if labels is None:
+        label = row_label(change.table, change.key, image, change.label_column, change.display_name)
+    else:
+        label = row_name(change.table, change.key, image, labels, change.label_column, change.display_name)
     pk = list(change.key)
-    if change.op == "I":
-        return f"{label}: added ({_fields(change.after, pk)})"
-    if change.op == "D":
-        return f"{label}: deleted (was {_fields(change.before, pk)})"
-    parts = [f"{c} {value(change.before.get(c))} -> {value(change.after.get(c))}" for c in change.changed_columns]
+
+    def shown(c: str, v: Any) -> str:
+        return value(v) if labels is None else named_value(change.table, c, v, labels)
+
+    if change.op in ("I", "D"):
+        image = change.after if change.op == "I" else change.before
+        fields = [f"{k} {shown(k, v)}" for k, v in image.items() if k not in pk and v is not None]
+        listed = ", ".join(fields[:6]) + (", …" if len(fields) > 6 else "")
+        return f"{label}: added ({listed})" if change.op == "I" else f"{label}: deleted (was {listed})"
+    parts = [f"{c} {shown(c, change.before.get(c))} -> {shown(c, change.after.get(c))}"
+             for c in change.changed_columns]
     return f"{label}: " + ", ".join(parts)
 
 

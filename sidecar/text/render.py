@@ -62,7 +62,7 @@ def runs_table(runs) -> str:
     return "\n".join([head] + [run_line(r) for r in runs])
 
 
-def show_run(info, actions: list[tuple[int, str, list]], events: list, more_actions: int = 0) -> str:
+def show_run(info, actions: list[tuple[int, str, list]], events: list, more_actions: int = 0, labels=None) -> str:
     lines = [
         f"Run {info.run_id}",
         f"  automation  {info.automation}",
@@ -90,7 +90,7 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
         lines.append("")
         lines.append(f"Action {key}")
         for ch in changes:
-            lines.append(f"  {describe.change_line(ch)}")
+            lines.append(f"  {describe.change_line(ch, labels)}")
         if more:
             lines.append(f"  … and {plural(more, 'more change')}")
     if more_actions:
