@@ -232,6 +232,8 @@ def test_support_lead_end_to_end_in_at_most_12_clicks(operator_scene, chromium, 
     assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
     decided = dict(sc.execute("SELECT pending_id, status FROM sidecar.pending").fetchall())
     assert decided == {held[41]: "approved", held[42]: "rejected"}
+    approved = sc.execute("SELECT summary FROM sidecar.events WHERE kind = 'approve'").fetchone()[0]
+    assert "add refund #1 (amount 900.00, status proposed, ticket_id 41; rule: refund over limit)" in approved
     kinds = [k for k, in sc.execute("SELECT kind FROM sidecar.events ORDER BY event_id")]
     assert kinds.index("pause") < kinds.index("undo") < kinds.index("resume")
 
