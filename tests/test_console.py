@@ -421,3 +421,44 @@ def test_sign_in_sends_people_back_only_to_this_site(scene, browser):
         assert r.headers["location"] == expected, target
         b.post("/signout", {}, page="/runs")
         page = b.get("/signin")
+
+
+def test_a_failed_run_is_rerun_from_its_page_and_a_paused_bot_resumed_there(scene, browser, sc, make_conn):
+    rerunner = f"rerunner_{scene.owner.rsplit('_', 1)[1]}"
+    _login_role(sc, rerunner, "sidecar_rerunner", "sidecar_pauser")
+    scene.users["rerunner"] = rerunner
+    conn = make_conn()
+    with pytest.raises(RuntimeError):
+        with sidecar.Run(conn, "billing-bot") as run:
+            run.plan(["note:ticket-41", "note:ticket-42"])
+            with run.step("note:ticket-41"):
+                conn.execute("UPDATE tickets SET status = 'noted' WHERE id = 41")
+            with run.step("note:ticket-42"):
+                raise RuntimeError("the mail server timed out")
+    b = browser(rerunner)
+    page = b.get(f"/runs/{run.run_id}").text
+    assert "Step note:ticket-42: RuntimeError: the mail server timed out" in page  # What failed, as the CLI says
+    assert "Open a rerun of the steps not done" in page and "sidecar rerun" not in page
+    r = b.post(f"/runs/{run.run_id}/rerun", {"reason": "mail server back"}, page=f"/runs/{run.run_id}")
+    assert r.status_code == 303
+    rerun_id = sc.execute("SELECT run_id FROM sidecar.runs WHERE rerun_of = %s", (run.run_id,)).fetchone()[0]
+    assert r.headers["location"] == f"/runs/{rerun_id}"
+    page = b.get(r.headers["location"]).text
+    assert f"Opened rerun {str(rerun_id)[:8]}" in page and "note:ticket-42" in page
+    assert "blocked" not in page and "force" not in page and "[&#34;" not in page  # the meta in words, not JSON
+
+    # Paused, the run page offers Resume where it offered Pause.
+    sc.execute("SELECT sidecar.pause('billing-bot', 'checking')")
+    page = b.get(f"/runs/{run.run_id}").text
+    assert "Resume billing-bot" in page and "Pause billing-bot" not in page
+    r = b.post("/automations/resume", {"automation": "billing-bot"}, page=f"/runs/{run.run_id}")
+    assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
+
+
+def test_a_form_from_before_a_restart_says_nothing_was_done(scene, browser, sc):
+    b = browser(scene.users["pauser"])
+    r = b.client.post("/automations/pause", data={"automation": "billing-bot", "reason": "x", "csrftoken": "stale"},
+                      headers={"referer": "http://testserver/automations"})
+    assert r.status_code == 403
+    assert "Nothing was done" in r.text and "href='/automations'" in r.text
+    assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0

@@ -187,6 +187,8 @@ class Story:
     failed: list[str] = field(default_factory=list)
     next: list[str] = field(default_factory=list)
     paused: bool = False  # the run's automation is paused now
+    paused_by_name: bool = False  # by its own pause (not only with every automation)
+    rerun: bool = False  # the run stopped with steps left, which a rerun redoes
 
 
 def _story(p: Page, info: runs.RunInfo, held: int) -> Story:
@@ -200,7 +202,9 @@ def _story(p: Page, info: runs.RunInfo, held: int) -> Story:
         story.failed.append(info.error)
     # What failed, as `sidecar rerun` lists it: a stopped run's step cut off with its session included.
     if info.state in ("failed", "abandoned") and not info.undo_of:
-        for step in rerun_mod.step_states(p.conn, info.run_id, stopped=True):
+        steps = rerun_mod.step_states(p.conn, info.run_id, stopped=True)
+        story.rerun = any(step.state != "completed" for step in steps)  # a rerun would have work to do
+        for step in steps:
             if step.state == "failed":
                 story.failed.append(f"Step {step.key}: {step.detail}")
     if info.state == "abandoned":
@@ -209,6 +213,7 @@ def _story(p: Page, info: runs.RunInfo, held: int) -> Story:
         "SELECT target, paused_by, reason FROM sidecar.pauses WHERE scope = 'automation' AND target IN (%s, '*') "
         "ORDER BY target = '*' LIMIT 1", (info.automation,)).fetchone()
     story.paused = pause_row is not None
+    story.paused_by_name = bool(pause_row) and pause_row[0] != "*"
     if pause_row:
         who = "Every automation" if pause_row[0] == "*" else info.automation
         story.next.append(f"{who} is paused (by {pause_row[1]}: {pause_row[2]}); its runs cannot start "
@@ -217,7 +222,7 @@ def _story(p: Page, info: runs.RunInfo, held: int) -> Story:
         story.next.append(f"{info.automation} is not paused: its next run will go ahead.")
     if info.state == "running":
         story.next.append("This run is still running.")
-    if info.state in ("failed", "abandoned") and not info.undo_of:
+    if story.rerun:
         story.next.append("A rerun redoes only the steps not done"
                           + ("." if p.rights.rerun else "; a person with the rerunner role opens it."))
     if held:
@@ -380,8 +385,9 @@ def undo_preview(p: Page):
     conflicts = [_conflict(c, named) for c in result.conflicts]
     to_restore = sum(sum(c.get(s, 0) for s in ("insert", "update", "delete")) for c in result.tables.values())
     already = sum(c.get("done", 0) for c in result.tables.values())
+    notes = [n.replace(" (undo needs --force to restore the rest)", "") for n in result.notes]
     return p.render("undo.html", run=info, scope=scope, planned=planned, conflicts=conflicts,
-                    conflict_count=result.conflict_count, notes=result.notes, to_restore=to_restore,
+                    conflict_count=result.conflict_count, notes=notes, to_restore=to_restore,
                     already=already, held=result.held_rejected)
 
 

@@ -369,9 +369,21 @@ class SecurityHeaders:
 
 
 async def csrf_failed(scope, send, error: Errors) -> None:
-    body = ("<!doctype html><html lang=en><meta charset=utf-8><title>Form expired</title>"
-            "<h1>That form could not be accepted</h1><p>It had expired, or it came from another site. "
-            "Go back, reload the page and try again.</p><p><a href='/'>Back to the console</a></p>")
+    """A form whose token no longer matches (the console restarted, or another site sent it): nothing
+    was done; the way back is the page the form was on, where it can be sent again."""
+    headers = dict(scope.get("headers") or [])
+    referer = headers.get(b"referer", b"").decode("latin-1")
+    host = headers.get(b"host", b"").decode("latin-1")
+    back = "/"
+    for scheme in ("http://", "https://"):
+        if host and referer.startswith(f"{scheme}{host}/"):
+            back = safe_path(referer[len(scheme + host):])
+    body = ("<!doctype html><html lang=en><meta charset=utf-8><title>Nothing was done · sidecar console</title>"
+            "<link rel=stylesheet href='/static/console.css'><header class=top><span class=brand>sidecar</span>"
+            "</header><main><h1>Nothing was done</h1><p class='flash error' role=alert>That form could not be "
+            "accepted: it was sent from a page older than the console's last start (or from another site), "
+            "so nothing was done.</p><p>Go back to the page, which is loaded afresh, and send the form again."
+            f"</p><p><a class=button href='{escape(back)}'>Back to the page</a></p></main>")
     await send({"type": "http.response.start", "status": 403,
                 "headers": [(b"content-type", b"text/html; charset=utf-8")]})
     await send({"type": "http.response.body", "body": body.encode()})
