@@ -30,18 +30,21 @@ WITH wanted AS (
            t.display_name
     FROM pg_catalog.pg_class c LEFT JOIN sidecar.tracked t ON t.relid = c.oid
 )
-SELECT 'own', w.relid::regclass::text, NULL, NULL, NULL, l.label_column, NULL, NULL, NULL, NULL
+SELECT 'own', w.relid::regclass::text, NULL, NULL, NULL, l.label_column, NULL, NULL, NULL, NULL, NULL, NULL
 FROM wanted w JOIN labelled l ON l.relid = w.relid WHERE w.relid IS NOT NULL
 UNION ALL
 SELECT 'ref', k.conrelid::regclass::text, a.attname::text, k.confrelid::regclass::text, fa.attname::text,
        l.label_column, l.display_name,
-       pg_catalog.has_table_privilege(k.confrelid, 'SELECT'), fn.nspname::text, fc.relname::text
+       pg_catalog.has_table_privilege(k.confrelid, 'SELECT'), fn.nspname::text, fc.relname::text,
+       tn.nspname::text, ft.typname::text
 FROM pg_catalog.pg_constraint k
 JOIN pg_catalog.pg_class fc ON fc.oid = k.confrelid
 JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
 JOIN wanted w ON w.relid = k.conrelid
 JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
 JOIN pg_catalog.pg_attribute fa ON fa.attrelid = k.confrelid AND fa.attnum = k.confkey[1]
+JOIN pg_catalog.pg_type ft ON ft.oid = fa.atttypid
+JOIN pg_catalog.pg_namespace tn ON tn.oid = ft.typnamespace
 JOIN labelled l ON l.relid = k.confrelid
 WHERE k.contype = 'f' AND cardinality(k.conkey) = 1 AND l.label_column IS NOT NULL
 """
@@ -53,6 +56,7 @@ class Reference:
     table: str  # customers (as regclass prints it)
     schema: str
     relname: str
+    key_type: tuple[str, str]  # the referenced key's type (schema, name): values are cast to it, so its index serves
     ref_column: str  # id
     label_column: str  # name
     display_name: str | None
@@ -107,12 +111,13 @@ def lookup(conn: psycopg.Connection, images: Iterable[tuple[str, dict | None]]) 
         rows = conn.execute(_TABLES, {"tables": tables, "guess": list(GUESSED)}).fetchall()
     except psycopg.Error:
         return labels  # no catalogue access: values stay as they are
-    for kind, table, column, ref_table, ref_column, label_column, display_name, readable, schema, relname in rows:
+    for (kind, table, column, ref_table, ref_column, label_column, display_name, readable, schema, relname,
+         type_schema, type_name) in rows:
         if kind == "own":
             if label_column:
                 labels.own[table] = label_column
         else:
-            labels.refs.setdefault(table, {})[column] = Reference(column, ref_table, schema, relname, ref_column,
+            labels.refs.setdefault(table, {})[column] = Reference(column, ref_table, schema, relname, (type_schema, type_name), ref_column,
                                                                   label_column, display_name, bool(readable))
     wanted: dict[Reference, set[str]] = {}
     for table, image in images:
@@ -125,9 +130,9 @@ def lookup(conn: psycopg.Connection, images: Iterable[tuple[str, dict | None]]) 
     parts = []
     for ref, values in wanted.items():
         target = sql.Identifier(ref.schema, ref.relname)
-        parts.append(sql.SQL("SELECT {t}, {k}::text, {l}::text FROM {tbl} WHERE {k}::text = ANY({vals})").format(
+        parts.append(sql.SQL("SELECT {t}, {k}::text, {l}::text FROM {tbl} WHERE {k} = ANY({vals}::text[]::{typ}[])").format(
             t=sql.Literal(ref.table), k=sql.Identifier(ref.ref_column), l=sql.Identifier(ref.label_column),
-            tbl=target, vals=sql.Literal(sorted(values))))
+            tbl=target, vals=sql.Literal(sorted(values)), typ=sql.Identifier(*ref.key_type)))
     try:
         for table, key, label in conn.execute(sql.SQL(" UNION ALL ").join(parts)):
             if label not in (None, ""):

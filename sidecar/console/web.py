@@ -256,10 +256,11 @@ def _unreachable(request: Request, session: Session, draft: Draft | None) -> Res
     """The database cannot be reached: nothing was done; the person stays signed in."""
     console: Console = request.app.state.console
     if draft is not None:
-        session.draft = draft  # the form's page gives it back once the database answers
-        return console.render(request, "interrupted.html", status=503, draft=draft,
+        page = console.render(request, "interrupted.html", status=503, session=session, draft=draft,
                               why="The database could not be reached")
-    return console.render(request, "error.html", status=503, title="The database cannot be reached",
+        session.draft = draft  # the form's page gives it back once the database answers
+        return page
+    return console.render(request, "error.html", status=503, session=session, title="The database cannot be reached",
                           message="The console could not reach the database just now. You are still signed in, "
                                   "and your password is fine: try again in a moment.",
                           retry=request.url.path + (f"?{request.url.query}" if request.url.query else ""))
