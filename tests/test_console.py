@@ -462,3 +462,15 @@ def test_a_form_from_before_a_restart_says_nothing_was_done(scene, browser, sc):
     assert r.status_code == 403
     assert "Nothing was done" in r.text and "href='/automations'" in r.text
     assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
+
+
+def test_a_row_undone_alone_offers_no_undo_again(scene, browser, sc):
+    b = browser(scene.users["undoer"])
+    r = b.post(f"/runs/{scene.run_id}/undo", {"row": "tickets:44"}, page=f"/runs/{scene.run_id}/undo?row=tickets:44")
+    assert r.status_code == 303, r.text
+    assert sc.execute("SELECT status FROM tickets WHERE id = 44").fetchone()[0] == "needs review"
+    page = b.get(f"/runs/{scene.run_id}").text
+    items = page.split('<li class="change')
+    ticket_44 = [i for i in items if "(#44)" in i.split("</p>")[0] and "tickets" in i.split("</p>")[0]]
+    assert ticket_44 and all("undone by" in i and "Undo this row" not in i for i in ticket_44)
+    assert any("Undo this row" in i for i in items if "(#42)" in i.split("</p>")[0])

@@ -22,6 +22,7 @@ from ..text.describe import agree, plural, row_name
 from ..undo import restore
 from . import changes, queue
 from .drafts import back_of
+from .runview import Undone, meta_in_words, undone_of
 from .web import Named, Page, Pager, page
 
 STATES = runs.STATES
@@ -233,59 +234,6 @@ def _story(p: Page, info: runs.RunInfo, held: int) -> Story:
     return story
 
 
-def _meta(info: runs.RunInfo) -> list[tuple[str, object]]:
-    """The run's meta for people: a rerun's steps, blocked steps and force in words, not JSON."""
-    out: list[tuple[str, object]] = []
-    for k, v in sorted(info.meta.items()):
-        if k == "steps" and isinstance(v, list):
-            v = Named(", ".join(map(str, v)) or "none", v)
-        elif k == "blocked" and isinstance(v, dict):
-            if not v:
-                continue
-            v = Named("; ".join(f"{key}: {why}" for key, why in v.items()), v)
-        elif k == "force" and isinstance(v, bool):
-            if not v:
-                continue
-            v = Named("yes: steps redone despite changed rows", v)
-        elif k == "rerun_of" or v in (None, "", [], {}):
-            continue
-        out.append((k.replace("_", " "), v))
-    return out
-
-
-@dataclass
-class Undone:
-    """What later undos of a run covered: the whole run, some actions, some rows."""
-
-    run: bool = False
-    actions: dict[str, uuid.UUID] = field(default_factory=dict)  # action key -> the undo run
-    rows: dict[str, uuid.UUID] = field(default_factory=dict)  # row spec -> the undo run
-
-    def of_action(self, key: str) -> uuid.UUID | None:
-        return self.actions.get(key)
-
-    def of_row(self, change: Change) -> uuid.UUID | None:
-        return self.actions.get(change.action) or self.rows.get(_row_spec(change))
-
-
-def _undone(p: Page, info: runs.RunInfo) -> Undone:
-    """The undos of the run still in force (not undone in turn), so no button offers to undo them again."""
-    found = Undone(run=bool(info.undone_by))
-    for undo_id, meta in p.conn.execute(
-        "SELECT run_id, meta FROM sidecar.runs WHERE undo_of = %s AND undone_by IS NULL AND status = 'succeeded'",
-        (info.run_id,)):
-        for key in meta.get("actions") or []:
-            found.actions[key] = undo_id
-        for row in meta.get("rows") or []:
-            key = row.get("key") or {}
-            table = str(row.get("table", ""))
-            spec = (f"{table}:{restore._text(next(iter(key.values())))}" if len(key) == 1
-                    else f"{table}:{json.dumps(key, sort_keys=True, default=str)}")
-            found.rows[spec] = undo_id
-            found.rows[spec.removeprefix("public.")] = undo_id
-    return found
-
-
 @page()
 def run_page(p: Page):
     info = runs.get(p.conn, p.request.path_params["run_id"])
@@ -309,14 +257,14 @@ def run_page(p: Page):
     undos = p.conn.execute(
         "SELECT run_id, started_at, started_by, meta->>'scope' FROM sidecar.runs WHERE undo_of = %s ORDER BY started_at",
         (info.run_id,)).fetchall()
-    undone = _undone(p, info)
+    undone = undone_of(p.conn, info, _row_spec)
     everything_undone = bool(action_rows) and apager.total == len(action_rows) and all(
         undone.of_action(a.key) for a in action_rows)
     return p.render(
         "run.html", run=info, story=_story(p, info, held), actions=action_rows, apager=apager, action=action_key,
         changes=shown, pager=pager, events=events, undos=undos, columns=lambda ch: _columns(ch, labels),
         row_spec=_row_spec, labels=labels, undone=undone, everything_undone=everything_undone,
-        total_rows=sum(info.rows.values()), undo_url=_undo_url, meta=_meta(info),
+        total_rows=sum(info.rows.values()), undo_url=_undo_url, meta=meta_in_words(info),
     )
 
 
