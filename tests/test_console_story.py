@@ -312,8 +312,15 @@ def test_the_database_down_in_the_middle_of_a_pause_and_of_an_undo(operator_scen
         expect(page.get_by_label("Why (for the event trail, optional)")).to_have_value("matched the wrong Northwind")
         page.get_by_role("button", name=re.compile("Undo: restore 5 rows")).click()
         expect(page.get_by_role("status")).to_contain_text("restored 5 rows")
+        # The database goes down and comes back between two clicks: the next click just works.
+        page.goto("/automations")
+        relay.cut()
+        relay.restore()
+        page.get_by_role("button", name="Resume billing-bot").click()
+        expect(page.locator(".flashes")).to_contain_text("Resumed automation billing-bot")
     assert sc.execute("SELECT status FROM tickets WHERE id = 42").fetchone()[0] == "needs review"
     assert sc.execute("SELECT summary FROM sidecar.events WHERE kind = 'undo'").fetchone()[0]
+    assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
 
 
 def test_no_dead_ends_and_one_vocabulary(operator_scene, chromium, sc, make_conn):

@@ -204,6 +204,11 @@ class Sessions:
         """A connection as the session's user, for one request (one spare is kept per session)."""
         with self._lock:
             conn, session.spare = session.spare, None
+        if conn is not None and not (conn.closed or conn.broken):
+            try:
+                conn.execute("SELECT")  # a spare left from before the server went away fails here, not mid-request
+            except psycopg.OperationalError:
+                conn.close()
         if conn is None or conn.closed or conn.broken:
             conn = self._open(session.user, session.password)
         try:
