@@ -41,6 +41,7 @@ from bench.harness import (
     source_state,
 )
 from bench.oltp import OltpBench, find_pgbench
+from bench.refrule import RefRuleBench
 from sidecar.cluster import ThrowawayCluster
 
 BENCH_DB = "sidecar_bench"
@@ -54,7 +55,7 @@ CLUSTER_SETTINGS = {
     "autovacuum": False,
 }
 QUICK = Sizes(rows=20_000, insert_rows=20_000, delete_rows=10_000, big_rows=100_000)
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
 
 
 def _bench_database(admin_dsn: str) -> str:
@@ -104,6 +105,13 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
                 notes.append(f"W2 took {(time.monotonic() - phase) / 60:.1f} min")
                 lines += oltp.lines(with_w3="W3" in workloads, with_w4="W4" in workloads)
                 notes += oltp.notes
+            if "W6" in workloads:
+                rules = RefRuleBench(conn, sizes.rows, repeat)
+                phase = time.monotonic()
+                rules.run()
+                notes.append(f"W6 took {(time.monotonic() - phase) / 60:.1f} min")
+                lines += rules.lines()
+                notes += rules.notes
     finally:
         _drop_database(admin_dsn)
     order = {w: i for i, w in enumerate(WORKLOADS)}

@@ -7,7 +7,10 @@
                 conn.execute("INSERT INTO billing_notes ...")
 """
 
+from . import errors
+from .errors import Held, NotARun, Paused, RunFinished, StepConflict
+from .steps.context import row
 from .steps.runs import Run
 
 __version__ = "0.1.0"
-__all__ = ["Run", "__version__"]
+__all__ = ["Held", "NotARun", "Paused", "Run", "RunFinished", "StepConflict", "__version__", "errors", "row"]

@@ -415,13 +415,26 @@ class ThrowawayCluster:
         no checkpoint, recovery from WAL at the next start), for tests that
         prove nothing committed is lost.
         """
+        self.stop_server(crash=crash)
+        self.start_again()
+
+    def stop_server(self, *, crash: bool = True) -> None:
+        """Stop the server, keeping its data: by default as a power cut would
+        (`pg_ctl -m immediate`, every backend killed, no checkpoint); crash=False
+        for a clean shutdown. `start_again` brings it back on the same port."""
         if not self._started:
             raise ClusterError("the cluster is not running")
         pg_ctl = str(self._bindir / "pg_ctl")
-        stop = self._run([pg_ctl, "-D", str(self.datadir), "-m", "immediate" if crash else "fast",
-                          "-w", "-t", "60", "stop"])
+        mode = "immediate" if crash else "fast"
+        stop = self._run([pg_ctl, "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"])
         if stop.returncode != 0:
             raise ClusterError(f"PostgreSQL did not stop:\n{stop.stdout.strip()}")
+
+    def start_again(self) -> None:
+        """Start the server stopped by `stop_server` (recovering from WAL after a crash)."""
+        if not self._started:
+            raise ClusterError("the cluster is not running")
+        pg_ctl = str(self._bindir / "pg_ctl")
         start = self._run([pg_ctl, "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start"],
                           timeout=90)
         if start.returncode != 0:

@@ -34,6 +34,28 @@ def safe_dsn(dsn: str) -> str:
     return conninfo.make_conninfo("", **params)
 
 
+def _dsn_source(dsn: str | None) -> str:
+    """Where the DSN came from, as the way out says it."""
+    if dsn and dsn == os.environ.get("SIDECAR_DSN"):
+        return "check SIDECAR_DSN"
+    if dsn:
+        return "check the --dsn value"
+    if os.environ.get("SIDECAR_DSN"):
+        return "check SIDECAR_DSN"
+    if os.environ.get("DATABASE_URL"):
+        return "check DATABASE_URL (or pass --dsn)"
+    return "pass --dsn or set SIDECAR_DSN"
+
+
+def connect_reason(exc: Exception) -> str:
+    """libpq's report in one line, every line of it kept (the first says what failed)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return "connection refused"
+    lines[0] = re.sub(r"^connection (is bad|failed): (?=connection to server)", "", lines[0])
+    return lines[0] + (f" ({'; '.join(lines[1:])})" if len(lines) > 1 else "")
+
+
 def connect(dsn: str | None = None, *, autocommit: bool = True, application_name: str = "sidecar") -> psycopg.Connection:
     """Open a connection, turning failures into one clear line without the password."""
     resolved = resolve_dsn(dsn)
@@ -42,11 +64,16 @@ def connect(dsn: str | None = None, *, autocommit: bool = True, application_name
             resolved, autocommit=autocommit, application_name=application_name, options=_SESSION_OPTIONS
         )
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection refused"
-        password = conninfo.conninfo_to_dict(resolved).get("password") if resolved else None
+        reason = connect_reason(exc)
+        try:
+            password = conninfo.conninfo_to_dict(resolved).get("password") if resolved else None
+        except psycopg.ProgrammingError:
+            password = None
         if password:
             reason = reason.replace(password, "***")
         where = safe_dsn(resolved) if resolved else "libpq defaults (PGHOST, PGDATABASE, ...)"
-        raise SidecarError(
-            f"cannot connect to {where}: {reason}; pass --dsn or set SIDECAR_DSN"
-        ) from None
+        raise SidecarError(f"cannot connect to {where}: {reason}; {_dsn_source(dsn)}") from None
+    except psycopg.ProgrammingError as exc:
+        # Not a DSN at all (psycopg's parser refused it): say so, without echoing a password.
+        raise SidecarError(f"the DSN {safe_dsn(resolved)!s} is not a connection string or URL "
+                           f"({connect_reason(exc)}); {_dsn_source(dsn)}") from None

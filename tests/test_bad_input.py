@@ -185,3 +185,25 @@ def cli_no_dsn():
     from sidecar.cli import cli
 
     return lambda *args: CliRunner().invoke(cli, list(args))
+
+
+def test_no_dsn_keeps_libpqs_first_line_and_says_how_to_give_one(cli_no_dsn, monkeypatch, tmp_path):
+    for var in ("SIDECAR_DSN", "DATABASE_URL", "PGSERVICE", "PGPORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PGHOST", str(tmp_path))  # no server listens there
+    result = cli_no_dsn("runs")
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1
+    assert f'connection to server on socket "{tmp_path}/.s.PGSQL.' in line  # libpq's first line
+    assert "No such file or directory" in line
+    assert line.endswith("pass --dsn or set SIDECAR_DSN")
+
+
+def test_a_bad_dsn_says_to_check_it_not_to_pass_one(cli_no_dsn, monkeypatch):
+    monkeypatch.delenv("SIDECAR_DSN", raising=False)
+    result = cli_no_dsn("runs", "--dsn", "postgresql://ops@127.0.0.1:1/app")
+    assert result.exit_code == 1
+    assert 'connection to server at "127.0.0.1", port 1 failed' in result.output
+    assert result.output.strip().endswith("check the --dsn value")
+    assert "pass --dsn" not in result.output

@@ -26,6 +26,7 @@ LINES = [
     "undo of a tagged pgbench run (whole CLI)",
     "gate on (other automation paused), UPDATE", "gate on (other automation paused), pgbench",
     "history bytes per changed row",
+    "foreign-key rule REF(customer_id).tier, none held", "context rule CONTEXT.confidence < 0.5, none held",
 ]
 
 
@@ -36,7 +37,7 @@ def test_quick_bench_measures_every_line_and_cleans_up(server_dsn):
     )
     out = result.stdout
     assert result.returncode == 0, result.stderr[-2000:] + out
-    table = [line for line in out.splitlines() if line.startswith(("W1 ", "W2 ", "W3 ", "W4 ", "W5 "))]
+    table = [line for line in out.splitlines() if line.startswith(("W1 ", "W2 ", "W3 ", "W4 ", "W5 ", "W6 "))]
     for name in LINES:
         rows = [line for line in table if name in line]
         assert rows, f"no line {name!r} in:\n{out}"
@@ -46,6 +47,7 @@ def test_quick_bench_measures_every_line_and_cleans_up(server_dsn):
     assert len(targets) >= 10, out
     # The suite checks that each timed undo put its table back, and says so when not.
     assert "did not restore" not in out and "exited" not in out, out
+    assert "expected none" not in out, out
     with psycopg.connect(server_dsn) as conn:
         left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'sidecar_bench'").fetchone()[0]
     assert left == 0

@@ -437,7 +437,7 @@ def test_a_failed_run_is_rerun_from_its_page_and_a_paused_bot_resumed_there(scen
                 raise RuntimeError("the mail server timed out")
     b = browser(rerunner)
     page = b.get(f"/runs/{run.run_id}").text
-    assert "Step note:ticket-42: RuntimeError: the mail server timed out" in page  # What failed, as the CLI says
+    assert "step note:ticket-42 failed: RuntimeError: the mail server timed out" in page  # What failed, as the CLI says
     assert "Open a rerun of the steps not done" in page and "sidecar rerun" not in page
     r = b.post(f"/runs/{run.run_id}/rerun", {"reason": "mail server back"}, page=f"/runs/{run.run_id}")
     assert r.status_code == 303

@@ -185,3 +185,30 @@ def test_approver_approves_a_held_change(operator_scene, browser_page, sc, run_b
     expect(page.get_by_text("Nothing waits for review.")).to_be_visible()
     shot(page, "09-approved")
     assert sc.execute("SELECT billing_email FROM customers WHERE id = 3").fetchone()[0] == "ap@northwind.example"
+
+
+def test_the_queue_shows_why_what_was_read_and_how_sure_escaped(operator_scene, browser_page, sc, bot):
+    import sidecar
+    from sidecar.review import rules
+
+    page, expect = browser_page, sync_api.expect
+    rules.add_rule(sc, "customers", when="CONTEXT.confidence < 0.8", reason="model unsure")
+    reason = "Ticket 44 says the AP mailbox moved <img src=x onerror=alert(1)>"
+    with sidecar.Run(bot, "billing-bot") as run:
+        with run.action("email:customer-3", why=reason, confidence=0.41,
+                        read=[sidecar.row("customers", 3), "email: please use ap@northwind.example"]):
+            bot.execute("UPDATE customers SET billing_email = 'ap@northwind.example' WHERE id = 3")
+    sign_in(page, operator_scene.users["operator"])
+    page.get_by_role("link", name="Review queue").click()
+    item = page.locator("li.held").first
+    context = item.locator("aside.context")
+    expect(context).to_contain_text(reason)  # shown as text: the tag is not an element
+    expect(context.locator("img")).to_have_count(0)
+    expect(context).to_contain_text("0.41")
+    expect(context).to_contain_text('customers #3 "Northwind Systems"')
+    expect(context).to_contain_text('"email: please use ap@northwind.example"')
+    shot(page, "10-queue-context")
+    # The run page opens with the four questions and says why, beside the action's changes.
+    page.goto(f"/runs/{run.run_id}")
+    expect(page.locator(".story")).to_contain_text("1 held change waiting for review")
+    expect(page.locator(".story")).to_contain_text("1 action says why")

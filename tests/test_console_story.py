@@ -345,7 +345,7 @@ def test_no_dead_ends_and_one_vocabulary(operator_scene, chromium, sc, make_conn
         page.goto("/runs?status=abandoned")
         expect(page.locator("table.runs tbody tr")).to_have_count(1)
         expect(page.locator("table.runs")).to_contain_text(str(gone_id)[:8])
-        expect(page.locator("#f-status option")).to_have_text(["any", "running", "succeeded", "failed",
+        expect(page.locator("#f-status option")).to_have_text(["any", "running", "waiting", "succeeded", "failed",
                                                                 "abandoned", "undone"])
 
         # Undo one action; it then offers no undo again, but says what undid it.

@@ -113,3 +113,20 @@ def test_demo_hand_over_stops_where_the_person_takes_over():
     finally:
         subprocess.run(shlex.split(stop), check=False, capture_output=True)
         shutil.rmtree(datadir, ignore_errors=True)
+
+
+def test_demo_shows_why_the_bot_did_it():
+    out = CliRunner().invoke(cli, ["demo"]).output
+    # `sidecar show` opens with the four questions and says, per action, why, what was read and how sure.
+    assert "What started this:\n  billing-bot, started by" in out
+    assert ("Action match:ticket-42\n  Why: the subject starts with 'Northwind', like the name of Northwind Solar\n"
+            "  Read: tickets #42\n  Read: customers #2 \"Northwind Solar\"\n  Confidence: 0.58") in out
+    # The queue shows the reason, the evidence and the confidence of the action that proposed each held change.
+    assert "  Why: The customer says NS-2291 was charged twice\n  Read: tickets #42\n  Confidence: 0.55" in out
+    assert "$ sidecar rule add customers --when 'CONTEXT.confidence < 0.7' --reason 'model unsure'" in out
+    assert "UPDATE succeeded, 0 rows written (held: the model is unsure)" in out
+    assert re.search(r"  Why: Ticket #43 asks to update the billing address; the new e-mail is in the message\n"
+                     r"  Read: tickets #43\n  Read: \"message: please send invoices to ap@northwind-systems.example\"\n"
+                     r"  Confidence: 0.41\n  model: gpt-4o-mini\n  #\d+  Set billing email of customers \"Northwind "
+                     r"Systems\" from 'invoices@northwind-systems.example' to 'ap@northwind-systems.example' "
+                     r"\(rule: model unsure\)", out)

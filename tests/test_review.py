@@ -522,6 +522,7 @@ def test_row_limit_with_a_predicate_counts_matching_rows_only(billing, cli, run_
     ("NEW.refund_amount > (SELECT max(refund_amount) FROM invoices)", "--when must not contain a subquery"),
     ("NEW.id IN (SELECT id FROM invoices)", "--when may use IN with a list of values only"),
     ("pg_sleep(1) IS NULL", "--when must not call function pg_sleep()"),
+    ("random() < 0.5", "--when must not call function random();"),
     ("NEW.refund_amout > 500", "--when: table public.invoices has no column refund_amout"),
     ("refund_amount > 500", "--when: write NEW.refund_amount or OLD.refund_amount"),
     ("CAST(NEW.customer AS regclass) IS NULL", "--when must not cast to REGCLASS"),

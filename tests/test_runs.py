@@ -188,7 +188,7 @@ def test_show_json_has_run_actions_and_change_text(support, cli, run_bot):
 
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert sorted(doc) == ["actions", "events", "more_actions", "run"]
+    assert sorted(doc) == ["actions", "events", "held", "more_actions", "run", "summary"]
     assert doc["more_actions"] == 0
     assert doc["run"]["run_id"] == str(run_id) and doc["run"]["meta"] == {"rule": "auto-close"}
     (action,) = doc["actions"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from . import capture, console, demo, gate, inventory, ops, review, runs, steps, undo
+from . import archive, capture, console, demo, gate, inventory, mcp, ops, review, runs, steps, undo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,10 +19,10 @@ def cli():
 
 for _command in (
     capture.install, capture.uninstall, capture.track, capture.untrack,
-    runs.runs_cmd, runs.show, undo.undo, steps.rerun,
+    runs.runs_cmd, runs.show, undo.undo, steps.steps_cmd, steps.rerun,
     gate.pause, gate.resume, *review.COMMANDS,
-    ops.status, ops.purge, *inventory.COMMANDS,
-    console.serve, demo.demo,
+    ops.status, ops.purge, *archive.COMMANDS, *inventory.COMMANDS,
+    console.serve, mcp.mcp, demo.demo,
 ):
     cli.add_command(_command)
 

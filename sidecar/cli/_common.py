@@ -35,6 +35,8 @@ def handles_errors(f):
         try:
             return f(*args, **kwargs)
         except SidecarError as exc:
+            if isinstance(exc, psycopg.Error):  # sidecar.errors' database errors: their one line and hint
+                _database_error(exc)
             click.echo(f"sidecar: {exc}", err=True)
             sys.exit(exc.exit_code)
         except psycopg.errors.UndefinedTable as exc:
@@ -47,12 +49,17 @@ def handles_errors(f):
             click.echo("sidecar: sidecar is not installed in this database; run: sidecar install", err=True)
             sys.exit(1)
         except psycopg.Error as exc:
-            message = exc.diag.message_primary or str(exc).strip()
-            hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
-            click.echo(f"sidecar: {message.removeprefix('sidecar: ')}{hint}; nothing was changed", err=True)
-            sys.exit(1)
+            _database_error(exc)
 
     return wrapper
+
+
+def _database_error(exc: psycopg.Error) -> None:
+    message = getattr(exc, "message", None) or exc.diag.message_primary or str(exc).strip()
+    hint = getattr(exc, "hint", None) or exc.diag.message_hint
+    hint = f" ({hint})" if hint else ""
+    click.echo(f"sidecar: {message.removeprefix('sidecar: ')}{hint}; nothing was changed", err=True)
+    sys.exit(1)
 
 
 def connect(dsn):

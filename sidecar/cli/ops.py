@@ -33,7 +33,8 @@ def status(dsn, as_json):
 def purge(dsn, before, automation, yes):
     """Remove old captured history (runs and events stay, marked purged).
 
-    Runs still running, with held items, or being undone are kept.
+    Runs still running, with held items, or being undone are kept. To keep the history
+    readable after the purge, archive it first (sidecar archive --before 90d --to DIR).
     Example: sidecar purge --before 90d --yes
     """
     cutoff = parse_since(before)

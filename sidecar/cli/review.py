@@ -40,6 +40,8 @@ def queue_text(items: list[held.HeldChange]) -> str:
     for (run_id, action, automation), items_held in groups.items():
         lines.append("")
         lines.append(f"{automation}  run {_short(run_id)}  action {action}  held {render.when(items_held[0].held_at)}")
+        if items_held[0].context is not None:
+            lines += [f"  {line}" for line in items_held[0].context.lines()]
         for item in items_held:
             lines.append(f"  #{item.pending_id}  {item.text}")
         if len(items_held) > 1:

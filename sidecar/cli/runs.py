@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..capture import history, labels
+from ..capture import context, history, labels
+from ..ops import summary as run_summary
+from ..review import held as held_mod
 from ..steps import runs
 from ..text import render
 from ._common import connect, dsn_option, handles_errors, json_option, parse_since
@@ -44,14 +46,31 @@ def show(dsn, run_id, limit, actions_max, as_json):
         events = conn.execute(
             "SELECT at, actor, summary FROM sidecar.events WHERE run_id = %s ORDER BY at", (info.run_id,)
         ).fetchall()
+        held = held_mod.of_run(conn, info.run_id)
+        if more_actions:
+            contexts = context.of_actions(conn, info.run_id, [k for k, _, _ in actions])
+        else:
+            # Every action: one whose writes were all held (or changed nothing) still says why.
+            contexts = context.of_actions(conn, info.run_id)
+            listed = {k for k, _, _ in actions}
+            if any(k not in listed for k in contexts):
+                order = {k: i for i, (k,) in enumerate(conn.execute(
+                    "SELECT key FROM sidecar.actions WHERE run_id = %s AND key = ANY(%s) ORDER BY action_id",
+                    (info.run_id, list(listed | set(contexts)))).fetchall())}
+                actions = sorted(actions + [(k, [], 0) for k in contexts if k not in listed],
+                                 key=lambda a: order.get(a[0], len(order)))
+        summary = run_summary.summarize(conn, info)
         named = labels.lookup(conn, [(c.table, i) for _, ch, _ in actions for c in ch for i in (c.before, c.after)])
     if as_json:
         click.echo(render.dumps({
             "run": render.run_json(info),
-            "actions": [{"key": k, "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c, named))
-                                               for c in ch], "more": m} for k, ch, m in actions],
+            "summary": summary,
+            "actions": [{"key": k, "context": contexts.get(k),
+                         "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c, named))
+                                     for c in ch], "more": m} for k, ch, m in actions],
             "more_actions": more_actions,
+            "held": [dict(render.to_jsonable(h), text=h.text) for h in held],
             "events": [{"at": a, "actor": b, "summary": s} for a, b, s in events],
         }))
     else:
-        click.echo(render.show_run(info, actions, events, more_actions, named))
+        click.echo(render.show_run(info, actions, events, more_actions, contexts, summary, held, named))

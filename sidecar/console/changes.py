@@ -1,6 +1,6 @@
 """A run's changes and actions one page at a time, for runs of millions of changes.
 
-`sidecar.history.changes` streams a run's changes in order, which suits the
+`sidecar.capture.history.changes` streams a run's changes in order, which suits the
 CLI; a web page wants page 1,200 of them without reading the first 1,199. Here
 the page is chosen in SQL (where the changed rows' images are, ordered by
 statement), and only that page's images are read back, as `history.Change`

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlencode
 
 from starlette.routing import Route
 
+from ..capture import context
 from ..capture import labels as labels_mod
 from ..capture.history import Change
 from ..errors import UsageError
+from ..ops import summary as run_summary
 from ..review import gate
 from ..steps import rerun as rerun_mod
 from ..steps import runs
@@ -180,60 +182,6 @@ def _held_columns(item, labels=None) -> list[tuple[str, object, object]]:
             for c, b, a in _side_by_side(item.op, item.old_row, item.new_row, item.changed_columns)]
 
 
-@dataclass
-class Story:
-    """The seed's four questions about a run."""
-
-    started: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    next: list[str] = field(default_factory=list)
-    paused: bool = False  # the run's automation is paused now
-    paused_by_name: bool = False  # by its own pause (not only with every automation)
-    rerun: bool = False  # the run stopped with steps left, which a rerun redoes
-
-
-def _story(p: Page, info: runs.RunInfo, held: int) -> Story:
-    story = Story()
-    story.started.append(f"Automation {info.automation}, run by PostgreSQL user {info.started_by}.")
-    if info.rerun_of:
-        story.started.append(f"A rerun of run {str(info.rerun_of)[:8]}.")
-    if info.undo_of:
-        story.started.append(f"An undo of run {str(info.undo_of)[:8]}.")
-    if info.error:
-        story.failed.append(info.error)
-    # What failed, as `sidecar rerun` lists it: a stopped run's step cut off with its session included.
-    if info.state in ("failed", "abandoned") and not info.undo_of:
-        steps = rerun_mod.step_states(p.conn, info.run_id, stopped=True)
-        story.rerun = any(step.state != "completed" for step in steps)  # a rerun would have work to do
-        for step in steps:
-            if step.state == "failed":
-                story.failed.append(f"Step {step.key}: {step.detail}")
-    if info.state == "abandoned":
-        story.failed.append("The run's session ended before it finished it (abandoned).")
-    pause_row = p.conn.execute(
-        "SELECT target, paused_by, reason FROM sidecar.pauses WHERE scope = 'automation' AND target IN (%s, '*') "
-        "ORDER BY target = '*' LIMIT 1", (info.automation,)).fetchone()
-    story.paused = pause_row is not None
-    story.paused_by_name = bool(pause_row) and pause_row[0] != "*"
-    if pause_row:
-        who = "Every automation" if pause_row[0] == "*" else info.automation
-        story.next.append(f"{who} is paused (by {pause_row[1]}: {pause_row[2]}); its runs cannot start "
-                          "and their next write fails.")
-    elif not info.undo_of:
-        story.next.append(f"{info.automation} is not paused: its next run will go ahead.")
-    if info.state == "running":
-        story.next.append("This run is still running.")
-    if story.rerun:
-        story.next.append("A rerun redoes only the steps not done"
-                          + ("." if p.rights.rerun else "; a person with the rerunner role opens it."))
-    if held:
-        story.next.append(f"{plural(held, 'held write')} of this run {agree(held, 'waits', 'wait')} for review "
-                          "in the review queue.")
-    if info.undone_by:
-        story.next.append(f"Undone by run {str(info.undone_by)[:8]}; undoing that run puts the changes back.")
-    return story
-
-
 @page()
 def run_page(p: Page):
     info = runs.get(p.conn, p.request.path_params["run_id"])
@@ -253,7 +201,9 @@ def run_page(p: Page):
     events = p.conn.execute(
         "SELECT at, actor, kind, summary FROM sidecar.events WHERE run_id = %s ORDER BY at, event_id",
         (info.run_id,)).fetchall()
-    held = queue.open_count_of_run(p.conn, info.run_id) if p.rights.has_queue else 0
+    # The four questions, as `sidecar show` opens with them; what each action's automation said.
+    story = run_summary.summarize(p.conn, info, shell=False)
+    contexts = context.of_actions(p.conn, info.run_id, [a.key for a in action_rows] + [action_key])
     undos = p.conn.execute(
         "SELECT run_id, started_at, started_by, meta->>'scope' FROM sidecar.runs WHERE undo_of = %s ORDER BY started_at",
         (info.run_id,)).fetchall()
@@ -261,7 +211,7 @@ def run_page(p: Page):
     everything_undone = bool(action_rows) and apager.total == len(action_rows) and all(
         undone.of_action(a.key) for a in action_rows)
     return p.render(
-        "run.html", run=info, story=_story(p, info, held), actions=action_rows, apager=apager, action=action_key,
+        "run.html", run=info, story=story, contexts=contexts, actions=action_rows, apager=apager, action=action_key,
         changes=shown, pager=pager, events=events, undos=undos, columns=lambda ch: _columns(ch, labels),
         row_spec=_row_spec, labels=labels, undone=undone, everything_undone=everything_undone,
         total_rows=sum(info.rows.values()), undo_url=_undo_url, meta=meta_in_words(info),

@@ -1,4 +1,4 @@
-"""The review queue as the console shows it: held writes (sidecar.review), a page at a time."""
+"""The review queue as the console shows it: held writes (sidecar.review.held), a page at a time."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def items(conn: psycopg.Connection, *, open_only: bool = True, offset: int = 0,
     total = conn.execute("SELECT count(*) FROM sidecar.pending p" + where, params).fetchone()[0]
     rows = conn.execute(held._SELECT + where + " ORDER BY p.pending_id OFFSET %(o)s LIMIT %(n)s",
                         {**params, "o": offset, "n": limit}).fetchall()
-    return [held._to_item(r) for r in rows], total
+    return held._with_context(conn, [held._to_item(r) for r in rows]), total
 
 
 def open_count_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> int:

@@ -242,7 +242,7 @@ def _serve(handler, needs, request: Request, session: Session, form, draft: Draf
     except SignInError as exc:
         return console.render(request, "error.html", status=503, title="Console unavailable", message=str(exc))
     except psycopg.OperationalError as exc:
-        if "authentication failed" in str(exc):
+        if _signed_out_by_the_database(exc):
             # The password the person signed in with is not accepted any more: sign in again.
             console.sessions.sign_out(session.sid)
             request.session.clear()
@@ -274,9 +274,15 @@ def _sign_in_again(request: Request, draft: Draft, why: str) -> Response:
                                 "back to the form with what you typed.")
 
 
+def _signed_out_by_the_database(exc: psycopg.OperationalError) -> bool:
+    """The person's password or role no longer lets them in (not a server that is away)."""
+    text = str(exc)
+    return "authentication failed" in text or ("role" in text and "does not exist" in text)
+
+
 def _message(exc: Exception) -> str:
-    if isinstance(exc, SidecarError):
-        return getattr(exc, "message", str(exc))  # without the shell command the CLI adds
+    if isinstance(exc, SidecarError) and not isinstance(exc, psycopg.Error):
+        return exc.without_shell()  # the console offers links and buttons, not commands
     if isinstance(exc, psycopg.Error):
         diag = exc.diag
         text = (diag.message_primary or str(exc)).removeprefix("sidecar: ")

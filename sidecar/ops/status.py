@@ -29,7 +29,7 @@ class InFlight:
     """A run of a paused automation that has not finished."""
 
     run_id: uuid.UUID
-    state: str  # running | abandoned (no live session holds it)
+    state: str  # running | waiting (a rerun not attached yet) | abandoned (no live session holds it)
     started_at: datetime
     last_write_at: datetime | None = None
     last_write: str | None = None  # the last statement's first row, in plain language
@@ -181,11 +181,12 @@ def gather(conn: psycopg.Connection) -> StatusReport:
 def _in_flight(conn: psycopg.Connection, automation: str) -> list[InFlight]:
     """The automation's unfinished runs, oldest first, each with its last write."""
     found = []
-    for run_id, started_at, alive, stmt_id, action_id, at in conn.execute(
+    for run_id, started_at, alive, waiting, stmt_id, action_id, at in conn.execute(
         """
         SELECT r.run_id, r.started_at,
                EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
                        AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)),
+               r.backend_pid IS NULL AND r.rerun_of IS NOT NULL AND s.stmt_id IS NULL,
                s.stmt_id, s.action_id, s.at
         FROM sidecar.runs r
         LEFT JOIN LATERAL (SELECT stmt_id, action_id, at FROM sidecar.statements
@@ -194,7 +195,7 @@ def _in_flight(conn: psycopg.Connection, automation: str) -> list[InFlight]:
         """,
         (automation,),
     ).fetchall():
-        run = InFlight(run_id, "running" if alive else "abandoned", started_at, at)
+        run = InFlight(run_id, runs.state_word("running", alive=alive, waiting=waiting), started_at, at)
         if action_id is not None:
             # The rows of the last statement, read from its action (one step or transaction, not the whole run).
             rows = list(history.changes(conn, run_id, action_ids=[action_id], stmt_id=stmt_id))

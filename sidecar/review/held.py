@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from ..capture import context as context_mod
 from ..errors import SidecarError, UsageError
 from ..steps import runs as runs_mod
 from ..text import describe
@@ -66,6 +67,9 @@ class HeldChange:
     decided_why: str | None = None
     label_column: str | None = None
     display_name: str | None = None
+    # What the automation said about the action that proposed it (why, read, confidence).
+    context: context_mod.Context | None = None
+    action_id: int | None = None
 
     @property
     def changed_columns(self) -> list[str]:
@@ -141,7 +145,8 @@ SELECT p.pending_id, p.run_id, r.automation, a.key, sidecar._qualname(t.relid), 
        p.key::text, p.old_row::text, p.new_row::text, p.rule_id, p.reason, p.held_at, p.status,
        p.decided_by, p.decided_at, p.decided_why, t.label_column, t.display_name, t.pk_columns::text[],
        (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
-        WHERE a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped) AS column_order
+        WHERE a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped) AS column_order,
+       p.action_id
 FROM sidecar.pending p
 JOIN sidecar.runs r ON r.run_id = p.run_id
 JOIN sidecar.actions a ON a.action_id = p.action_id
@@ -151,11 +156,19 @@ JOIN sidecar.tracked t ON t.tracked_id = p.tracked_id
 
 def _to_item(row: tuple) -> HeldChange:
     (pending_id, run_id, automation, action, table, op, key, old_row, new_row, rule_id, reason, held_at, status,
-     decided_by, decided_at, decided_why, label_column, display_name, pk_columns, column_order) = row
+     decided_by, decided_at, decided_why, label_column, display_name, pk_columns, column_order, action_id) = row
     return HeldChange(pending_id, run_id, automation, action, table, op, _ordered(_loads(key), pk_columns),
                       _ordered(_loads(old_row), column_order), _ordered(_loads(new_row), column_order),
                       rule_id, reason, held_at, status, decided_by, decided_at, decided_why,
-                      label_column, display_name)
+                      label_column, display_name, action_id=action_id)
+
+
+def _with_context(conn: psycopg.Connection, items: list[HeldChange]) -> list[HeldChange]:
+    """Each item with the context of the action that proposed it."""
+    found = context_mod.of_action_ids(conn, [i.action_id for i in items if i.action_id is not None])
+    for item in items:
+        item.context = found.get(item.action_id)
+    return items
 
 
 def _ordered(image: dict[str, Any] | None, columns: list[str] | None) -> dict[str, Any] | None:
@@ -173,6 +186,12 @@ def queue(conn: psycopg.Connection, *, include_decided: bool = False, limit: int
         _SELECT + " WHERE p.status IN ('pending', 'conflict') OR %s ORDER BY p.pending_id LIMIT %s",
         (include_decided, limit),
     ).fetchall()
+    return _with_context(conn, [_to_item(r) for r in rows])
+
+
+def of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[HeldChange]:
+    """Every write of one run a rule held, decided or not, oldest first."""
+    rows = conn.execute(_SELECT + " WHERE p.run_id = %s ORDER BY p.pending_id", (run_id,)).fetchall()
     return [_to_item(r) for r in rows]
 
 
@@ -180,7 +199,7 @@ def get(conn: psycopg.Connection, pending_id: int) -> HeldChange:
     row = conn.execute(_SELECT + " WHERE p.pending_id = %s", (pending_id,)).fetchone()
     if row is None:
         raise UsageError(f"there is no held change {pending_id}", shell="sidecar queue lists them")
-    return _to_item(row)
+    return _with_context(conn, [_to_item(row)])[0]
 
 
 def _items(conn: psycopg.Connection, ids: list[int]) -> list[HeldChange]:

@@ -10,6 +10,19 @@ a few immutable functions. Anything else (a subquery, a second statement, any
 other function) is refused with one line saying what. The checked tree is
 rendered back by sqlglot with quoted column names: that text, not the user's,
 is compiled into the trigger.
+
+Two more forms read beyond the row (docs/rules.md):
+
+- ``CONTEXT.confidence`` (a number), ``CONTEXT.why`` and ``CONTEXT.<key>`` (text): the context the
+  automation set on the action it is in (``sidecar.set_context``), as it was when the row was
+  written. A write without that key gives NULL, so ``CONTEXT.confidence < 0.8`` does not hold a
+  write that says nothing (``CONTEXT.confidence IS NULL`` does). Compiled to
+  ``sidecar._context_number('confidence')`` / ``sidecar._context_text('key')``.
+- ``REF(customer_id).tier``: a column of the row that a declared foreign key of the table points
+  to, by the key's columns (``REF(a, b).col`` for a composite key; ``REF(OLD.customer_id)`` follows
+  the key as it was, for deletes). Only declared foreign keys can be followed, one hop; compiled to
+  ``(SELECT p."tier" FROM "public"."customers" AS p WHERE p."id" = NEW."customer_id")`` and read
+  with the rights of the hold function's owner (the role that adds rules), not the writer's.
 """
 
 from __future__ import annotations
@@ -54,6 +67,23 @@ _PLAIN_TYPES = {
 }
 
 _ROW_NAMES = {"new": "NEW", "old": "OLD"}
+_CONTEXT = "context"
+_CONTEXT_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A declared foreign key of the table: its columns, and the row they point to."""
+
+    columns: tuple[str, ...]
+    parent_schema: str
+    parent_table: str
+    parent_columns: tuple[str, ...]
+    parent_all: frozenset[str]  # every column of the parent table
+
+    @property
+    def parent(self) -> str:
+        return f"{self.parent_schema}.{self.parent_table}"
 
 # The dollar-quote tag of the rendered hold function (triggers/hold.sql).
 _FUNCTION_QUOTE = "$hold$"
@@ -71,14 +101,17 @@ class Rule:
     created_by: str
     created_at: datetime
     active: bool
+    # The predicate as its author wrote it (CONTEXT.confidence < 0.8), where it was recorded.
+    written: str | None = None
 
     @property
     def condition(self) -> str:
         """What the rule holds: `when NEW."amount" > 500`, `more than 100 rows in one statement`."""
+        shown = self.written or self.predicate
         if self.max_rows is None:
-            text = f"when {self.predicate}"
+            text = f"when {shown}"
         elif self.predicate:
-            text = f"more than {self.max_rows} rows where {self.predicate} in one statement"
+            text = f"more than {self.max_rows} rows where {shown} in one statement"
         else:
             text = f"more than {self.max_rows} rows in one statement"
         return text + (f" (automation {self.automation} only)" if self.automation else "")
@@ -88,27 +121,43 @@ def _one_line(message: str) -> str:
     return " ".join(message.split())
 
 
-def _node_name(node: exp.Expression) -> str:
-    if isinstance(node, exp.Anonymous):
-        return f"function {node.name}()"
+_CALLED = re.compile(r"([A-Za-z_][A-Za-z0-9_$]*)\s*\(")
+
+
+def _called_name(node: exp.Func, text: str | None) -> str:
+    """The function's name as the user wrote it (sqlglot's class names another dialect's: random() is Rand)."""
+    names = {node.name.lower()} if isinstance(node, exp.Anonymous) else set()
+    names |= {n.lower() for n in getattr(type(node), "_sql_names", [])} | {node.sql_name().lower()}
+    rendered = node.sql(dialect="postgres").split("(")[0].strip().lower()
+    names.add(rendered)
+    written = [m.group(1) for m in _CALLED.finditer(text or "")]
+    for name in written:
+        if name.lower() in names:
+            return name
+    unknown = [n for n in written if n.lower() not in set(ALLOWED_FUNCTIONS.values()) | {"in", "cast"}]
+    return unknown[0] if len(unknown) == 1 else rendered
+
+
+def _node_name(node: exp.Expression, text: str | None = None) -> str:
     if isinstance(node, exp.Func):
-        return f"function {node.sql_name().lower()}()"
+        return f"function {_called_name(node, text)}()"
     if isinstance(node, (exp.Subquery, exp.Query)):
         return "a subquery"
     return type(node).__name__
 
 
-def _check_node(node: exp.Expression, columns: set[str], table: str) -> None:
+def _check_node(node: exp.Expression, columns: set[str], table: str, text: str | None = None) -> None:
     # Exact classes, not isinstance: a subclass of an allowed node is another construct.
     kind = type(node)
     if isinstance(node, (exp.Subquery, exp.Query, exp.Exists)):
-        raise UsageError("--when must not contain a subquery: a rule looks at the written row only")
+        raise UsageError("--when must not contain a subquery: a rule looks at the written row, CONTEXT.key "
+                         "and REF(fk_column).col (the row a declared foreign key points to) only")
     if kind in ALLOWED_FUNCTIONS:
         return
     if kind not in _ALLOWED_NODES:
         if isinstance(node, exp.Func):
             allowed = ", ".join(sorted(ALLOWED_FUNCTIONS.values()))
-            raise UsageError(f"--when must not call {_node_name(node)}; allowed functions: {allowed}")
+            raise UsageError(f"--when must not call {_node_name(node, text)}; allowed functions: {allowed}")
         raise UsageError(
             f"--when must not use {_node_name(node)} ({node.sql(dialect='postgres')}); use column references "
             "NEW.col / OLD.col, literals, comparisons, AND/OR/NOT, arithmetic, IS NULL, IN (...), BETWEEN, "
@@ -130,7 +179,7 @@ def _check_node(node: exp.Expression, columns: set[str], table: str) -> None:
         _check_column(node, columns, table)
 
 
-def _check_column(node: exp.Column, columns: set[str], table: str) -> None:
+def _check_column(node: exp.Column, columns: set[str], table: str, context_allowed: bool = True) -> None:
     if isinstance(node.this, exp.Star):
         raise UsageError("--when must name columns (NEW.amount), not NEW.*")
     if node.args.get("db") or node.args.get("catalog"):
@@ -139,9 +188,15 @@ def _check_column(node: exp.Column, columns: set[str], table: str) -> None:
     if row is None:
         raise UsageError(f"--when: write NEW.{node.name} or OLD.{node.name}, not {node.name} alone "
                          "(NEW is the row being written, OLD the row as it was)")
+    if row.name.lower() == _CONTEXT and context_allowed:
+        if not _CONTEXT_KEY.match(node.this.name):
+            raise UsageError(f"--when: CONTEXT.{node.this.name} is not a context key; keys are letters, digits "
+                             "and _ (CONTEXT.confidence, CONTEXT.why, CONTEXT.model)")
+        return
     if row.name.lower() not in _ROW_NAMES:
         raise UsageError(f"--when: {node.sql(dialect='postgres')} refers to {row.name}; only NEW and OLD "
-                         f"(the row being written and the row as it was) may be used")
+                         f"(the row being written and the row as it was), CONTEXT (what the automation said "
+                         f"about its action) and REF(fk_column).col (the row a foreign key points to) may be used")
     name = _column_name(node.this)
     if name not in columns:
         known = sorted(columns)
@@ -155,11 +210,60 @@ def _column_name(ident: exp.Identifier) -> str:
     return ident.name if ident.quoted else ident.name.lower()
 
 
-def compile_predicate(text: str, columns: set[str], table: str) -> str:
-    """Check ``text`` and return it rendered for the trigger, e.g. ``NEW."amount" > 500``.
+def _is_ref(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Anonymous) and node.name.lower() == "ref"
 
-    Raises UsageError (one line) for anything outside the allow-list.
-    """
+
+def _ref_key(node: exp.Dot, foreign_keys: list[ForeignKey], table: str) -> tuple[ForeignKey, str, str]:
+    """Check REF(cols).col: the foreign key it follows, the row (NEW or OLD) and the parent's column."""
+    ref = node.this
+    args = ref.expressions
+    if not args or not all(isinstance(a, exp.Column) and isinstance(a.this, exp.Identifier) for a in args):
+        raise UsageError("--when: REF(...) takes the columns of a foreign key, e.g. REF(customer_id).tier")
+    rows = {(a.args.get("table").name.lower() if a.args.get("table") else "new") for a in args}
+    if len(rows) != 1 or not rows <= set(_ROW_NAMES) or any(a.args.get("db") for a in args):
+        raise UsageError("--when: REF(...) follows NEW's key (REF(customer_id)) or OLD's (REF(OLD.customer_id)), "
+                         "not a mix")
+    names = tuple(_column_name(a.this) for a in args)
+    matching = [fk for fk in foreign_keys if set(fk.columns) == set(names) and len(fk.columns) == len(names)]
+    if not matching:
+        declared = "; ".join(f"REF({', '.join(fk.columns)}) -> {fk.parent}" for fk in foreign_keys) or "none"
+        raise UsageError(f"--when: REF({', '.join(names)}) does not follow a declared foreign key of {table}; "
+                         f"only declared foreign keys can be followed (declared: {declared})")
+    fk = matching[0]
+    if not isinstance(node.expression, exp.Identifier):
+        raise UsageError("--when: REF(...) must be followed by a column of the row it points to, e.g. .tier")
+    column = _column_name(node.expression)
+    if column not in fk.parent_all:
+        listed = ", ".join(sorted(fk.parent_all)[:20])
+        raise UsageError(f"--when: {fk.parent} has no column {column} (REF({', '.join(names)}).{column}); "
+                         f"its columns are: {listed}")
+    return fk, _ROW_NAMES[rows.pop()], column
+
+
+def _check_tree(node: exp.Expression, columns: set[str], table: str, foreign_keys: list[ForeignKey],
+                compiled: set[str] | None = None, text: str | None = None) -> None:
+    """Check every node of the predicate. compiled: the rendered text is checked, where the
+    sidecar-made forms (REF subqueries, CONTEXT calls) are allowed exactly as rendered, and CONTEXT
+    and REF as the user writes them are not."""
+    if compiled is not None and isinstance(node, (exp.Subquery, exp.Dot)) \
+            and node.sql(dialect="postgres", comments=False) in compiled:
+        return
+    if compiled is None and isinstance(node, exp.Dot) and _is_ref(node.this):
+        _ref_key(node, foreign_keys, table)
+        return
+    if compiled is None and _is_ref(node):
+        raise UsageError("--when: REF(...) must be followed by a column of the row it points to, "
+                         "e.g. REF(customer_id).tier")
+    if isinstance(node, exp.Column):
+        _check_column(node, columns, table, context_allowed=compiled is None)
+    else:
+        _check_node(node, columns, table, text)
+    for child in node.iter_expressions():
+        _check_tree(child, columns, table, foreign_keys, compiled, text)
+
+
+def _parse_one(text: str) -> exp.Expression:
     if not text or not text.strip():
         raise UsageError('--when needs an expression, e.g. --when "NEW.amount > 500"')
     try:
@@ -180,24 +284,87 @@ def compile_predicate(text: str, columns: set[str], table: str) -> str:
     if not isinstance(tree, exp.Condition) or isinstance(tree, (exp.Query, exp.DDL, exp.DML, exp.Command)):
         shown = _one_line(tree.sql(dialect="postgres"))[:60]
         raise UsageError(f"--when must be an expression, not a statement ({shown})")
-    for node in tree.walk():
-        _check_node(node, columns, table)
+    return tree
+
+
+def _ref_subquery(fk: ForeignKey, row: str, column: str) -> exp.Expression:
+    """(SELECT p."col" FROM "schema"."parent" AS p WHERE p."pk" = NEW."fk" AND ...)"""
+    match = [exp.EQ(this=exp.column(pc, table="p", quoted=True),
+                    expression=exp.Column(this=exp.to_identifier(c, quoted=True),
+                                          table=exp.to_identifier(row, quoted=False)))
+             for c, pc in zip(fk.columns, fk.parent_columns)]
+    select = (exp.select(exp.column(column, table="p", quoted=True))
+              .from_(exp.table_(fk.parent_table, db=fk.parent_schema, quoted=True, alias="p"))
+              .where(exp.and_(*match)))
+    return exp.Subquery(this=select)
+
+
+def _context_call(key: str) -> exp.Expression:
+    function = "_context_number" if key == "confidence" else "_context_text"
+    return exp.Dot(this=exp.to_identifier("sidecar"),
+                   expression=exp.Anonymous(this=function, expressions=[exp.Literal.string(key)]))
+
+
+def compile_predicate(text: str, columns: set[str], table: str,
+                      foreign_keys: list[ForeignKey] | None = None) -> str:
+    """Check ``text`` and return it rendered for the trigger, e.g. ``NEW."amount" > 500``.
+
+    Raises UsageError (one line) for anything outside the allow-list.
+    """
+    foreign_keys = foreign_keys or []
+    tree = _parse_one(text)
+    _check_tree(tree, columns, table, foreign_keys, text=text)
+    made: set[str] = set()
 
     def quote(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Column):
+        if isinstance(node, exp.Dot) and _is_ref(node.this):
+            fk, row, column = _ref_key(node, foreign_keys, table)
+            out = _ref_subquery(fk, row, column)
+        elif isinstance(node, exp.Column) and node.args["table"].name.lower() == _CONTEXT:
+            out = _context_call(node.this.name)
+        elif isinstance(node, exp.Column):
             row = _ROW_NAMES[node.args["table"].name.lower()]
             return exp.Column(this=exp.to_identifier(_column_name(node.this), quoted=True),
                               table=exp.to_identifier(row, quoted=False))
-        return node
+        else:
+            return node
+        made.add(out.sql(dialect="postgres", comments=False))
+        return out
 
     rendered = tree.transform(quote).sql(dialect="postgres", comments=False)
-    # The rendered text must itself pass: what is compiled is what was checked.
+    # The rendered text must itself pass: what is compiled is what was checked (the forms sidecar
+    # made, exactly as made, and the user's row references).
     again = sqlglot.parse(rendered, read="postgres")
     if len(again) != 1 or again[0] is None:
         raise SidecarError(f"--when {text!r} did not render back to one expression; please report this")
-    for node in again[0].walk():
-        _check_node(node, columns, table)
+    _check_tree(again[0], columns, table, foreign_keys, compiled=made)
+    if _FUNCTION_QUOTE in rendered:
+        raise UsageError(f"--when must not contain the text {_FUNCTION_QUOTE}")
     return rendered
+
+
+def foreign_keys(conn: psycopg.Connection, table: str) -> list[ForeignKey]:
+    """The table's declared foreign keys, the columns of each and of the table it points to."""
+    rows = conn.execute(
+        """
+        SELECT array_agg(ca.attname::text ORDER BY k.ord), pn.nspname::text, pc.relname::text,
+               array_agg(pa.attname::text ORDER BY k.ord),
+               (SELECT array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = con.confrelid AND a.attnum > 0 AND NOT a.attisdropped)
+        FROM pg_catalog.pg_constraint con
+        CROSS JOIN LATERAL unnest(con.conkey, con.confkey) WITH ORDINALITY AS k(child_att, parent_att, ord)
+        JOIN pg_catalog.pg_attribute ca ON ca.attrelid = con.conrelid AND ca.attnum = k.child_att
+        JOIN pg_catalog.pg_attribute pa ON pa.attrelid = con.confrelid AND pa.attnum = k.parent_att
+        JOIN pg_catalog.pg_class pc ON pc.oid = con.confrelid
+        JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
+        WHERE con.conrelid = %s::regclass AND con.contype = 'f'
+        GROUP BY con.oid, con.confrelid, pn.nspname, pc.relname
+        ORDER BY con.conname
+        """,
+        (table,),
+    ).fetchall()
+    return [ForeignKey(tuple(cols), schema, rel, tuple(pcols), frozenset(every)) for cols, schema, rel, pcols, every
+            in rows]
 
 
 def table_columns(conn: psycopg.Connection, table: str) -> set[str]:
@@ -235,13 +402,18 @@ def add_rule(
         raise UsageError(f"--max-rows must be 0 or more, not {max_rows}")
     if not reason or not reason.strip():
         raise UsageError("a rule needs --reason: reviewers read it next to each held change")
-    predicate = compile_predicate(when, table_columns(conn, name), name) if when is not None else None
+    predicate = (compile_predicate(when, table_columns(conn, name), name, foreign_keys(conn, name))
+                 if when is not None else None)
     try:
         with conn.transaction():
             rule_id = conn.execute(
                 "SELECT sidecar.add_rule(%s::regclass, %s, %s, %s, %s)",
                 (name, predicate, reason, automation, max_rows),
             ).fetchone()[0]
+            # Kept for people where the compiled text reads unlike what was written (CONTEXT, REF).
+            if predicate is not None and ("sidecar._context_" in predicate or "(SELECT " in predicate):
+                conn.execute("UPDATE sidecar.rules SET written = %s WHERE rule_id = %s",
+                             (_parse_one(when).sql(dialect="postgres", comments=False), rule_id))
     except psycopg.Error as exc:
         raise _sql_error(exc) from None
     return get_rule(conn, rule_id)
@@ -259,7 +431,7 @@ def drop_rule(conn: psycopg.Connection, rule_id: int) -> Rule:
 
 _RULE_SELECT = (
     "SELECT r.rule_id, sidecar._qualname(t.relid), r.kind, r.predicate, r.max_rows, r.automation, r.reason, "
-    "r.created_by, r.created_at, r.active FROM sidecar.rules r JOIN sidecar.tracked t USING (tracked_id)"
+    "r.created_by, r.created_at, r.active, r.written FROM sidecar.rules r JOIN sidecar.tracked t USING (tracked_id)"
 )
 
 

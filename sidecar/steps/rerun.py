@@ -12,6 +12,7 @@ import os
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -24,8 +25,9 @@ from . import runs as runs_mod
 @dataclass
 class StepState:
     key: str
-    state: str  # completed | failed | never started
-    detail: str = ""
+    state: str  # completed | failed | blocked | never started
+    detail: str = ""  # one line: by whom, why it failed or is blocked
+    diagnostics: str | None = None  # a failure's full report (detail, hint, context), for operators
 
 
 @dataclass
@@ -62,21 +64,34 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID, *, stopped: bool = 
         )
         SELECT k.key, min(k.ord),
                (SELECT s.run_id FROM sidecar.steps s, lineage WHERE s.lineage = lineage.root AND s.key = k.key),
-               (SELECT f.error FROM sidecar.step_failures f WHERE f.run_id IN (SELECT run_id FROM runs_of)
-                  AND f.key = k.key ORDER BY f.failed_at DESC LIMIT 1),
+               (SELECT array[f.error, f.detail] FROM sidecar.step_failures f
+                WHERE f.run_id IN (SELECT run_id FROM runs_of) AND f.key = k.key ORDER BY f.failed_at DESC LIMIT 1),
                -- An undo (not undone in turn) of the completing run, or of the step's action.
                (SELECT u.run_id FROM sidecar.steps s CROSS JOIN lineage
                 JOIN sidecar.actions a ON a.action_id = s.action_id
                 JOIN sidecar.runs u ON u.undo_of = s.run_id AND u.status = 'succeeded' AND u.undone_by IS NULL
                 WHERE s.lineage = lineage.root AND s.key = k.key
                   AND (u.meta ->> 'scope' = 'run' OR coalesce(u.meta -> 'actions', '[]') ? a.key)
-                ORDER BY u.started_at DESC LIMIT 1)
+                ORDER BY u.started_at DESC LIMIT 1),
+               (SELECT max(f.failed_at) FROM sidecar.step_failures f
+                WHERE f.run_id IN (SELECT run_id FROM runs_of) AND f.key = k.key),
+               -- The latest rerun that blocked it (its rows changed since), and when.
+               (SELECT array[b.reason, br.started_at::text] FROM sidecar.step_blocks b
+                JOIN sidecar.runs br ON br.run_id = b.run_id
+                WHERE b.run_id IN (SELECT run_id FROM runs_of) AND b.key = k.key
+                  AND coalesce(br.meta -> 'blocked', '{}') ? b.key
+                ORDER BY br.started_at DESC LIMIT 1)
         FROM keys k GROUP BY k.key ORDER BY min(k.ord) NULLS LAST, k.key
         """,
         {"run": run_id},
     ).fetchall()
     out = []
-    for key, ord_, done_by, error, undone_by in rows:
+    for key, ord_, done_by, failure, undone_by, failed_at, block in rows:
+        error, diagnostics = failure if failure else (None, None)
+        blocked_at = datetime.fromisoformat(block[1]) if block else None
+        if not done_by and block and (failed_at is None or blocked_at > failed_at):
+            out.append(StepState(key, "blocked", block[0]))
+            continue
         if done_by and undone_by:
             # Still done for the lineage, so a rerun skips it: say that its changes are gone.
             out.append(StepState(key, "completed", f"by run {str(done_by)[:8]}; undone since by run "
@@ -84,12 +99,18 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID, *, stopped: bool = 
         elif done_by:
             out.append(StepState(key, "completed", f"by run {str(done_by)[:8]}"))
         elif error:
-            out.append(StepState(key, "failed", error))
-        elif stopped and ord_ is not None and not any(s.state == "failed" for s in out):
+            out.append(StepState(key, "failed", error, diagnostics))
+        elif stopped and ord_ is not None and not any(s.state in ("failed", "blocked") for s in out):
             out.append(StepState(key, "failed", "the run stopped while on it (its session ended)"))
         else:
             out.append(StepState(key, "never started"))
     return out
+
+
+def steps_of(conn: psycopg.Connection, run_ref: str) -> tuple[runs_mod.RunInfo, list[StepState]]:
+    """A run and each step of its lineage (completed, failed, blocked, never started); opens nothing."""
+    info = runs_mod.get(conn, run_ref)
+    return info, step_states(conn, info.run_id, stopped=info.state in ("failed", "abandoned"))
 
 
 def _check_targets(conn: psycopg.Connection, run_id: uuid.UUID, key: str) -> list[str]:
@@ -151,6 +172,9 @@ def rerun(conn: psycopg.Connection, run_ref: str, *, steps: list[str] | None = N
     # Steps other than the ones to redo are not this rerun's business.
     blocks = {s.key: dict(blocked).get(s.key, "not asked for in this rerun (--step)")
               for s in states if s.state != "completed" and s.key not in redo}
+    if not redo:
+        # Nothing left to redo: no run is opened (looking at the steps is `sidecar steps RUN`).
+        return RerunReport(original.run_id, None, original.automation, states, redo, blocked, log)
     meta = {"rerun_of": str(original.run_id), "steps": redo, "blocked": dict(blocked), "reason": reason,
             "force": force}
     summary = (f"Rerun of run {str(original.run_id)[:8]}: {plural(len(redo), 'step')} to redo"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -13,7 +14,10 @@ from psycopg.types.json import Jsonb
 
 from ..capture.history import row_counts
 from ..capture.tracking import regclass
-from ..errors import UsageError
+from ..errors import NotARun, RunFinished, TransactionAborted, UsageError, full_text, one_line
+from . import _step, own_run
+from . import context as _context
+from ._step import LEFT_EARLY, Step, _in_error
 
 _UUID_PREFIX = re.compile(r"^[0-9a-fA-F-]+$")
 
@@ -24,72 +28,146 @@ class Run:
         with sidecar.Run(conn, "ticket-bot", meta={"prompt": "v3"}) as run:
             conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = 42")
 
-    The run finishes as succeeded, or as failed with the exception's text when
-    the block raises (the exception still propagates).
+    The run finishes as succeeded, or as failed with the exception's one-line text
+    when the block raises (the exception still propagates). `run.run_id` is its id.
+    key: an idempotency key; a second run of the automation with the same key is a
+    rerun of the first (its steps done are skipped).
     """
 
     def __init__(self, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None,
-                 *, run_id: str | uuid.UUID | None = None):
+                 *, run_id: str | uuid.UUID | None = None, key: str | None = None):
         """run_id attaches to a run that already exists (one `sidecar rerun` opened)."""
+        if run_id and key:
+            raise UsageError("a Run takes run_id (attach to a run) or key (an idempotency key), not both")
         self.conn = conn
         self.automation = automation
         self.meta = meta or {}
+        self.key = key
         self.run_id: uuid.UUID | None = uuid.UUID(str(run_id)) if run_id else None
+        self._started = False
+        self._finished = False
+        self._open_step: Step | None = None
+        self._unfinished: str | None = None  # a step a loop left unfinished, recorded when known why
 
     @classmethod
-    def from_env(cls, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None) -> "Run":
+    def from_env(cls, conn: psycopg.Connection, automation: str, meta: dict[str, Any] | None = None,
+                 *, key: str | None = None) -> "Run":
         """Attach to $SIDECAR_RUN_ID when `sidecar rerun --exec` started us, else start a new run."""
-        import os
-
-        return cls(conn, automation, meta, run_id=os.environ.get("SIDECAR_RUN_ID") or None)
+        run_id = os.environ.get("SIDECAR_RUN_ID") or None
+        return cls(conn, automation, meta, run_id=run_id, key=None if run_id else key)
 
     def __enter__(self) -> "Run":
+        if self._started:
+            raise UsageError("a Run is entered once; start a new sidecar.Run for another run")
         if self.run_id is None:
             self.run_id = self.conn.execute(
-                "SELECT sidecar.start_run(%s, %s)", (self.automation, Jsonb(self.meta))
+                "SELECT sidecar.start_run(%s, %s, %s)", (self.automation, Jsonb(self.meta), self.key)
             ).fetchone()[0]
         else:
-            self.conn.execute("SELECT set_config('sidecar.run_id', %s, false)", (str(self.run_id),))
-            self.conn.execute("SELECT set_config('sidecar.automation', %s, false)", (self.automation,))
+            self.conn.execute("SELECT sidecar.attach_run(%s, %s)", (self.run_id, self.automation))
         if not self.conn.autocommit:
             self.conn.commit()
+        self._started = True
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._finished = True
         if self.conn.closed:
             return
+        if self._open_step is not None:
+            # A loop over run.steps kept in a variable: its step ends with the block's exception.
+            if exc is not None:
+                self._open_step.__exit__(exc_type, exc, tb)
+            else:
+                self._open_step._abandon()
+        if exc is None and _in_error(self.conn):
+            # The block caught a failed statement and went on: its transaction cannot commit.
+            self.conn.rollback()
+            err = self._why_aborted("a statement of the run failed and its error was caught, so its "
+                                    "transaction could not commit; it was rolled back")
+            self._finish("failed", err)
+            raise err
         if exc is None:
             if not self.conn.autocommit:
                 self.conn.commit()
+            self._record_unfinished(LEFT_EARLY)
             self._finish("succeeded", None)
         else:
             # The block's transaction may be aborted: the failure is recorded outside it.
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self.conn.rollback()
-            self._finish("failed", f"{type(exc).__name__}: {exc}")
+            try:
+                self._record_unfinished(one_line(exc), full_text(exc))
+                self._finish("failed", exc)
+            except psycopg.Error as err:
+                # Recording the failure failed too (the session is gone...): the block's own exception goes on.
+                exc.add_note(f"sidecar: the run's failure could not be recorded: {one_line(err)}")
 
-    def _finish(self, status: str, error: str | None) -> None:
-        self.conn.execute("SELECT sidecar.finish_run(%s, %s, %s)", (status, error, self.run_id))
+    def _finish(self, status: str, exc: BaseException | None) -> None:
+        self.conn.execute("SELECT sidecar.finish_run(%s, %s, %s, %s)",
+                          (status, one_line(exc) if exc else None, self.run_id, full_text(exc) if exc else None))
         if not self.conn.autocommit:
             self.conn.commit()
 
-    def action(self, key: str) -> "_Action":
-        """Group the writes of the block into one action (one undo unit)."""
-        return _Action(self.conn, key)
+    def _check_open(self, what: str) -> None:
+        """Writes through a Run that has not started, or has finished, would not be captured."""
+        if not self._started:
+            raise NotARun(f"sidecar: run.{what}() before the run started; use it inside `with sidecar.Run(...) as run:`",
+                          details={"run_id": str(self.run_id) if self.run_id else None})
+        if self._finished:
+            raise RunFinished(f"sidecar: run {self.run_id} has finished; run.{what}() would write outside it, "
+                              "uncaptured and beyond undo",
+                              hint="Do the work inside the `with sidecar.Run(...)` block, or start a new run.",
+                              details={"run_id": str(self.run_id)})
 
-    def step(self, key: str) -> "Step":
+    def _fail_step(self, key: str, error: str, detail: str | None) -> None:
+        with self.conn.transaction():
+            self.conn.execute("SELECT sidecar.fail_step(%s, %s, %s)", (key, error, detail))
+
+    def _record_unfinished(self, error: str, detail: str | None = None) -> None:
+        if self._unfinished is not None:
+            key, self._unfinished = self._unfinished, None
+            self._fail_step(key, error, detail)
+
+    def _why_aborted(self, what: str) -> Exception:
+        """After a caught failure rolled a transaction back: Paused when the automation is paused, else
+        TransactionAborted."""
+        pauses = [p for p in own_run.paused(self.conn, self.run_id) if p.scope == "automation"]
+        if pauses:
+            return own_run.paused_error(pauses[0])
+        return TransactionAborted(f"sidecar: {what}",
+                                  hint="Let the error propagate, or roll back and retry the step")
+
+    def action(self, key: str, **context: Any) -> "_Action":
+        """Group the writes of the block into one action (one undo unit).
+
+        Context for the people who review and undo it (sidecar.steps.context):
+        ``why=`` the model's reason, ``read=[...]`` what it read (``sidecar.row(table, key)`` or short
+        texts), ``confidence=`` 0..1, any other keyword as JSON (``model=``, ``prompt_version=``).
+
+        In autocommit mode an action is not a transaction: each statement commits on its own, so a
+        write before an exception stays (and is captured). Without autocommit, the block's writes
+        commit with the caller's transaction.
+        """
+        self._check_open("action")
+        return _Action(self.conn, key, context)
+
+    def step(self, key: str, *, same_work: bool = False, **context: Any) -> Step:
         """One idempotent unit of work, committed with its writes:
 
-            with run.step("note:ticket-42") as step:
+            with run.step("note:ticket-42", why="...", confidence=0.9) as step:
                 if step.skip:
                     continue          # done before, by this run or the one it reruns
                 conn.execute("INSERT INTO billing_notes ...")
+
+        The context (as for ``action``) is set when the step runs, not when it is skipped.
+        A key this run completed already is refused (StepConflict) unless same_work=True.
         """
-        return Step(self, key)
+        return Step(self, key, context, same_work=same_work)
 
     def plan(self, steps: list[str | dict]) -> None:
         """Declare the run's steps up front (keys, or {"key", "touches": [{"table", "key"}]})."""
-
+        self._check_open("plan")
         names: dict[str, str] = {}
         for step in steps:
             # Names are resolved here, with the caller's search_path (the SQL function takes qualified names).
@@ -99,69 +177,84 @@ class Run:
         if not self.conn.autocommit:
             self.conn.commit()
 
-    def steps(self, items, key, touches=None):
+    def steps(self, items, key, touches=None, *, same_work: bool = False, **context):
         """Yield the items whose step still has to be done, each inside its own step.
 
-            for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}"):
+            for ticket in run.steps(tickets, key=lambda t: f"note:ticket-{t.id}",
+                                    why=lambda t: t.reason, confidence=0.9):
                 conn.execute("INSERT INTO billing_notes ...", ...)
 
-        The plan is declared first, so a rerun knows what never started. An
-        exception inside the loop rolls that step back, records it as failed
-        and ends the loop.
+        Context keywords (as for ``action``) take a value or a callable of the item.
+
+        The plan is declared first, so a rerun knows what never started. Two items with one key
+        are refused (StepConflict) unless same_work=True. An exception inside the loop rolls that
+        step back, records it as failed with that exception, and ends the loop; so does leaving
+        the loop early (break): the current item's step is rolled back.
         """
-        items = list(items)
-        self.plan([{"key": key(i), "touches": [{"table": t, "key": k} for t, k in (touches(i) if touches else [])]}
-                   for i in items])
-        for item in items:
-            with self.step(key(item)) as step:
-                if step.skip:
-                    continue
-                yield item
+        return _step.iterate(self, items, key, touches, same_work, context)
 
+    def held(self) -> list[own_run.HeldWrite]:
+        """The run's writes a hold rule held, with queue ids and decisions (pending, conflict, approved,
+        rejected)."""
+        return own_run.held(self.conn, self.run_id)
 
-class Step:
-    def __init__(self, run: Run, key: str):
-        self.run, self.key = run, key
-        self.skip = False
-        self.done_by: tuple[uuid.UUID, datetime] | None = None
-        self._tx = None
+    def paused(self) -> list[own_run.Pause]:
+        """The pauses that stop the run's writes now: empty when it is not paused."""
+        return own_run.paused(self.conn, self.run_id)
 
-    def __enter__(self) -> "Step":
-        conn = self.run.conn
-        self._tx = conn.transaction()
-        self._tx.__enter__()
-        if not conn.execute("SELECT sidecar.begin_step(%s)", (self.key,)).fetchone()[0]:
-            self.skip = True
-            self.done_by = conn.execute("SELECT run_id, completed_at FROM sidecar.step_done(%s)", (self.key,)).fetchone()
-        return self
+    def raise_if_held(self, action: str | None = None) -> None:
+        """Raise Held when writes of the run (of one action, if given) wait for review.
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        conn = self.run.conn
-        if exc_type is None and not self.skip:
-            try:
-                conn.execute("SELECT sidecar.end_step()")
-            except BaseException as err:
-                self._tx.__exit__(type(err), err, err.__traceback__)
-                raise
-        self._tx.__exit__(exc_type, exc, tb)
-        if exc_type is not None and not conn.closed and not isinstance(exc, psycopg.OperationalError):
-            with conn.transaction():
-                conn.execute("SELECT sidecar.fail_step(%s, %s)", (self.key, f"{exc_type.__name__}: {exc}"))
-        return False
+        Call it after a step, not inside one: raised inside, it rolls the step back, and the held
+        write with it (it never reaches the queue).
+        """
+        waiting = [h for h in self.held() if h.waiting and (action is None or h.action == action)]
+        if waiting:
+            raise own_run.held_error(waiting, self.run_id)
 
 
 class _Action:
-    def __init__(self, conn: psycopg.Connection, key: str):
+    def __init__(self, conn: psycopg.Connection, key: str, context: dict[str, Any] | None = None):
         self.conn, self.key = conn, key
+        self._context = context or {}
 
     def __enter__(self) -> "_Action":
         self.conn.execute("SELECT set_config('sidecar.action', %s, false)", (self.key,))
+        if self._context:
+            try:
+                self.context(**self._context)
+            except BaseException:
+                self.__exit__()
+                raise
         return self
+
+    def context(self, **context: Any) -> None:
+        """Add context to this action (merged; the later key wins)."""
+        _context.set_context(self.conn, **context)
 
     def __exit__(self, *exc) -> None:
         if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             return
         self.conn.execute("SELECT set_config('sidecar.action', '', false)")
+
+
+# The words people read for a run's state, in the CLI, its JSON and the console.
+STATES = ("running", "waiting", "succeeded", "failed", "abandoned", "undone")
+
+
+def state_word(status: str, *, undone: bool = False, alive: bool = True, waiting: bool = False) -> str:
+    """A run's state in one word:
+
+    - undone: an undo of the whole run is in effect (not itself undone);
+    - waiting: opened by `sidecar rerun`, no session has attached or written yet;
+    - abandoned: running, but no live session holds it;
+    - else its status: running, succeeded, failed.
+    """
+    if undone:
+        return "undone"
+    if status == "running" and not alive:
+        return "waiting" if waiting else "abandoned"
+    return status
 
 
 @dataclass
@@ -176,6 +269,7 @@ class RunInfo:
     error: str | None
     undo_of: uuid.UUID | None
     rerun_of: uuid.UUID | None
+    # The undo in effect: None when the run was never undone whole, or its undo was undone in turn.
     undone_by: uuid.UUID | None
     rows: dict[str, int]
 
@@ -184,40 +278,52 @@ class RunInfo:
     # False: rows are the counts kept at rows_counted_at of a big run that has written since.
     rows_complete: bool = True
     rows_counted_at: datetime | None = None
+    # The failure's full diagnostics (detail, hint, context), for operators; error is its one line.
+    error_detail: str | None = None
+    run_key: str | None = None
+    waiting: bool = False
+    purged_at: datetime | None = None  # set: the captured changes were removed (sidecar purge)
 
     @property
     def state(self) -> str:
-        """What a person reads: succeeded, failed, running, abandoned (no live session), undone."""
-        if self.undone_by:
-            return "undone"
-        if self.status == "running" and not self.alive:
-            return "abandoned"
-        return self.status
+        """What a person reads: running, waiting, succeeded, failed, abandoned, undone (state_word)."""
+        return state_word(self.status, undone=self.undone_by is not None, alive=self.alive, waiting=self.waiting)
 
 
-# The run states a person reads, in CLI, console and JSON alike (RunInfo.state).
-STATES = ("running", "succeeded", "failed", "abandoned", "undone")
+# A run's undo is in effect unless that undo was undone in turn (and that one not undone again).
+_RUN_FROM = """
+FROM sidecar.runs r
+LEFT JOIN sidecar.runs ru ON ru.run_id = r.undone_by
+LEFT JOIN sidecar.runs ruu ON ruu.run_id = ru.undone_by
+"""
+_UNDONE_BY = "CASE WHEN ru.undone_by IS NULL OR ruu.undone_by IS NOT NULL THEN r.undone_by END"
 
 _ALIVE = """EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
                AND (r.backend_start IS NULL OR a.backend_start = r.backend_start))"""
+_WAITING = """r.backend_pid IS NULL AND r.rerun_of IS NOT NULL
+            AND NOT EXISTS (SELECT FROM sidecar.actions ac WHERE ac.run_id = r.run_id)"""
 
-# RunInfo.state in SQL, over sidecar.runs r: for filters and counts.
-STATE_SQL = f"""CASE WHEN r.undone_by IS NOT NULL THEN 'undone'
-     WHEN r.status = 'running' AND NOT {_ALIVE} THEN 'abandoned' ELSE r.status END"""
+# state_word in SQL, over _RUN_FROM: the state filters and counts read what RunInfo.state says.
+STATE_SQL = f"""CASE WHEN {_UNDONE_BY} IS NOT NULL THEN 'undone'
+     WHEN r.status = 'running' AND NOT {_ALIVE} THEN CASE WHEN {_WAITING} THEN 'waiting' ELSE 'abandoned' END
+     ELSE r.status END"""
 
 _RUN_SELECT = f"""
 SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.finished_at, r.error,
        r.undo_of, r.rerun_of,
-       r.undone_by,
+       {_UNDONE_BY} AS undone_by,
        (SELECT count(*) FROM sidecar.steps st WHERE st.run_id = r.run_id) AS steps_done,
-       {_ALIVE} AS alive
-FROM sidecar.runs r
-"""
+       {_ALIVE} AS alive,
+       r.error_detail, coalesce(r.run_key, r.meta ->> 'run_key') AS run_key,
+       {_WAITING} AS waiting,
+       r.purged_at
+{_RUN_FROM}"""
 
 
 def _to_info(conn: psycopg.Connection, row: tuple, with_rows: bool = True) -> RunInfo:
 
-    info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12])
+    info = RunInfo(*row[:11], rows={}, steps_done=row[11], alive=row[12], error_detail=row[13], run_key=row[14],
+                   waiting=row[15], purged_at=row[16])
     if with_rows:
         counts = row_counts(conn, info.run_id)
         info.rows, info.rows_complete, info.rows_counted_at = counts.tables, counts.complete, counts.counted_at
@@ -272,7 +378,7 @@ def state_counts(conn: psycopg.Connection) -> dict[str, dict[str, int]]:
     """Runs per automation and state (undo runs left out): {automation: {state: n}}."""
     out: dict[str, dict[str, int]] = {}
     for automation, state, n in conn.execute(
-        f"SELECT r.automation, {STATE_SQL}, count(*) FROM sidecar.runs r WHERE r.undo_of IS NULL GROUP BY 1, 2"
+        f"SELECT r.automation, {STATE_SQL}, count(*) {_RUN_FROM} WHERE r.undo_of IS NULL GROUP BY 1, 2"
     ):
         out.setdefault(automation, {})[state] = n
     return out
@@ -298,5 +404,5 @@ def list_runs(
 
 def count_runs(conn: psycopg.Connection, *, automation: str | None = None, since: datetime | None = None,
                status: str | None = None) -> int:
-    return conn.execute("SELECT count(*) FROM sidecar.runs r WHERE " + _RUN_FILTER,
+    return conn.execute("SELECT count(*) " + _RUN_FROM + " WHERE " + _RUN_FILTER,
                         {"a": automation, "s": since, "st": status}).fetchone()[0]

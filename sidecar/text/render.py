@@ -62,12 +62,33 @@ def runs_table(runs) -> str:
     return "\n".join([head] + [run_line(r) for r in runs])
 
 
-def show_run(info, actions: list[tuple[int, str, list]], events: list, more_actions: int = 0, labels=None) -> str:
-    lines = [
-        f"Run {info.run_id}",
+def first_line(text: str | None, limit: int = 300) -> str | None:
+    """A stored error as one line (older releases stored the database's whole report)."""
+    if not text:
+        return text
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def summary_lines(summary) -> list[str]:
+    """The four questions (ops.summary.Summary), each a heading and its answers."""
+    lines = []
+    for heading, answers in summary.sections():
+        lines.append(f"{heading}:")
+        lines += [f"  {a}" for a in answers] or ["  nothing"]
+    return lines
+
+
+def show_run(info, actions: list[tuple[int, str, list]], events: list, more_actions: int = 0,
+             contexts: dict | None = None, summary=None, held: list | None = None, labels=None) -> str:
+    contexts = contexts or {}
+    lines = [f"Run {info.run_id}"]
+    if summary is not None:
+        lines += summary_lines(summary) + ["", "Details"]
+    lines += [
         f"  automation  {info.automation}",
         f"  started     {when(info.started_at)} by {info.started_by}",
-        f"  status      {info.state}" + (f" ({info.error})" if info.error else ""),
+        f"  status      {info.state}" + (f" ({first_line(info.error)})" if info.error else ""),
     ]
     if info.finished_at:
         lines.append(f"  finished    {when(info.finished_at)}")
@@ -79,6 +100,10 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
         lines.append(f"  undo of     {info.undo_of}")
     if info.undone_by:
         lines.append(f"  undone by   {info.undone_by}")
+    if getattr(info, "purged_at", None):
+        lines.append(f"  purged      {when(info.purged_at)}: its captured changes were removed "
+                     "(sidecar archive restore FILE loads an archived run back)")
+        return "\n".join(lines)
     total = sum(info.rows.values())
     lines.append(f"  changed     {'' if info.rows_complete else 'at least '}{plural(total, 'row')}"
                  + (" in " + ", ".join(f"{describe.table_name(t)} ({n})" for t, n in sorted(info.rows.items()))
@@ -86,17 +111,30 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
                  + ("" if info.rows_complete else
                     f" (counted at {when(info.rows_counted_at)}; the run has written since, and is "
                     "counted again once it has finished)"))
+    waiting = [h for h in held or [] if h.status in ("pending", "conflict")]
+    if held:
+        lines.append(f"  held        {plural(len(held), 'change')} for review, {len(waiting)} still waiting"
+                     + (" (sidecar queue)" if waiting else ""))
     for key, changes, more in actions:
         lines.append("")
         lines.append(f"Action {key}")
+        if key in contexts:
+            lines += [f"  {line}" for line in contexts[key].lines()]
         for ch in changes:
             lines.append(f"  {describe.change_line(ch, labels)}")
+        if not changes:
+            lines.append("  nothing of it landed (held for review, or it changed nothing)")
         if more:
             lines.append(f"  … and {plural(more, 'more change')}")
     if more_actions:
         lines.append("")
         lines.append(f"… and {plural(more_actions, 'more action')} (--actions 0 shows them all; "
                      "the console pages through them)")
+    if held:
+        lines.append("")
+        lines.append("Held for review")
+        for h in held:
+            lines.append(f"  [{h.pending_id}] {h.status:<9} action {h.action}: {h.text}")
     if events:
         lines.append("")
         lines.append("Events")

@@ -53,7 +53,7 @@ class Conflict:
 
 
 class Planner:
-    """Builds the restore plan of one scope inside the caller's transaction (restore_apply writes it)."""
+    """Builds the restore plan of one scope inside the caller's transaction (apply writes it)."""
 
     def __init__(self, conn: psycopg.Connection, scope: Scope, *, force: bool = False,
                  progress: Callable[[str], None] | None = None):

@@ -2,8 +2,8 @@
 
 `preview` plans and reports; `undo` plans, applies and records the undo as a
 run of its own, all in one transaction, so it can be undone in turn. The
-plan is built by restore_plan, ordered by restore_keys and written by
-restore_apply.
+plan is built by undo.plan, ordered by undo.keys and written by
+undo.apply.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
             counts = apply(planner)
         except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
             # Values rows of the run traded among themselves, or a key
-            # restore_unique does not check ahead (an expression, a WHERE).
+            # undo.unique does not check ahead (an expression, a WHERE).
             detail = f" ({exc.diag.message_detail.rstrip('.')})" if exc.diag.message_detail else ""
             raise SidecarError(
                 f"restoring {exc.diag.schema_name}.{exc.diag.table_name} would break its key "

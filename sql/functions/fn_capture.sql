@@ -266,17 +266,24 @@ BEGIN
     IF NOT FOUND THEN
         RETURN true;
     END IF;
+    -- DETAIL: the pause as JSON, for clients (sidecar.errors.Paused reads it).
     IF r_pause.scope = 'table' THEN
         v_table := (SELECT sidecar._qualname(t.relid) FROM sidecar.tracked t WHERE t.tracked_id = p_tracked_id);
         RAISE EXCEPTION 'sidecar: table % is paused for automations since % by %: %', v_table,
                         to_char(r_pause.paused_at, 'YYYY-MM-DD HH24:MI:SS TZ'), r_pause.paused_by, r_pause.reason
             USING ERRCODE = 'SC001',
+                  DETAIL = jsonb_build_object('scope', 'table', 'target', v_table, 'automation', p_automation,
+                                              'paused_by', r_pause.paused_by, 'paused_at', r_pause.paused_at,
+                                              'reason', r_pause.reason)::text,
                   HINT = format('%s An operator resumes with: sidecar resume --table %s', p_what, v_table);
     END IF;
     RAISE EXCEPTION 'sidecar: automation % is paused since % by %: %',
                     CASE WHEN r_pause.target = '*' THEN '"*" (every automation)' ELSE quote_ident(r_pause.target) END,
                     to_char(r_pause.paused_at, 'YYYY-MM-DD HH24:MI:SS TZ'), r_pause.paused_by, r_pause.reason
         USING ERRCODE = 'SC001',
+              DETAIL = jsonb_build_object('scope', 'automation', 'target', r_pause.target, 'automation', p_automation,
+                                          'paused_by', r_pause.paused_by, 'paused_at', r_pause.paused_at,
+                                          'reason', r_pause.reason)::text,
               HINT = format('%s An operator resumes with: sidecar resume %s', p_what,
                             CASE WHEN r_pause.target = '*' THEN '''*''' ELSE quote_ident(r_pause.target) END);
 END

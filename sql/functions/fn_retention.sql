@@ -40,6 +40,9 @@ BEGIN
     END LOOP;
     DELETE FROM sidecar.statements WHERE run_id = p_run;
     DELETE FROM sidecar.run_counts WHERE run_id = p_run;
+    -- The context goes with the images: what the model read (excerpts of
+    -- mails, tool results) may hold the same personal data as the rows.
+    UPDATE sidecar.actions SET context = NULL WHERE run_id = p_run AND context IS NOT NULL;
     UPDATE sidecar.runs SET purged_at = clock_timestamp() WHERE run_id = p_run;
     RETURN v_rows;
 END

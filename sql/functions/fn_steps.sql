@@ -1,7 +1,8 @@
 -- Steps: what automations call around each unit of work; reruns use them to
 -- redo only what failed. Re-applied by `sidecar install` when this file changes.
 --
--- SQLSTATEs: SC005 no run active; SC007 step misuse (no step open, bad plan).
+-- SQLSTATEs: SC005 no run active; SC007 step misuse (no step open, bad plan);
+-- SC012 step conflict (one key for two pieces of work).
 --
 --   BEGIN;
 --   SELECT sidecar.begin_step('note:ticket-42');   -- false: already done, skip it
@@ -76,6 +77,15 @@ BEGIN
         IF coalesce(v_key, '') = '' THEN
             RAISE EXCEPTION 'sidecar: step % has no key', r_step.ordinality USING ERRCODE = 'SC007';
         END IF;
+        IF EXISTS (SELECT FROM jsonb_array_elements(p_steps) WITH ORDINALITY AS o(value, n)
+                   WHERE o.n < r_step.ordinality
+                     AND coalesce(o.value ->> 'key', CASE WHEN jsonb_typeof(o.value) = 'string'
+                                                           THEN o.value #>> '{}' END) = v_key) THEN
+            RAISE EXCEPTION 'sidecar: step key % appears twice in the plan: the second would be skipped',
+                            quote_literal(v_key)
+                USING ERRCODE = 'SC012', DETAIL = jsonb_build_object('key', v_key)::text,
+                      HINT = 'Give each piece of work its own key (or plan the key once if it is the same work).';
+        END IF;
         INSERT INTO sidecar.step_plan (run_id, key, ord, targets)
         VALUES (v_run, v_key, r_step.ordinality, v_targets)
         ON CONFLICT (run_id, key) DO UPDATE SET ord = EXCLUDED.ord, targets = EXCLUDED.targets;
@@ -85,10 +95,17 @@ BEGIN
 END
 $plan_steps$;
 
+-- Signatures of earlier releases (an upgrade must not leave overloads behind).
+DROP FUNCTION IF EXISTS sidecar.begin_step(text);
+DROP FUNCTION IF EXISTS sidecar.fail_step(text, text);
+
 -- Open a step in this transaction. False: the step is already done in the
 -- run's lineage (or a rerun blocked it) and must be skipped. Concurrent
 -- attempts of one step wait for each other here; the loser then sees it done.
-CREATE OR REPLACE FUNCTION sidecar.begin_step(p_key text)
+-- A key this very run completed already is refused (SC012): two pieces of
+-- work mapped to one key by mistake would skip the second in silence.
+-- p_same_work => true says it is the same work again: then it is skipped.
+CREATE OR REPLACE FUNCTION sidecar.begin_step(p_key text, p_same_work boolean DEFAULT false)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $begin_step$
 DECLARE
@@ -108,6 +125,15 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('sidecar.step:' || v_lineage), hashtext(p_key));
     SELECT s.run_id, s.completed_at INTO r_done FROM sidecar.steps s WHERE s.lineage = v_lineage AND s.key = p_key;
     IF FOUND THEN
+        IF r_done.run_id = v_run AND NOT coalesce(p_same_work, false) THEN
+            RAISE EXCEPTION 'sidecar: step % was already done by this run at %; a second piece of work under one key would be skipped',
+                            quote_literal(p_key), to_char(r_done.completed_at, 'YYYY-MM-DD HH24:MI:SS TZ')
+                USING ERRCODE = 'SC012',
+                      DETAIL = jsonb_build_object('key', p_key, 'run_id', r_done.run_id,
+                                                  'done_at', r_done.completed_at)::text,
+                      HINT = 'Give each piece of work its own key; if it is the same work again, say so: '
+                             'begin_step(key, p_same_work => true) (Python: run.step(key, same_work=True)).';
+        END IF;
         RAISE NOTICE 'sidecar: step % was already done by run % at %; skipped', p_key, r_done.run_id, r_done.completed_at;
         RETURN false;
     END IF;
@@ -156,9 +182,11 @@ BEGIN
 END
 $end_step$;
 
--- Record a failed attempt (call after rolling the step's transaction back).
-CREATE OR REPLACE FUNCTION sidecar.fail_step(p_key text, p_error text DEFAULT NULL)
+-- Record a failed attempt (call after rolling the step's transaction back):
+-- p_error one line, p_detail the full diagnostics (for operators).
+CREATE OR REPLACE FUNCTION sidecar.fail_step(p_key text, p_error text DEFAULT NULL, p_detail text DEFAULT NULL)
 RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fail_step$
-    INSERT INTO sidecar.step_failures (run_id, key, error) VALUES (sidecar._current_run(), p_key, p_error)
+    INSERT INTO sidecar.step_failures (run_id, key, error, detail)
+    VALUES (sidecar._current_run(), p_key, p_error, p_detail)
 $fail_step$;

@@ -42,13 +42,17 @@ GRANT USAGE ON SCHEMA sidecar TO PUBLIC;
 
 -- What automations call.
 GRANT EXECUTE ON FUNCTION
-    sidecar.start_run(text, jsonb),
-    sidecar.finish_run(text, text, uuid),
-    sidecar.begin_step(text),
+    sidecar.start_run(text, jsonb, text),
+    sidecar.finish_run(text, text, uuid, text),
+    sidecar.attach_run(uuid, text),
+    sidecar.run_held(uuid),
+    sidecar.run_paused(uuid),
+    sidecar.begin_step(text, boolean),
     sidecar.end_step(),
-    sidecar.fail_step(text, text),
+    sidecar.fail_step(text, text, text),
     sidecar.plan_steps(jsonb),
     sidecar.step_done(text),
+    sidecar.set_context(text, jsonb, float8, jsonb),
     sidecar._qualname(regclass)
 TO PUBLIC;
 
