@@ -151,11 +151,12 @@ def test_upserts_and_merge_are_shown_and_undone_like_plain_writes(support, cli, 
 
     shown = cli("show", str(run_id))
     assert shown.exit_code == 0, shown.output
-    for change in ("tickets #42: status 'needs review' -> 'resolved', customer_id 1 -> 2",
-                   "tickets #60: added (status 'new', customer_id 3",
+    for change in ("tickets #42: status 'needs review' -> 'resolved', customer_id customer Northwind Solar (#1) -> "
+                   "customer Northwind Systems (#2)",
+                   "tickets #60: added (status 'new', customer_id customer Contoso (#3)",
                    "tickets #41: status 'open' -> 'closed'",
-                   "tickets #44: deleted (was status 'waiting', customer_id 3",
-                   "tickets #61: added (status 'new', customer_id 1"):
+                   "tickets #44: deleted (was status 'waiting', customer_id customer Contoso (#3)",
+                   "tickets #61: added (status 'new', customer_id customer Northwind Solar (#1)"):
         assert change in shown.stdout, shown.stdout
 
     result = cli("undo", str(run_id), "--yes")
@@ -186,7 +187,8 @@ def test_rows_a_foreign_key_cascades_to_and_rows_copied_in_are_the_runs_and_undo
     shown = cli("show", str(run.run_id))
     assert "changed     7 rows in accounts (3), orders (4)" in shown.stdout, shown.stdout
     for change in ("orders #10: deleted (was account_id 1, item 'anvil')",
-                   "orders #12: account_id 2 -> 200", "orders #20: added (account_id 200, item 'gear')"):
+                   "orders #12: account_id 2 -> account Globex (#200)",
+                   "orders #20: added (account_id account Globex (#200), item 'gear')"):
         assert change in shown.stdout, shown.stdout
 
     result = cli("undo", str(run.run_id), "--yes")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import psycopg
 
+from ..text.describe import plural
 from .keys import keep_referenced
 from .plan import Planner
 from .tables import TablePlan, server_step
@@ -44,7 +45,8 @@ def apply(planner: Planner) -> dict[str, dict[str, int]]:
         lost = plan.counts.get("insert", 0) - done[plan.table]["insert"]
         if lost:
             # Someone inserted the same key after the plan was made: a conflict, not an overwrite.
-            planner.notes.append(f"{plan.table}: {lost} row(s) reappeared while undoing and were left as they are")
+            planner.notes.append(f"{plan.table}: {plural(lost, 'row')} reappeared while undoing and "
+                                 f"{'was' if lost == 1 else 'were'} left as {'it is' if lost == 1 else 'they are'}")
             plan.counts["conflict"] = plan.counts.get("conflict", 0) + lost
     left = [p for p in order if p.counts.get("delete", 0) > done[p.table]["delete"]]
     keep_referenced(planner, left)

@@ -91,7 +91,8 @@ class Planner:
             missing = sorted(set(scope.actions) - {k for k, _ in found})
             if missing:
                 raise UsageError(
-                    f"run {scope.run_id} has no action {missing[0]!r}; sidecar show {scope.run_id} lists its actions"
+                    f"run {scope.run_id} has no action {missing[0]!r}",
+                    shell=f"sidecar show {scope.run_id} lists its actions"
                 )
             action_ids = [a for _, a in found]
         self.action_ids = action_ids
@@ -248,8 +249,8 @@ class Planner:
             if tuple(_text(k[c]) for c in pk) not in found:
                 key = ", ".join(f"{c} {_text(k[c])}" for c in pk)
                 raise UsageError(
-                    f"run {self.scope.run_id} changed no row of {plan.table} with {key}; "
-                    f"sidecar show {self.scope.run_id} lists the rows it changed"
+                    f"run {self.scope.run_id} changed no row of {plan.table} with {key}",
+                    shell=f"sidecar show {self.scope.run_id} lists the rows it changed"
                 )
 
     def _lock_and_classify(self, plan: TablePlan, lock: bool) -> None:

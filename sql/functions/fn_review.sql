@@ -727,9 +727,21 @@ $_reject_undone$;
 CREATE OR REPLACE FUNCTION sidecar._pending_label(p_pending_id bigint)
 RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_pending_label$
-    SELECT format('held change %s (%s %s %s; rule: %s)', p.pending_id,
-                  CASE p.op WHEN 'I' THEN 'insert into' WHEN 'U' THEN 'update of' ELSE 'delete from' END,
-                  sidecar._qualname(t.relid), p.key, p.reason)
+    -- Named as people read it: held change 4: add refund #1 (ticket_id 41, amount 900.00; rule: ...).
+    SELECT format('held change %s: %s %s%s (%srule: %s)', p.pending_id,
+                  CASE p.op WHEN 'I' THEN 'add' WHEN 'U' THEN 'change' ELSE 'delete' END,
+                  coalesce(t.display_name, sidecar._qualname(t.relid)),
+                  CASE WHEN t.label_column IS NOT NULL
+                            AND coalesce(p.new_row, p.old_row) ->> t.label_column::text IS NOT NULL
+                       THEN format(' "%s"', coalesce(p.new_row, p.old_row) ->> t.label_column::text) ELSE '' END
+                  || CASE WHEN (SELECT count(*) FROM jsonb_object_keys(p.key)) = 1
+                          THEN format(' #%s', (SELECT v #>> '{}' FROM jsonb_each(p.key) AS e(k, v)))
+                          ELSE format(' %s', p.key) END,
+                  coalesce((SELECT string_agg(format('%s %s', e.k, e.v #>> '{}'), ', ' ORDER BY e.k)
+                            FROM jsonb_each(coalesce(p.new_row, p.old_row)) AS e(k, v)
+                            WHERE NOT p.key ? e.k AND e.v <> 'null'::jsonb
+                              AND (p.op <> 'U' OR e.v IS DISTINCT FROM p.old_row -> e.k)) || '; ', ''),
+                  p.reason)
     FROM sidecar.pending p JOIN sidecar.tracked t USING (tracked_id)
     WHERE p.pending_id = p_pending_id
 $_pending_label$;
