@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from . import emaj
+from .sidebyside import bulk_lines, ratio_or_none
 from .harness import (
     NOOP_NOTE,
     Line,
@@ -138,6 +140,8 @@ class BulkBench:
     history: dict[str, float] = field(default_factory=dict)
     rules_note: str = ""
     big: dict[str, float] = field(default_factory=dict)
+    with_emaj: bool = False  # --emaj: E-Maj's legs (bench/emaj.py)
+    row_mode: bool = True    # sidecar's legs in capture mode row too
 
     # -- the table -----------------------------------------------------------
     def _drop(self, table: str) -> None:
@@ -156,7 +160,7 @@ class BulkBench:
         for name in (IMAGES, IMAGE_ROWS, OLD_ROWS, NEW_ROWS):
             self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
 
-    def prepare(self, table: str, rows: int, tracked: bool) -> str | None:
+    def prepare(self, table: str, rows: int, tracked: bool, capture_mode: str = "statement") -> str | None:
         """A freshly loaded table; returns its history table when tracked."""
         c = self.conn
         self._drop(table)
@@ -165,7 +169,7 @@ class BulkBench:
         c.execute(sql.SQL("VACUUM (FREEZE, ANALYZE) {}").format(sql.Identifier(table)))
         if not tracked:
             return None
-        c.execute("SELECT sidecar.track(%s::regclass)", (table,))
+        c.execute("SELECT sidecar.track(%s::regclass, 'tagged', NULL, NULL, %s)", (table, capture_mode))
         log_table = c.execute("SELECT log_table FROM sidecar.tracked WHERE relid = %s::regclass", (table,)).fetchone()[0]
         c.execute(sql.SQL("ALTER TABLE sidecar.{} SET (autovacuum_enabled = false)").format(sql.Identifier(log_table)))
         return log_table
@@ -198,7 +202,9 @@ class BulkBench:
     # -- one leg -----------------------------------------------------------
     def leg(self, op: str, mode: str) -> None:
         c = self.conn
-        log_table = self.prepare(TABLE, self.sizes.rows, tracked=mode not in ("untracked", "images", "paired", "noop"))
+        sidecar_tracked = mode not in ("untracked", "images", "paired", "noop", "emaj", "emaj-logged")
+        log_table = self.prepare(TABLE, self.sizes.rows, tracked=sidecar_tracked,
+                                 capture_mode="row" if mode.endswith("-row") else "statement")
         table_bytes = c.execute("SELECT pg_total_relation_size(%s::regclass)", (TABLE,)).fetchone()[0]
         if mode in ("hold", "ruled") and not self._add_hold_rule(TABLE):
             self.samples.add(f"{op}/{mode}", float("nan"))
@@ -219,8 +225,10 @@ class BulkBench:
                 c.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))
         if mode == "noop":
             noop_capture(c, [TABLE], True)
+        if mode.startswith("emaj"):
+            emaj.start(c, [TABLE])
         run_id = None
-        if mode in ("tagged", "gate", "hold"):
+        if mode in ("tagged", "gate", "hold", "tagged-row"):
             run_id = self._start_run(f"{op}/{mode}")
         if mode == "gate":
             c.execute("SELECT sidecar.pause(%s, %s)", (OTHER_AUTOMATION, "bench: gate check with a pause row present"))
@@ -234,7 +242,14 @@ class BulkBench:
             else:
                 statement = _statement(op, TABLE, self.sizes)
             t = timed(c, statement)
+            if mode.startswith("emaj") and self.measure_undo:
+                rollback = timed(c, emaj.rollback_sql(logged=mode == "emaj-logged"))
+                self.undo_samples.add(f"{op}/{mode}", rollback.wall)
+                log(f"  W3 {mode} rollback {op:<6} {seconds(rollback.wall):>8}")
+                self._check_restored(f"{op} ({mode} rollback)")
         finally:
+            if mode.startswith("emaj"):
+                emaj.stop(c)
             if mode == "noop":
                 noop_capture(c, [TABLE], False)
             if mode == "gate":
@@ -246,8 +261,8 @@ class BulkBench:
         log(f"  W1 {op:<6} {mode:<9} {seconds(t.wall):>8}  ({t.rows} rows)")
         if op == "update" and mode == "tagged" and log_table:
             self._measure_history(log_table, table_bytes, t.rows)
-        if mode == "tagged" and self.measure_undo:
-            self._undo(op, run_id)
+        if mode in ("tagged", "tagged-row") and self.measure_undo:
+            self._undo(op if mode == "tagged" else f"{op}/row", run_id)
 
     def _measure_history(self, log_table: str, table_bytes: int, changed_rows: int) -> None:
         """W5: history bytes (the history table, and this table's share of
@@ -285,7 +300,8 @@ class BulkBench:
     def _check_restored(self, op: str) -> None:
         """The undo really put the table back (a bench that times a no-op proves nothing)."""
         wrong = self.conn.execute(
-            sql.SQL("SELECT count(*) <> %s OR count(*) FILTER (WHERE amount <> round(id * 1.37, 2)) > 0 FROM {}").format(
+            sql.SQL("SELECT count(*) <> %s OR count(*) FILTER (WHERE amount <> round(id * 1.37, 2) "
+                    "OR at <> timestamptz '2024-01-01 00:00+00' + id * interval '1 second') > 0 FROM {}").format(
                 sql.Identifier(TABLE)),
             (self.sizes.rows,),
         ).fetchone()[0]
@@ -301,6 +317,11 @@ class BulkBench:
         modes["update"].append("paired")
         if self.rules_available():
             modes["update"] += ["hold", "ruled"]
+        for op in modes:
+            if self.row_mode:
+                modes[op] += ["tagged-row", "untagged-row"]
+            if self.with_emaj:
+                modes[op] += ["emaj", "emaj-logged"]
         ops = list(modes)
         # Warm-up, not recorded: caches, WAL segments, the CLI's first start.
         log("W1 warm-up")
@@ -352,7 +373,8 @@ class BulkBench:
         for op in ("update", "insert", "delete"):
             base = f"untracked {op.upper()} {seconds(s.median(f'{op}/untracked'))}"
             out.append(Line("W1", f"tagged {op.upper()} {sizes[op]} vs untracked", *s.ratio(f"{op}/tagged", f"{op}/untracked"),
-                            op="<=", target=targets[op], baseline=base, cpu=self._cpu(f"{op}/tagged", f"{op}/untracked")))
+                            op="<=", target=targets[op], baseline=base, cpu=self._cpu(f"{op}/tagged", f"{op}/untracked"),
+                            vs_emaj=ratio_or_none(s, f"{op}/tagged", f"{op}/emaj")))
         for op in ("update", "delete"):
             if not s.has(f"{op}/images"):
                 continue
@@ -377,6 +399,7 @@ class BulkBench:
             if s.has(f"{op}/noop"):
                 out.append(Line("W1", f"floor: untagged {op.upper()}, no-op triggers", *s.ratio(f"{op}/noop", f"{op}/untracked"),
                                 baseline=NOOP_NOTE, cpu=self._cpu(f"{op}/noop", f"{op}/untracked")))
+        out += bulk_lines(s, self.cpu, self.undo_samples, sizes, with_w3)
         if with_w3:
             u = self.undo_samples
             for op, target in (("update", 2.5), ("insert", None), ("delete", None)):

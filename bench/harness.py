@@ -75,6 +75,7 @@ class Line:
     baseline: str = ""           # what the ratio is against, with its median
     note: str = ""
     cpu: float | None = None     # the same ratio on the server backend's CPU time (information)
+    vs_emaj: float | None = None  # the same leg against E-Maj's in the same repeats (--emaj)
 
     @property
     def verdict(self) -> str:
@@ -94,26 +95,32 @@ class Line:
             return f"{v:.0f} MB"
         return f"{v:.2f}x"
 
-    def cells(self) -> list[str]:
+    def cells(self, with_emaj: bool = False) -> list[str]:
         spread = "-" if self.low is None else f"{self._fmt(self.low)}-{self._fmt(self.high)}"
         target = "-" if self.op is None else f"{self.op} {self._fmt(self.target)}"
         cpu = "-" if self.cpu is None or not math.isfinite(self.cpu) else f"{self.cpu:.2f}x"
-        return [self.workload, self.name, self._fmt(self.value) if self.value is not None else "n/a",
-                spread, target, self.verdict, cpu, "; ".join(x for x in (self.baseline, self.note) if x)]
+        out = [self.workload, self.name, self._fmt(self.value) if self.value is not None else "n/a",
+               spread, target, self.verdict, cpu]
+        if with_emaj:
+            ok = self.vs_emaj is not None and math.isfinite(self.vs_emaj)
+            out.append(self._fmt(self.vs_emaj) if ok else "-")
+        return out + ["; ".join(x for x in (self.baseline, self.note) if x)]
 
 
 HEADERS = ["", "line", "median", "spread (min-max)", "target", "result", "cpu", "baseline (median) / note"]
 
 
 def render_table(lines: list[Line], markdown: bool = False) -> str:
-    rows = [line.cells() for line in lines]
+    with_emaj = any(line.vs_emaj is not None for line in lines)
+    headers = HEADERS[:-1] + ["vs E-Maj"] + HEADERS[-1:] if with_emaj else HEADERS
+    rows = [line.cells(with_emaj) for line in lines]
     if markdown:
-        out = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+        out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         out += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(out)
-    widths = [max(len(r[i]) for r in [HEADERS, *rows]) for i in range(len(HEADERS) - 1)]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers) - 1)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
-    out = [fmt.format(*HEADERS), fmt.format(*("-" * w for w in widths), "-" * 24)]
+    out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths), "-" * 24)]
     out += [fmt.format(*r) for r in rows]
     return "\n".join(out)
 
@@ -240,7 +247,8 @@ def source_state() -> str:
     head = git("rev-parse", "--short", "HEAD") or "?"
     changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
     files = {f.name: f.sha256[:10] for f in resources.function_files() if f.name == "fn_capture.sql"}
-    files["capture.sql"] = hashlib.sha256(resources.templates().get("capture", "").encode()).hexdigest()[:10]
+    for name in ("capture", "capture_row"):
+        files[f"{name}.sql"] = hashlib.sha256(resources.templates().get(name, "").encode()).hexdigest()[:10]
     return (f"rollback-sidecar {version('rollback-sidecar')}, git {head}"
             + (f" + {len(changed)} modified file(s)" if changed else " (clean)")
             + "; " + ", ".join(f"{k} {v}" for k, v in sorted(files.items())))

@@ -36,6 +36,8 @@ from psycopg import conninfo
 
 from sidecar.cluster import find_bindirs
 
+from . import emaj
+from .sidebyside import oltp_lines, ratio_or_none
 from .harness import (
     NOOP_NOTE,
     Line,
@@ -84,6 +86,8 @@ class OltpBench:
     measure_reads: bool = True                       # W3: show and undo of each tagged run
     reads: Samples = field(default_factory=Samples)  # seconds, and the leg's seconds as "base"
     run_tx: list[int] = field(default_factory=list)
+    with_emaj: bool = False                          # --emaj: a leg with the tables in an E-Maj group
+    row_mode: bool = True                            # legs with the tables tracked in capture mode row
 
     def _env(self, run_id: str | None) -> tuple[dict[str, str], list[str]]:
         """pgbench's environment and connection arguments (a password goes in PGPASSWORD, never argv)."""
@@ -110,22 +114,25 @@ class OltpBench:
         for t in TABLES:
             self.conn.execute(f"ALTER TABLE {t} SET (autovacuum_enabled = false)")
 
-    def _set_tracked(self, tracked: bool) -> None:
+    def _set_tracked(self, tracked: bool, capture_mode: str = "statement") -> None:
         c = self.conn
         for t in TABLES:
-            active = c.execute("SELECT active FROM sidecar.tracked WHERE relid = %s::regclass", (t,)).fetchone()
-            if tracked and not (active and active[0]):
-                c.execute("SELECT sidecar.track(%s::regclass)", (t,))
-            elif not tracked and active and active[0]:
+            row = c.execute("SELECT active, capture_mode FROM sidecar.tracked WHERE relid = %s::regclass",
+                            (t,)).fetchone()
+            if tracked and not (row and row[0] and row[1] == capture_mode):
+                c.execute("SELECT sidecar.track(%s::regclass, 'tagged', NULL, NULL, %s)", (t, capture_mode))
+            elif not tracked and row and row[0]:
                 c.execute("SELECT sidecar.untrack(%s::regclass)", (t,))
 
     def leg(self, mode: str) -> None:
         c = self.conn
         floor = mode.startswith("floor-")
-        tracked = mode in ("untagged", "tagged", "gate")
-        self._set_tracked(tracked)
+        tracked = mode in ("untagged", "tagged", "gate", "tagged-row", "untagged-row")
+        self._set_tracked(tracked, "row" if mode.endswith("-row") else "statement")
         if floor:
             noop_capture(c, list(TABLES), True)
+        if mode == "emaj":
+            emaj.start(c, list(TABLES))
         c.execute("TRUNCATE pgbench_history")
         c.execute("VACUUM ANALYZE " + ", ".join(TABLES))
         if tracked:
@@ -136,7 +143,7 @@ class OltpBench:
                 (list(TABLES),))]
             c.execute("ANALYZE sidecar.statements, sidecar.actions, sidecar.runs" + "".join(", " + t for t in logs))
         run_id = None
-        if mode in ("tagged", "gate"):
+        if mode in ("tagged", "gate", "tagged-row"):
             run_id = str(c.execute("SELECT sidecar.start_run(%s, jsonb_build_object('leg', %s::text))",
                                    (AUTOMATION, mode)).fetchone()[0])
         if mode == "gate":
@@ -151,6 +158,8 @@ class OltpBench:
         finally:
             if floor:
                 noop_capture(c, list(TABLES), False)
+            if mode == "emaj":
+                emaj.stop(c)
             if mode == "gate":
                 c.execute("SELECT sidecar.resume(%s)", (OTHER_AUTOMATION,))
             if run_id is not None:
@@ -186,6 +195,10 @@ class OltpBench:
     def run(self) -> None:
         self.setup()
         legs = ["untracked", "untagged", "tagged", "gate", "floor-untagged", "floor-tagged"]
+        if self.row_mode:
+            legs += ["tagged-row", "untagged-row"]
+        if self.with_emaj:
+            legs.append("emaj")
         for r in range(self.repeat):
             order = legs[:]
             random.Random(100 + r).shuffle(order)
@@ -207,14 +220,16 @@ class OltpBench:
         what = f"pgbench TPC-B s={self.scale}, {self.clients} clients, {self.seconds}s"
         out = [
             Line("W2", f"{what}: TPS tagged", *s.ratio("tagged", "untracked"), unit="%", op=">=", target=0.85,
-                 baseline=base + self._cpu_note("untracked"), cpu=self._cpu("tagged", "untracked")),
+                 baseline=base + self._cpu_note("untracked") + "; tagged" + self._cpu_note("tagged"),
+                 cpu=self._cpu("tagged", "untracked"), vs_emaj=ratio_or_none(s, "tagged", "emaj")),
             Line("W2", f"{what}: TPS untagged", *s.ratio("untagged", "untracked"), unit="%", op=">=", target=0.97,
-                 baseline=base, cpu=self._cpu("untagged", "untracked")),
+                 baseline=base + "; untagged" + self._cpu_note("untagged"), cpu=self._cpu("untagged", "untracked")),
         ]
+        out += oltp_lines(s, self.cpu, what)
         for mode, name in (("floor-untagged", "TPS untagged, no-op triggers (floor)"),
                            ("floor-tagged", "TPS tagged, no-op triggers (floor)")):
             if s.has(mode):
-                out.append(Line("W2", f"{what}: {name}", *s.ratio(mode, "untracked"), unit="%", baseline=NOOP_NOTE,
+                out.append(Line("W2", f"{what}: {name}", *s.ratio(mode, "untracked"), unit="%", baseline=NOOP_NOTE + self._cpu_note(mode),
                                 cpu=self._cpu(mode, "untracked")))
         if with_w3 and self.run_tx:
             r = self.reads

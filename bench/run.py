@@ -31,6 +31,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 import sidecar.capture.schema
+from bench import emaj
 from bench.bulk import BulkBench, Sizes
 from bench.harness import (
     Line,
@@ -71,7 +72,8 @@ def _drop_database(admin_dsn: str) -> None:
 
 
 def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, repeat: int, workloads: set[str],
-              big: bool, oltp_scale: int, oltp_seconds: int, oltp_repeat: int, quick: bool, markdown: bool) -> list[Line]:
+              big: bool, oltp_scale: int, oltp_seconds: int, oltp_repeat: int, quick: bool, markdown: bool,
+              emaj_script: Path | None) -> list[Line]:
     dsn = _bench_database(admin_dsn)
     started = time.monotonic()
     lines: list[Line] = []
@@ -81,13 +83,18 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
             sidecar.capture.schema.install(conn)
             header = machine_lines(conn, where)
             header.append(f"sidecar : {source_state()}")
+            if emaj_script:
+                pgbench = find_pgbench(bindir) if "W2" in workloads else None
+                version = emaj.install(dsn, emaj_script, emaj.find_psql(bindir, pgbench))
+                header.append(f"E-Maj   : {version}, installed from {emaj_script} in the same database")
             header.append(f"load    : {load_average()} at start (other work on the machine skews wall times)")
             header.append(f"run     : {time.strftime('%Y-%m-%d %H:%M %Z')}, repeats {repeat} (W2: {oltp_repeat}), "
                           f"workloads {','.join(sorted(workloads))}" + (", QUICK (smoke test sizes)" if quick else ""))
             for h in header:
                 log(h)
             if workloads & {"W1", "W3", "W4", "W5"}:
-                bulk = BulkBench(conn, dsn, sizes, repeat, measure_undo="W3" in workloads)
+                bulk = BulkBench(conn, dsn, sizes, repeat, measure_undo="W3" in workloads,
+                                 with_emaj=emaj_script is not None)
                 phase = time.monotonic()
                 bulk.run()
                 notes.append(f"W1/W3/W4/W5 took {(time.monotonic() - phase) / 60:.1f} min")
@@ -99,7 +106,8 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
                 notes += bulk.notes
             if "W2" in workloads:
                 oltp = OltpBench(conn, dsn, find_pgbench(bindir), scale=oltp_scale, clients=2,
-                                 seconds=oltp_seconds, repeat=oltp_repeat, measure_reads="W3" in workloads)
+                                 seconds=oltp_seconds, repeat=oltp_repeat, measure_reads="W3" in workloads,
+                                 with_emaj=emaj_script is not None)
                 phase = time.monotonic()
                 oltp.run()
                 notes.append(f"W2 took {(time.monotonic() - phase) / 60:.1f} min")
@@ -141,9 +149,12 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
 @click.option("--oltp-repeat", default=3, show_default=True, help="W2: interleaved repeats of each pgbench leg.")
 @click.option("--only", "only", default=",".join(WORKLOADS), show_default=True,
               help="Workloads to run, e.g. W1,W3 (W3, W4 and W5 reuse W1's tables and run its legs).")
+@click.option("--emaj", "emaj_script", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="E-Maj's psql install script (sql/emaj-devel.sql of github:dalibo/emaj; not shipped): "
+                   "adds E-Maj legs to W1, W2 and W3, interleaved, and a column vs E-Maj.")
 @click.option("--markdown", is_flag=True, help="Print the result table as Markdown (for bench/README.md).")
 @click.option("--strict", is_flag=True, help="Exit 1 when a line FAILs.")
-def main(dsn, bindir, repeat, quick, big, oltp_seconds, oltp_repeat, only, markdown, strict):
+def main(dsn, bindir, repeat, quick, big, oltp_seconds, oltp_repeat, only, emaj_script, markdown, strict):
     """Measure capture, gate and undo costs as ratios against baselines of the same run."""
     workloads = {w.strip().upper() for w in only.split(",") if w.strip()}
     unknown = workloads - set(WORKLOADS)
@@ -155,7 +166,8 @@ def main(dsn, bindir, repeat, quick, big, oltp_seconds, oltp_repeat, only, markd
     if quick:
         sizes, repeat, oltp_scale, oltp_seconds, oltp_repeat, big = QUICK, 1, 1, 3, 1, False
     kwargs = dict(sizes=sizes, repeat=repeat, workloads=workloads, big=big, oltp_scale=oltp_scale,
-                  oltp_seconds=oltp_seconds, oltp_repeat=oltp_repeat, quick=quick, markdown=markdown)
+                  oltp_seconds=oltp_seconds, oltp_repeat=oltp_repeat, quick=quick, markdown=markdown,
+                  emaj_script=emaj_script)
     try:
         if dsn:
             lines = run_suite(dsn, "--dsn", bindir=None, **kwargs)

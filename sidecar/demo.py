@@ -123,11 +123,15 @@ UNSURE_EMAIL = "ap@northwind-systems.example"
 UNSURE_REJECT = "the e-mail did not come from a known Northwind Systems contact"
 
 
-def run_demo(command: click.Command, echo: Callable[[str], None] = print, keep: bool = False) -> str | None:
+def run_demo(command: click.Command, echo: Callable[[str], None] = print, keep: bool = False,
+             hand_over: bool = False) -> str | None:
     """Run the scenario on a throwaway server; stop it unless keep. Returns the DSN when kept.
 
     command is the `sidecar` CLI whose commands the story runs, as an operator would.
+    hand_over: stop where a person takes over in the console (the bad run written, the agent's
+    fix made, refunds held) and keep the server running; print how to open the console.
     """
+    keep = keep or hand_over
     if not cluster_mod.find_bindirs():
         raise SidecarError(
             "the demo needs a PostgreSQL server and none was found: "
@@ -146,8 +150,11 @@ def run_demo(command: click.Command, echo: Callable[[str], None] = print, keep: 
         with psycopg.connect(cluster.dsn, autocommit=True) as conn:
             conn.execute("CREATE DATABASE support")
         story = _Story(command, cluster.dsn_for("support"), echo)
-        story.tell()
-        _launch_drill(story)
+        if hand_over:
+            story.tell_until_hand_over()
+        else:
+            story.tell()
+            _launch_drill(story)
         if keep:
             _detach(cluster)
             kept = True
@@ -158,6 +165,8 @@ def run_demo(command: click.Command, echo: Callable[[str], None] = print, keep: 
             if cluster.os_user:
                 stop = f"runuser -u {cluster.os_user} -- {stop}"
             echo(f"When done: {stop} && rm -rf {cluster.datadir.parent}")
+            if hand_over:
+                _hand_over(echo, story.dsn)
             return story.dsn
         return None
     finally:
@@ -217,6 +226,18 @@ class _Story:
         self.bot_proposes_refunds()
         self.bot_is_unsure()
         self.operator_pauses()
+
+    def tell_until_hand_over(self) -> None:
+        """The story up to where a person takes over: bad run, agent's fix, refunds held."""
+        self.echo(f"Every command below runs with SIDECAR_DSN={self.dsn}")
+        self.create_database()
+        self.install_and_track()
+        run_id = self.bot_matches_tickets()
+        self.agent_edits_ticket()
+        self.sidecar("runs")
+        self.bot_proposes_refunds(decide=False)
+        self.say("")
+        self.say(f"The bad run is {str(run_id)[:8]}. Nothing is undone, paused or decided yet: that is yours to do.")
 
     def create_database(self) -> None:
         self.heading("A small support database")
@@ -353,7 +374,7 @@ class _Story:
                 continue
             self.say(f"  ticket #{ticket_id}: note added (step note:ticket-{ticket_id})")
 
-    def bot_proposes_refunds(self) -> None:
+    def bot_proposes_refunds(self, decide: bool = True) -> None:
         self.heading(f"Refunds over {REFUND_LIMIT} wait for a person")
         self.say(f"{AUTOMATION} also proposes refunds. The DBA tracks the refunds table and adds a hold rule:")
         self.sidecar("track", "refunds", "--display-name", "refund")
@@ -373,6 +394,8 @@ class _Story:
                     self.say(f"  refund of {amount} for ticket #{ticket_id}: INSERT succeeded, {landed}")
         self._show_refunds()
         self.sidecar("queue")
+        if not decide:
+            return
         with self.connect("demo-check") as conn:
             held = dict(conn.execute(
                 "SELECT (new_row->>'ticket_id')::int, pending_id FROM sidecar.pending WHERE status = 'pending'"
@@ -431,6 +454,15 @@ class _Story:
             else:
                 raise SidecarError(f"the paused {AUTOMATION} could still write: the pause did not hold")
         self.sidecar("resume", AUTOMATION)
+
+
+def _hand_over(echo: Callable[[str], None], dsn: str) -> None:
+    echo("")
+    echo("== Your turn, in the console ==")
+    echo(f"sidecar serve --dsn {shlex.quote(dsn)} --allow-unchecked-passwords")
+    echo("Then open http://127.0.0.1:8470/ and sign in as postgres (this throwaway server checks no password:")
+    echo("type any). Find billing-bot's bad run, pause the bot, preview and undo the run (the agent's fix to")
+    echo("ticket #43 is kept), decide the two held refunds in the review queue, and resume the bot.")
 
 
 def _wait_gone(admin: psycopg.Connection, run_id, timeout: float = 10.0) -> None:

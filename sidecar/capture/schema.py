@@ -22,10 +22,13 @@ class InstallReport:
     shapes_watched: bool = False  # the shape-watching event triggers were created by this install
     statements: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what the installing role could not do, and what to ask for
+    undo_functions: list[str] = field(default_factory=list)  # tables whose undo function this install made
+    undo_missing: list[tuple[str, str]] = field(default_factory=list)  # (table, its owner): not this role's to make
 
     @property
     def changed(self) -> bool:
-        return bool(self.migrations or self.functions or self.templates or self.shapes_watched or self.rerendered)
+        return bool(self.migrations or self.functions or self.templates or self.shapes_watched or self.rerendered
+                    or self.undo_functions)
 
 
 def installed_version(conn: psycopg.Connection) -> int | None:
@@ -114,6 +117,20 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
             conn.execute("SELECT sidecar._create_triggers(%s)", (tracked_id,))
             conn.execute("SELECT sidecar._render_hold(%s)", (tracked_id,))
             report.rerendered.append(relid)
+        # A tracked table without its undo function (tracked before sidecar had
+        # them) gets it here, where this role owns the table (else a warning
+        # names the owner, who runs `sidecar track TABLE` again).
+        for tracked_id, relid, owner in conn.execute(
+            "SELECT t.tracked_id, sidecar._qualname(t.relid), pg_get_userbyid(c.relowner) "
+            "FROM sidecar.tracked t JOIN pg_class c ON c.oid = t.relid "  # not a table dropped since
+            "WHERE to_regprocedure(format('sidecar.%I(text, uuid, jsonb)', 'undo_' || t.tracked_id)) IS NULL "
+            "ORDER BY t.tracked_id"
+        ).fetchall():
+            if conn.execute("SELECT sidecar._render_undo(%s)", (tracked_id,)).fetchone()[0]:
+                report.statements.append(f"SELECT sidecar._render_undo({tracked_id});  -- undo function of {relid}")
+                report.undo_functions.append(relid)
+            else:
+                report.undo_missing.append((relid, owner))
         # Grants are re-applied every time: new functions start executable by PUBLIC.
         # What this role may not do (create the group roles) comes back as warnings.
         def keep_warning(notice: psycopg.errors.Diagnostic) -> None:

@@ -19,6 +19,7 @@ class TrackedTable:
     display_name: str | None
     log_table: str
     active: bool
+    capture_mode: str = "statement"
 
 
 def _raise_clean(exc: psycopg.Error) -> None:
@@ -58,6 +59,7 @@ def track(
     table: str,
     *,
     capture: str = "tagged",
+    capture_mode: str | None = None,
     label_column: str | None = None,
     display_name: str | None = None,
     owner: str | None = None,
@@ -65,18 +67,33 @@ def track(
     kind: str | None = None,
 ) -> TrackedTable:
     """Track TABLE; owner, risk (low|medium|high) and kind (draft|final) fill its inventory entry
-    (None leaves a field as it was, owner '' clears it)."""
+    (None leaves a field as it was, owner '' clears it). capture_mode: 'statement' or 'row'
+    (None: a tracked table keeps its mode, a new one takes the setting sidecar.capture_mode,
+    else 'statement')."""
     name = regclass(conn, table)
     try:
         with conn.transaction():
             conn.execute(
-                "SELECT sidecar.track(%s::regclass, %s, %s, %s)", (name, capture, label_column, display_name)
+                "SELECT sidecar.track(%s::regclass, %s, %s, %s, %s)",
+                (name, capture, label_column, display_name, capture_mode)
             )
             if owner is not None or risk is not None or kind is not None:
                 conn.execute("SELECT sidecar.set_table_info(%s::regclass, %s, %s, %s)", (name, owner, risk, kind))
     except psycopg.Error as exc:
         _raise_clean(exc)
     return get(conn, name)
+
+
+def undo_function_owner_needed(conn: psycopg.Connection, table: str) -> str | None:
+    """The table's owner when the table has no undo function (sidecar.undo_<id>, made when its
+    owner tracks it), else None: undoers cannot restore it until that owner tracks it again."""
+    row = conn.execute(
+        "SELECT pg_get_userbyid(c.relowner) FROM sidecar.tracked t JOIN pg_class c ON c.oid = t.relid "
+        "WHERE t.relid = %s::regclass "
+        "AND to_regprocedure(format('sidecar.%%I(text, uuid, jsonb)', 'undo_' || t.tracked_id)) IS NULL",
+        (table,),
+    ).fetchone()
+    return row[0] if row else None
 
 
 def untrack(conn: psycopg.Connection, table: str) -> None:
@@ -89,7 +106,7 @@ def untrack(conn: psycopg.Connection, table: str) -> None:
 
 
 _COLUMNS = (
-    "tracked_id, sidecar._qualname(relid), capture, pk_columns::text[], label_column, display_name, log_table, active"
+    "tracked_id, sidecar._qualname(relid), capture, pk_columns::text[], label_column, display_name, log_table, active, capture_mode"
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..capture import context, history
+from ..capture import context, history, labels
 from ..ops import summary as run_summary
 from ..review import held as held_mod
 from ..steps import runs
@@ -16,15 +16,17 @@ from ._common import connect, dsn_option, handles_errors, json_option, parse_sin
 @dsn_option
 @click.option("--automation", help="Only runs of this automation.")
 @click.option("--since", help="Only runs started since: 30m, 2h, 3d, or an ISO time.")
+@click.option("--status", "state", type=click.Choice(runs.STATES),
+              help="Only runs in this state (as the status column says it).")
 @click.option("--limit", default=50, show_default=True)
 @json_option
 @handles_errors
-def runs_cmd(dsn, automation, since, limit, as_json):
+def runs_cmd(dsn, automation, since, state, limit, as_json):
     """List runs, newest first, with rows changed per table."""
     since_at = parse_since(since)
     with connect(dsn) as conn:
-        found = runs.list_runs(conn, automation=automation, since=since_at, limit=limit)
-    click.echo(render.dumps({"runs": found}) if as_json else render.runs_table(found))
+        found = runs.list_runs(conn, automation=automation, since=since_at, status=state, limit=limit)
+    click.echo(render.dumps({"runs": [render.run_json(r) for r in found]}) if as_json else render.runs_table(found))
 
 
 @click.command()
@@ -58,16 +60,17 @@ def show(dsn, run_id, limit, actions_max, as_json):
                 actions = sorted(actions + [(k, [], 0) for k in contexts if k not in listed],
                                  key=lambda a: order.get(a[0], len(order)))
         summary = run_summary.summarize(conn, info)
+        named = labels.lookup(conn, [(c.table, i) for _, ch, _ in actions for c in ch for i in (c.before, c.after)])
     if as_json:
         click.echo(render.dumps({
-            "run": info,
+            "run": render.run_json(info),
             "summary": summary,
             "actions": [{"key": k, "context": contexts.get(k),
-                         "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c))
+                         "changes": [dict(render.to_jsonable(c), text=render.describe.change_line(c, named))
                                      for c in ch], "more": m} for k, ch, m in actions],
             "more_actions": more_actions,
             "held": [dict(render.to_jsonable(h), text=h.text) for h in held],
             "events": [{"at": a, "actor": b, "summary": s} for a, b, s in events],
         }))
     else:
-        click.echo(render.show_run(info, actions, events, more_actions, contexts, summary, held))
+        click.echo(render.show_run(info, actions, events, more_actions, contexts, summary, held, named))

@@ -35,6 +35,7 @@ from .web import (
     SecurityHeaders,
     csrf_failed,
     home,
+    http_error,
     lifespan,
     sign_in_page,
     sign_out,
@@ -59,6 +60,7 @@ def create_app(dsn: str | None = None, *, idle_hours: float = 8, require_passwor
         middleware=[Middleware(SessionMiddleware, secret_key=secret, session_cookie="sidecar_session",
                                max_age=int(idle_hours * 3600), same_site="lax")],
         lifespan=lifespan(sessions),
+        exception_handlers={404: http_error, 405: http_error},
     )
     app.state.console = Console(sessions)
     protected = asgi_csrf(SecurityHeaders(app), signing_secret=secret, always_protect={"/signin", "/signout"},

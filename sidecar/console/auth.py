@@ -96,6 +96,7 @@ class Session:
     created: float
     last_seen: float
     flashes: list[tuple[str, str]] = field(default_factory=list)
+    draft: Any = None  # a form that could not be done, given back on its page (drafts.Draft)
     spare: psycopg.Connection | None = field(default=None, repr=False)
 
 
@@ -203,6 +204,11 @@ class Sessions:
         """A connection as the session's user, for one request (one spare is kept per session)."""
         with self._lock:
             conn, session.spare = session.spare, None
+        if conn is not None and not (conn.closed or conn.broken):
+            try:
+                conn.execute("SELECT")  # a spare left from before the server went away fails here, not mid-request
+            except psycopg.OperationalError:
+                conn.close()
         if conn is None or conn.closed or conn.broken:
             conn = self._open(session.user, session.password)
         try:

@@ -12,18 +12,22 @@ from urllib.parse import urlencode
 from starlette.routing import Route
 
 from ..capture import context
+from ..capture import labels as labels_mod
 from ..capture.history import Change
 from ..errors import UsageError
 from ..ops import summary as run_summary
 from ..review import gate
+from ..steps import rerun as rerun_mod
 from ..steps import runs
 from ..text import describe
-from ..text.describe import plural, row_label
+from ..text.describe import agree, plural, row_name
 from ..undo import restore
 from . import changes, queue
-from .web import Page, Pager, page
+from .drafts import back_of
+from .runview import meta_in_words, undone_of
+from .web import Named, Page, Pager, page
 
-STATES = ("running", "succeeded", "failed", "undone")
+STATES = runs.STATES
 SINCE = {"1h": ("the last hour", timedelta(hours=1)), "24h": ("the last day", timedelta(days=1)),
          "7d": ("the last week", timedelta(days=7)), "30d": ("the last 30 days", timedelta(days=30))}
 PREVIEW_ROWS = 50  # rows listed per table and step in an undo preview
@@ -36,9 +40,14 @@ class AutomationRow:
     name: str
     state: str  # active | paused
     runs: int
-    running: int
+    states: dict[str, int]  # runs per run state (runs.STATES)
     last_run: datetime | None
     paused: gate.Pause | None
+
+    @property
+    def breakdown(self) -> str:
+        """`1 abandoned, 2 undone`: the runs not simply succeeded, in the words of the runs page."""
+        return ", ".join(f"{self.states[s]:,} {s}" for s in STATES if s != "succeeded" and self.states.get(s))
 
 
 def _automations(p: Page) -> dict:
@@ -47,15 +56,16 @@ def _automations(p: Page) -> dict:
     paused = {x.target: x for x in pauses if x.scope == "automation"}
     everything = paused.get("*")
     rows = []
-    for name, n, running, last in p.conn.execute(
-        "SELECT automation, count(*), count(*) FILTER (WHERE status = 'running'), max(started_at) "
+    by_state = runs.state_counts(p.conn)
+    for name, n, last in p.conn.execute(
+        "SELECT automation, count(*), max(started_at) "
         "FROM sidecar.runs WHERE undo_of IS NULL GROUP BY automation ORDER BY automation"
     ).fetchall():
         pause_of = paused.get(name) or everything
-        rows.append(AutomationRow(name, "paused" if pause_of else "active", n, running, last, pause_of))
+        rows.append(AutomationRow(name, "paused" if pause_of else "active", n, by_state.get(name, {}), last, pause_of))
     for name, pause_of in sorted(paused.items()):
         if name != "*" and name not in {r.name for r in rows}:
-            rows.append(AutomationRow(name, "paused", 0, 0, None, pause_of))
+            rows.append(AutomationRow(name, "paused", 0, {}, None, pause_of))
     return {"automations": rows, "everything": everything, "table_pauses": [x for x in pauses if x.scope == "table"]}
 
 
@@ -70,25 +80,25 @@ def automation_rows(p: Page):
     return p.render("_automations.html", **_automations(p))
 
 
-@page("pause")
+@page("pause", changes="pause", back="/automations")
 def pause(p: Page):
     reason = p.field("reason")
     if not reason:
-        return p.redirect("/automations", "A pause needs a reason, so that people know why.", "error")
+        raise UsageError("A pause needs a reason, so that people know why; nothing was paused")
     automation, table = p.field("automation"), p.field("table")
     if not (automation or table):
         raise UsageError("name the automation to pause")
     done = gate.pause(p.conn, automation=automation or None, table=table or None, reason=reason)
-    return p.redirect("/automations", done[0].upper() + done[1:])
+    return p.redirect(back_of(p.request, "/automations"), done[0].upper() + done[1:])
 
 
-@page("pause")
+@page("pause", changes="resume", back="/automations")
 def resume(p: Page):
     automation, table = p.field("automation"), p.field("table")
     if not (automation or table):
         raise UsageError("name the automation to resume")
     done = gate.resume(p.conn, automation=automation or None, table=table or None)
-    return p.redirect("/automations", done[0].upper() + done[1:] + ".")
+    return p.redirect(back_of(p.request, "/automations"), done[0].upper() + done[1:] + ".")
 
 
 # -- runs ------------------------------------------------------------------------
@@ -109,26 +119,34 @@ def _since(text: str) -> datetime | None:
 def runs_list(p: Page):
     q = p.request.query_params
     automation, state, since = q.get("automation", ""), q.get("status", ""), q.get("since", "")
-    if state and state not in STATES:
-        raise UsageError(f"status {state!r}: choose one of {', '.join(STATES)}")
+    runs.check_state(state)
     filters = {"automation": automation or None, "since": _since(since), "status": state or None}
     pager = Pager.of(p.request, runs.count_runs(p.conn, **filters))
     found = runs.list_runs(p.conn, **filters, offset=pager.offset, limit=pager.per_page)
     names = [n for n, in p.conn.execute("SELECT DISTINCT automation FROM sidecar.runs ORDER BY 1")]
+    held = queue.open_counts(p.conn, [r.run_id for r in found]) if p.rights.has_queue else {}
     return p.render("runs.html", runs=found, pager=pager, names=names, states=STATES, since_choices=SINCE,
-                    automation=automation, state=state, since=since, summary=_run_summary)
+                    automation=automation, state=state, since=since,
+                    summary=lambda info: _run_summary(info, held.get(info.run_id, 0)))
 
 
-def _run_summary(info: runs.RunInfo) -> str:
+def _run_summary(info: runs.RunInfo, held: int = 0) -> str:
+    """What the run did, in a sentence: rows changed, held writes waiting, failures."""
     total = sum(info.rows.values())
-    text = ("" if info.rows_complete else "At least ") + plural(total, "row") + " changed"
-    if info.rows:
-        text += " in " + ", ".join(f"{describe.table_name(t)} ({n:,})" for t, n in sorted(info.rows.items()))
+    if total:
+        text = (("Changed at least " if not info.rows_complete else "Changed ") + plural(total, "row") + " in "
+                + ", ".join(f"{describe.table_name(t)} ({n:,})" for t, n in sorted(info.rows.items())))
+    else:
+        text = "Changed no rows"
+    if held:
+        text += f"; {plural(held, 'write')} held for review {agree(held, 'waits', 'wait')} in the queue"
     if info.undo_of:
-        text = f"Undo of run {str(info.undo_of)[:8]}: " + text
+        text = f"Undo of run {str(info.undo_of)[:8]}: " + text[0].lower() + text[1:]
+    if info.state == "abandoned":
+        text += "; its session ended before it finished"
     if info.error:
         text += f"; failed: {describe.value(info.error, 120).strip(chr(39))}"
-    return text
+    return text + "."
 
 
 def _row_spec(change: Change) -> str:
@@ -147,13 +165,21 @@ def _side_by_side(op: str, before: dict | None, after: dict | None,
     return [(c, before.get(c), after.get(c)) for c in (after if op == "I" else before)]
 
 
-def _columns(change: Change) -> list[tuple[str, object, object]]:
-    return _side_by_side(change.op, change.before, change.after, change.changed_columns)
+def _named(table: str, column: str, v: object, labels) -> object:
+    """A foreign-key value as the record it names (customer Northwind Solar (#2)), else the value."""
+    found = labels.named(table, column, v) if labels is not None else None
+    return Named(found, v) if found else v
 
 
-def _held_columns(item) -> list[tuple[str, object, object]]:
+def _columns(change: Change, labels=None) -> list[tuple[str, object, object]]:
+    return [(c, _named(change.table, c, b, labels), _named(change.table, c, a, labels))
+            for c, b, a in _side_by_side(change.op, change.before, change.after, change.changed_columns)]
+
+
+def _held_columns(item, labels=None) -> list[tuple[str, object, object]]:
     """(column, now, proposed) for a held change."""
-    return _side_by_side(item.op, item.old_row, item.new_row, item.changed_columns)
+    return [(c, _named(item.table, c, b, labels), _named(item.table, c, a, labels))
+            for c, b, a in _side_by_side(item.op, item.old_row, item.new_row, item.changed_columns)]
 
 
 @page()
@@ -171,25 +197,41 @@ def run_page(p: Page):
     total, more = changes.count(p.conn, info.run_id, action_id)
     pager = Pager.of(p.request, total, more=more)
     shown = changes.page(p.conn, info.run_id, action_id=action_id, offset=pager.offset, limit=pager.per_page)
+    labels = labels_mod.lookup(p.conn, [(c.table, i) for c in shown for i in (c.before, c.after)])
     events = p.conn.execute(
         "SELECT at, actor, kind, summary FROM sidecar.events WHERE run_id = %s ORDER BY at, event_id",
         (info.run_id,)).fetchall()
     # The four questions, as `sidecar show` opens with them; what each action's automation said.
-    story = run_summary.summarize(p.conn, info)
+    story = run_summary.summarize(p.conn, info, shell=False)
     contexts = context.of_actions(p.conn, info.run_id, [a.key for a in action_rows] + [action_key])
     undos = p.conn.execute(
         "SELECT run_id, started_at, started_by, meta->>'scope' FROM sidecar.runs WHERE undo_of = %s ORDER BY started_at",
         (info.run_id,)).fetchall()
+    undone = undone_of(p.conn, info, _row_spec)
+    everything_undone = bool(action_rows) and apager.total == len(action_rows) and all(
+        undone.of_action(a.key) for a in action_rows)
     return p.render(
         "run.html", run=info, story=story, contexts=contexts, actions=action_rows, apager=apager, action=action_key,
-        changes=shown, pager=pager, events=events, undos=undos, columns=_columns, row_spec=_row_spec,
-        total_rows=sum(info.rows.values()), undo_url=_undo_url, meta=sorted(info.meta.items()),
+        changes=shown, pager=pager, events=events, undos=undos, columns=lambda ch: _columns(ch, labels),
+        row_spec=_row_spec, labels=labels, undone=undone, everything_undone=everything_undone,
+        total_rows=sum(info.rows.values()), undo_url=_undo_url, meta=meta_in_words(info),
     )
 
 
 def _undo_url(run_id: uuid.UUID, action: str | None = None, row: str | None = None) -> str:
     args = {k: v for k, v in (("action", action), ("row", row)) if v}
     return f"/runs/{run_id}/undo" + ("?" + urlencode(args) if args else "")
+
+
+@page("rerun", changes="rerun")
+def rerun(p: Page):
+    report = rerun_mod.rerun(p.conn, p.request.path_params["run_id"], reason=p.field("reason") or None)
+    message = (f"Opened rerun {str(report.rerun_id)[:8]} of run {str(report.original)[:8]}: "
+               f"{plural(len(report.redo), 'step')} to redo ({', '.join(report.redo) or 'none'})"
+               + (f"; {plural(len(report.blocked), 'step')} skipped because their rows changed" if report.blocked
+                  else "")
+               + f". {report.automation} does them when it next runs attached to this rerun.")
+    return p.redirect(f"/runs/{report.rerun_id}", message)
 
 
 @dataclass
@@ -209,34 +251,46 @@ def _scope(p: Page, source) -> restore.Scope:
 def undo_preview(p: Page):
     scope = _scope(p, p.request.query_params)
     info = runs.get(p.conn, scope.run_id)
+    if scope.kind == "run" and info.undone_by:
+        return p.render("error.html", status=409, title="This run is undone already",
+                        message=f"Run {str(info.run_id)[:8]} was undone by run {str(info.undone_by)[:8]}. "
+                                "To put its changes back, undo that run.",
+                        links=[(f"/runs/{info.undone_by}", f"Open the undo, run {str(info.undone_by)[:8]}"),
+                               (f"/runs/{info.run_id}", f"Back to run {str(info.run_id)[:8]}")])
     planned: list[tuple[str, list[PreviewRow], int]] = []
     with p.conn.transaction(force_rollback=True):
         planner, result = restore.preview(p.conn, scope)
         for plan in planner.ordered():
             t = plan.info
-            listed: list[PreviewRow] = []
+            listed: list[tuple[str, dict, dict | None, dict | None]] = []
             more = 0
             for step, verb in (("update", "Restore"), ("insert", "Put back"), ("delete", "Remove")):
                 n = plan.counts.get(step, 0)
                 for key, before, after in (planner.steps(plan, step, limit=PREVIEW_ROWS) if n else []):
-                    label = row_label(t.table, key, before or after, t.label_column, t.display_name)
-                    if step == "update":
-                        diffs = [(c, after.get(c), before.get(c)) for c in before if before.get(c) != after.get(c)]
-                    else:
-                        diffs = []
-                    listed.append(PreviewRow(verb, label, diffs))
+                    listed.append((verb, key, before, after))
                 more += max(0, n - PREVIEW_ROWS)
-            planned.append((describe.table_name(t.table, t.display_name), listed, more))
-    conflicts = [_conflict(c) for c in result.conflicts]
+            labels = labels_mod.lookup(p.conn, [(t.table, i) for _, _, b, a in listed for i in (b, a)])
+            rows = []
+            for verb, key, before, after in listed:
+                label = row_name(t.table, key, before or after, labels, t.label_column, t.display_name)
+                diffs = []
+                if verb == "Restore":
+                    diffs = [(c, _named(t.table, c, after.get(c), labels), _named(t.table, c, before.get(c), labels))
+                             for c in before if before.get(c) != after.get(c)]
+                rows.append(PreviewRow(verb, label, diffs))
+            planned.append((describe.table_name(t.table, t.display_name), rows, more))
+    named = labels_mod.lookup(p.conn, [(c.table, c.now or c.run_left) for c in result.conflicts])
+    conflicts = [_conflict(c, named) for c in result.conflicts]
     to_restore = sum(sum(c.get(s, 0) for s in ("insert", "update", "delete")) for c in result.tables.values())
     already = sum(c.get("done", 0) for c in result.tables.values())
+    notes = [n.replace(" (undo needs --force to restore the rest)", "") for n in result.notes]
     return p.render("undo.html", run=info, scope=scope, planned=planned, conflicts=conflicts,
-                    conflict_count=result.conflict_count, notes=result.notes, to_restore=to_restore,
+                    conflict_count=result.conflict_count, notes=notes, to_restore=to_restore,
                     already=already, held=result.held_rejected)
 
 
-def _conflict(c: restore.Conflict) -> dict:
-    label = row_label(c.table, c.key, c.now or c.run_left, c.label_column, c.display_name)
+def _conflict(c: restore.Conflict, labels=None) -> dict:
+    label = row_name(c.table, c.key, c.now or c.run_left, labels, c.label_column, c.display_name)
     if c.now is None:
         what = [("", "the row is gone", None)]
     elif c.run_left is None:
@@ -249,32 +303,60 @@ def _conflict(c: restore.Conflict) -> dict:
     return {"label": label, "who": who, "what": what, "run": c.changed_by_run, "reason": c.reason}
 
 
-@page("undo")
+@page("undo", changes="undo")
 def undo_apply(p: Page):
     scope = _scope(p, p.form)
     result = restore.undo(p.conn, scope, reason=p.field("reason") or None)
-    scope_text = "run" if scope.kind == "run" else f"{scope.kind} of run"
+    if scope.kind == "actions":
+        scope_text = f"{agree(len(scope.actions), 'action', 'actions')} {', '.join(scope.actions)} of run"
+    else:
+        scope_text = "run" if scope.kind == "run" else f"{agree(len(scope.rows), 'row', 'rows')} of run"
     message = f"Undid {scope_text} {str(scope.run_id)[:8]}: restored {plural(result.restored, 'row')}."
     if result.held_rejected:
-        message += f" Rejected {plural(result.held_rejected, 'held change')} of it that had not landed."
+        message += (f" Rejected {plural(result.held_rejected, 'held change')} of it that "
+                    f"{agree(result.held_rejected, 'had', 'had')} not landed.")
     if result.conflict_count:
+        named = labels_mod.lookup(p.conn, [(c.table, c.now or c.run_left) for c in result.conflicts])
         message += (f" Kept {plural(result.conflict_count, 'conflicting row')} as they are (changed since): "
                     + "; ".join(f"{x['label']} ({x['reason'] or 'changed by ' + x['who']})"
-                                for x in map(_conflict, result.conflicts)))
+                                for x in (_conflict(c, named) for c in result.conflicts)))
     return p.redirect(f"/runs/{scope.run_id}", message, "warn" if result.conflict_count else "ok")
 
 
 # -- review queue ------------------------------------------------------------------
 
+def _paused_automations(p: Page) -> dict[str, str]:
+    """Paused automations -> the pause's target ('*' for every automation)."""
+    targets = {x.target for x in gate.pauses(p.conn) if x.scope == "automation"}
+    return {"*": "*"} if "*" in targets else {t: t for t in targets}
+
+
 @page()
 def queue_page(p: Page):
     if not p.rights.has_queue:
         return p.render("error.html", status=404, title="No review queue",
-                        message="This database has no review queue (sidecar.pending); sidecar install adds it.")
+                        message="This database has no review queue (sidecar.pending); a DBA installs it.")
     show_all = p.request.query_params.get("show") == "all"
     pager = Pager.of(p.request, 0)
     held, pager.total = queue.items(p.conn, open_only=not show_all, offset=pager.offset, limit=pager.per_page)
-    return p.render("queue.html", items=held, pager=pager, show_all=show_all, columns=_held_columns)
+    labels = labels_mod.lookup(p.conn, [(i.table, r) for i in held for r in (i.old_row, i.new_row)])
+    paused = _paused_automations(p)
+    return p.render("queue.html", items=held, pager=pager, show_all=show_all, labels=labels,
+                    columns=lambda item: _held_columns(item, labels),
+                    paused_by=lambda item: paused.get("*") or paused.get(item.automation),
+                    change=lambda item: _held_change(item, labels))
+
+
+def _held_change(item, labels) -> str:
+    """The held change's sentence, its row named and its foreign keys named."""
+    text = item.change
+    own = row_name(item.table, item.key, item.new_row or item.old_row, labels, item.label_column, item.display_name)
+    text = text.replace(item.label, own, 1)
+    for column, v in (item.new_row or {}).items():
+        found = labels.named(item.table, column, v)
+        if found:
+            text = text.replace(f"{column.replace('_', ' ')} {v}", found, 1)
+    return text
 
 
 def _pending_id(p: Page) -> int:
@@ -284,17 +366,24 @@ def _pending_id(p: Page) -> int:
         raise UsageError("that is not a held change's number") from None
 
 
-@page("approve")
+@page("approve", changes="approve", back="/queue")
 def approve(p: Page):
+    resumed = ""
+    automation = p.field("resume")
+    if automation:  # "Resume and approve": approving writes as the automation's run, which a pause refuses
+        if not p.rights.pause:
+            raise UsageError(f"resuming {automation} needs the sidecar_pauser role; nothing was done")
+        resumed = gate.resume(p.conn, automation=automation)
+        resumed = resumed[0].upper() + resumed[1:] + ". "
     kind, message = queue.approve(p.conn, _pending_id(p))
-    return p.redirect("/queue", message, kind)
+    return p.redirect("/queue", resumed + message, kind)
 
 
-@page("approve")
+@page("approve", changes="reject", back="/queue")
 def reject(p: Page):
     reason = p.field("reason")
     if not reason:
-        return p.redirect("/queue", "A rejection needs a reason, so that the automation's owner knows why.", "error")
+        raise UsageError("A rejection needs a reason, so that the automation's owner knows why; nothing was rejected")
     kind, message = queue.reject(p.conn, _pending_id(p), reason)
     return p.redirect("/queue", message, kind)
 
@@ -325,6 +414,7 @@ def routes() -> list[Route]:
         Route("/runs/{run_id}", run_page),
         Route("/runs/{run_id}/undo", undo_preview, methods=["GET"]),
         Route("/runs/{run_id}/undo", undo_apply, methods=["POST"]),
+        Route("/runs/{run_id}/rerun", rerun, methods=["POST"]),
         Route("/queue", queue_page),
         Route("/queue/{pending_id}/approve", approve, methods=["POST"]),
         Route("/queue/{pending_id}/reject", reject, methods=["POST"]),

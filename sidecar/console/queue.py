@@ -7,7 +7,6 @@ import uuid
 import psycopg
 
 from ..review import held
-from ..text.describe import plural
 
 OPEN = ("pending", "conflict")
 
@@ -28,6 +27,12 @@ def open_count_of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> int:
                         (run_id, list(OPEN))).fetchone()[0]
 
 
+def open_counts(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Held writes waiting for a decision, per run (one query for a page of runs)."""
+    return dict(conn.execute("SELECT run_id, count(*) FROM sidecar.pending WHERE run_id = ANY(%s) "
+                             "AND status = ANY(%s) GROUP BY run_id", (run_ids, list(OPEN))).fetchall())
+
+
 def approve(conn: psycopg.Connection, pending_id: int) -> tuple[str, str]:
     """(kind, message) for the flash: approved, or refused because the row changed since."""
     decision = held.approve(conn, pending_id)
@@ -39,5 +44,4 @@ def approve(conn: psycopg.Connection, pending_id: int) -> tuple[str, str]:
 
 def reject(conn: psycopg.Connection, pending_id: int, why: str) -> tuple[str, str]:
     decision = held.reject(conn, pending_id, why=why)
-    return "ok", f"Rejected {plural(len(decision.items), 'held change')}: " + "; ".join(
-        i.change for i in decision.items) + f" ({why})."
+    return "ok", "Rejected " + "; ".join(i.change for i in decision.items) + f" ({why})."

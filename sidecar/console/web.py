@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ..errors import SidecarError
 from ..text import describe
 from .auth import Rights, Session, Sessions, SignInError, rights_of
+from .drafts import Draft, Typed, capture, safe_path
 
 HERE = Path(__file__).parent
 PER_PAGE = 50
@@ -48,13 +51,33 @@ def _text(v: Any) -> str:
         return ""
     if isinstance(v, str):
         return v
+    if isinstance(v, Decimal):
+        return str(v)
     return describe.value(v, limit=10**9)
 
 
+def _raw(v: Any) -> str:
+    """The raw values, as captured (JSON)."""
+    return json.dumps(v, indent=1, ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class Named:
+    """A value shown by what it names (customer Northwind Solar (#2)); the raw value is in the change's raw view."""
+
+    text: str
+    raw: Any
+
+
 def _value(v: Any) -> Markup:
-    """A value in full when short; cut, with a way to see all, when long."""
+    """A value in full when short; cut, with a way to see all, when long; times and names as people read them."""
     if v is None:
         return Markup('<span class="empty">empty</span>')
+    if isinstance(v, Named):
+        return escape(v.text)
+    at = describe.as_time(v)
+    if at is not None:
+        return _time(at)
     text = _text(v)
     if len(text) <= CUT:
         return escape(text)
@@ -62,20 +85,20 @@ def _value(v: Any) -> Markup:
                   '<div class="full">{}</div></details>').format(text[:CUT], f"{len(text):,}", text)
 
 
-def _sentence(change) -> str:
-    """A change as a sentence; a bulk UPDATE's row that kept its values says so."""
+def _sentence(change, labels=None) -> str:
+    """A change as a sentence, records named; a bulk UPDATE's row that kept its values says so."""
     if change.op == "U" and not change.changed_columns:
         image = change.after or change.before
-        label = describe.row_label(change.table, change.key, image, change.label_column, change.display_name)
+        label = describe.row_name(change.table, change.key, image, labels, change.label_column, change.display_name)
         return f"Wrote {label} with the values it already had (no change)"
-    return describe.change_sentence(change)
+    return describe.named_sentence(change, labels)
 
 
 def _templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(time=_time, value=_value, short=lambda run_id: str(run_id)[:8],
-                       table=describe.table_name, number=lambda n: f"{n:,}")
+                       table=describe.table_name, number=lambda n: f"{n:,}", raw=_raw)
     env.globals.update(plural=describe.plural, sentence=_sentence)
     return env
 
@@ -125,8 +148,12 @@ class Page:
         return str(self.form.get(name, "")).strip() if self.form is not None else ""
 
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        waiting = None
+        if self.rights.has_queue and not template.startswith("_"):
+            waiting = self.conn.execute(
+                "SELECT count(*) FROM sidecar.pending WHERE status IN ('pending', 'conflict')").fetchone()[0]
         return self.console.render(self.request, template, status=status, session=self.session,
-                                   rights=self.rights, **context)
+                                   rights=self.rights, waiting=waiting, **context)
 
     def redirect(self, url: str, message: str | None = None, kind: str = "ok") -> RedirectResponse:
         if message:
@@ -141,12 +168,14 @@ class Console:
 
     def render(self, request: Request, template: str, *, status: int = 200, session: Session | None = None,
                rights: Rights | None = None, **context: Any) -> HTMLResponse:
-        flashes = []
+        flashes, draft = [], None
         if session is not None and not template.startswith("_"):  # a fragment (live.js) leaves them for the page
             flashes, session.flashes = session.flashes, []
+            draft, session.draft = session.draft, None
+        context.setdefault("waiting", None)
         html = self.env.get_template(template).render(
             request=request, path=request.url.path, csrf=request.scope["csrftoken"](), session=session,
-            rights=rights, flashes=flashes, **context)
+            rights=rights, flashes=flashes, typed=Typed(draft), **context)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
@@ -164,17 +193,24 @@ def _to_sign_in(request: Request) -> RedirectResponse:
     return RedirectResponse("/signin?" + urlencode({"next": target}), status_code=303)
 
 
-def page(needs: str | None = None) -> Callable:
-    """Make a page handler an endpoint: signed in only, run in a thread, as the person, with `needs` right."""
+def page(needs: str | None = None, *, changes: str | None = None, back: str = "/") -> Callable:
+    """Make a page handler an endpoint: signed in only, run in a thread, as the person, with `needs` right.
+
+    changes: the handler is a form that changes something (a key of drafts.DESCRIBE). When it
+    cannot be done (signed out, database out of reach) nothing is, and what the person typed
+    comes back on the form's page (`back` when the form's page is not known)."""
 
     def wrap(handler: Callable[[Page], Response]) -> Callable:
         @wraps(handler)
         async def endpoint(request: Request) -> Response:
             session = _signed_in(request)
-            if session is None:
-                return _to_sign_in(request)
             form = await request.form() if request.method == "POST" else None
-            return await run_in_threadpool(_serve, handler, needs, request, session, form)
+            draft = capture(request, form, changes, back) if changes and form is not None else None
+            if session is None:
+                if draft is not None:
+                    return _sign_in_again(request, draft, "Your session had ended")
+                return _to_sign_in(request)
+            return await run_in_threadpool(_serve, handler, needs, request, session, form, draft)
 
         endpoint.signed_in_only = True
         return endpoint
@@ -182,7 +218,7 @@ def page(needs: str | None = None) -> Callable:
     return wrap
 
 
-def _serve(handler, needs, request: Request, session: Session, form) -> Response:
+def _serve(handler, needs, request: Request, session: Session, form, draft: Draft | None = None) -> Response:
     console: Console = request.app.state.console
     try:
         with console.sessions.connection(session) as conn:
@@ -194,27 +230,48 @@ def _serve(handler, needs, request: Request, session: Session, form) -> Response
                                           "(ask a DBA).")
             try:
                 return handler(ctx)
+            except psycopg.OperationalError:
+                raise
             except (SidecarError, psycopg.Error) as exc:
                 message = _message(exc)
                 status = 403 if isinstance(exc, psycopg.errors.InsufficientPrivilege) else 400
-                if request.method == "POST":
-                    back = request.headers.get("referer", "")
-                    same_site = back.startswith(str(request.base_url))
-                    return ctx.redirect(back if same_site else request.url.path, message, "error")
+                if draft is not None:
+                    session.draft = draft  # the form comes back with what was typed
+                    return ctx.redirect(draft.back, message, "error")
                 return ctx.render("error.html", status=status, title="That did not work", message=message)
     except SignInError as exc:
         return console.render(request, "error.html", status=503, title="Console unavailable", message=str(exc))
     except psycopg.OperationalError as exc:
-        if not _signed_out_by_the_database(exc):
-            # The server is down or restarting: say so, and keep the session, whose next
-            # request connects again.
-            return console.render(request, "error.html", status=503, title="Database unavailable",
-                                  message="The database cannot be reached right now (it may be restarting). "
-                                          "Reload this page in a moment; if you had sent a form, check "
-                                          "whether it took effect before sending it again.")
-        console.sessions.sign_out(session.sid)
-        request.session.clear()
-        return RedirectResponse("/signin?" + urlencode({"why": "lost"}), status_code=303)
+        if _signed_out_by_the_database(exc):
+            # The password the person signed in with is not accepted any more: sign in again.
+            console.sessions.sign_out(session.sid)
+            request.session.clear()
+            if draft is not None:
+                return _sign_in_again(request, draft, "Your password was not accepted any more (changed?)")
+            return RedirectResponse("/signin?" + urlencode({"why": "password"}), status_code=303)
+        return _unreachable(request, session, draft)
+
+
+def _unreachable(request: Request, session: Session, draft: Draft | None) -> Response:
+    """The database cannot be reached: nothing was done; the person stays signed in."""
+    console: Console = request.app.state.console
+    if draft is not None:
+        page = console.render(request, "interrupted.html", status=503, session=session, draft=draft,
+                              why="The database could not be reached")
+        session.draft = draft  # the form's page gives it back once the database answers
+        return page
+    return console.render(request, "error.html", status=503, session=session, title="The database cannot be reached",
+                          message="The console could not reach the database just now. You are still signed in, "
+                                  "and your password is fine: try again in a moment.",
+                          retry=request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+
+
+def _sign_in_again(request: Request, draft: Draft, why: str) -> Response:
+    """Signed out before a form was done: say that nothing was done; sign in brings the form back."""
+    console: Console = request.app.state.console
+    return console.render(request, "signin.html", status=401, user="", next=draft.back, draft=draft,
+                          error=f"{why}, so nothing was done: {draft.not_done}. Sign in again and you come "
+                                "back to the form with what you typed.")
 
 
 def _signed_out_by_the_database(exc: psycopg.OperationalError) -> bool:
@@ -224,6 +281,8 @@ def _signed_out_by_the_database(exc: psycopg.OperationalError) -> bool:
 
 
 def _message(exc: Exception) -> str:
+    if isinstance(exc, SidecarError) and not isinstance(exc, psycopg.Error):
+        return exc.without_shell()  # the console offers links and buttons, not commands
     if isinstance(exc, psycopg.Error):
         diag = exc.diag
         text = (diag.message_primary or str(exc)).removeprefix("sidecar: ")
@@ -238,8 +297,7 @@ def _message(exc: Exception) -> str:
 # -- sign-in -------------------------------------------------------------------
 
 def _safe_next(target: str | None) -> str:
-    # Only a path on this site: not //host or /\\host, which browsers take as another site.
-    return target if target and target.startswith("/") and target[1:2] not in ("/", "\\") else "/"
+    return safe_path(target)
 
 
 async def sign_in_page(request: Request) -> Response:
@@ -247,13 +305,15 @@ async def sign_in_page(request: Request) -> Response:
     if _signed_in(request) is not None:
         return RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
     error = None
-    if request.query_params.get("why") == "lost":
-        error = "The database connection was lost or your password changed; please sign in again."
+    if request.query_params.get("why") == "password":
+        error = "Your password was not accepted any more (changed?); please sign in again."
     status = 200
     user = ""
+    draft = None
     if request.method == "POST":
         form = await request.form()
         user = str(form.get("user", ""))
+        draft = Draft.from_json(str(form.get("_draft", ""))) if form.get("_draft") else None
         try:
             session = await run_in_threadpool(console.sessions.sign_in, user, str(form.get("password", "")))
         except SignInError as exc:
@@ -262,8 +322,13 @@ async def sign_in_page(request: Request) -> Response:
         else:
             request.session.clear()
             request.session["sid"] = session.sid
+            if draft is not None:
+                session.draft = draft
+                session.flashes.append(("warn", f"Nothing was done while you were signed out: {draft.not_done}. "
+                                                f"What you typed is filled in below; press {draft.button!r} again."))
+                return RedirectResponse(draft.back, status_code=303)
             return RedirectResponse(_safe_next(str(form.get("next", ""))), status_code=303)
-    return console.render(request, "signin.html", status=status, error=error, user=user,
+    return console.render(request, "signin.html", status=status, error=error, user=user, draft=draft,
                           next=_safe_next(request.query_params.get("next") or None))
 
 
@@ -311,9 +376,21 @@ class SecurityHeaders:
 
 
 async def csrf_failed(scope, send, error: Errors) -> None:
-    body = ("<!doctype html><html lang=en><meta charset=utf-8><title>Form expired</title>"
-            "<h1>That form could not be accepted</h1><p>It had expired, or it came from another site. "
-            "Go back, reload the page and try again.</p><p><a href='/'>Back to the console</a></p>")
+    """A form whose token no longer matches (the console restarted, or another site sent it): nothing
+    was done; the way back is the page the form was on, where it can be sent again."""
+    headers = dict(scope.get("headers") or [])
+    referer = headers.get(b"referer", b"").decode("latin-1")
+    host = headers.get(b"host", b"").decode("latin-1")
+    back = "/"
+    for scheme in ("http://", "https://"):
+        if host and referer.startswith(f"{scheme}{host}/"):
+            back = safe_path(referer[len(scheme + host):])
+    body = ("<!doctype html><html lang=en><meta charset=utf-8><title>Nothing was done · sidecar console</title>"
+            "<link rel=stylesheet href='/static/console.css'><header class=top><span class=brand>sidecar</span>"
+            "</header><main><h1>Nothing was done</h1><p class='flash error' role=alert>That form could not be "
+            "accepted: it was sent from a page older than the console's last start (or from another site), "
+            "so nothing was done.</p><p>Go back to the page, which is loaded afresh, and send the form again."
+            f"</p><p><a class=button href='{escape(back)}'>Back to the page</a></p></main>")
     await send({"type": "http.response.start", "status": 403,
                 "headers": [(b"content-type", b"text/html; charset=utf-8")]})
     await send({"type": "http.response.body", "body": body.encode()})
@@ -326,3 +403,26 @@ def lifespan(sessions: Sessions):
         sessions.close_all()
 
     return lifespan
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 in the console's style, with a way back (a GET of a form's address is a 405)."""
+    console: Console = request.app.state.console
+    session = _signed_in(request) if "session" in request.scope else None
+    status = getattr(exc, "status_code", 404)
+    path = request.url.path
+    if status == 405:
+        parent = path.rsplit("/", 1)[0] or "/"
+        if parent.startswith("/queue/"):
+            parent = "/queue"
+        title = "This address is not a page"
+        message = ("It is where a button sends its form, so there is nothing to show here, and nothing was done. "
+                   "The page the button is on is one click away.")
+        links = [(parent, "Go to the page with the button")]
+    else:
+        status = 404
+        title = "Page not found"
+        message = f"There is no page at {path}."
+        links = [("/runs", "See the runs"), ("/automations", "See the automations")]
+    return console.render(request, "error.html", status=status, session=session, title=title, message=message,
+                          links=links)

@@ -191,13 +191,13 @@ class ScratchCopy:
                                                                      sql.Identifier(tgname)))
 
     def _track_copy(self, live_tracked: int | None) -> None:
-        capture, label, display = "tagged", None, None
+        capture, label, display, mode = "tagged", None, None, None
         if live_tracked:
-            capture, label, display = self.conn.execute(
-                "SELECT capture, label_column, display_name FROM sidecar.tracked WHERE tracked_id = %s",
+            capture, label, display, mode = self.conn.execute(
+                "SELECT capture, label_column, display_name, capture_mode FROM sidecar.tracked WHERE tracked_id = %s",
                 (live_tracked,)).fetchone()
-        self.tracked_id = self.conn.execute("SELECT sidecar.track(%s::regclass, %s, %s, %s)",
-                                            (self.copy, capture, label, display)).fetchone()[0]
+        self.tracked_id = self.conn.execute("SELECT sidecar.track(%s::regclass, %s, %s, %s, %s)",
+                                            (self.copy, capture, label, display, mode)).fetchone()[0]
         # The copy captures exactly as the table does: a capture trigger missing
         # or disabled there is missing or disabled here.
         for tgname in SIDECAR_TRIGGERS:

@@ -258,14 +258,14 @@ def _table_gap(conn: psycopg.Connection, duty: str, role: str, tables) -> str | 
     """What keeps a role from doing a duty on the automation's tables (None: nothing)."""
     for table, log_table, _, own_triggers in tables:
         if duty == "undo":
-            for priv in ("INSERT", "UPDATE", "DELETE"):
-                if not conn.execute("SELECT has_table_privilege(%s, %s, %s)", (role, table, priv)).fetchone()[0]:
-                    return f"has no {priv} on {table}"
-            if own_triggers and not conn.execute(
-                "SELECT pg_has_role(%s, (SELECT relowner FROM pg_class WHERE oid = %s::regclass), 'USAGE')",
-                (role, table),
-            ).fetchone()[0]:
-                return f"does not own {table}, whose own triggers an undo must switch off"
+            # An undo writes through the table's undo function, with its owner's rights.
+            function = conn.execute(
+                "SELECT to_regprocedure(format('sidecar.%%I(text, uuid, jsonb)', 'undo_' || tracked_id))::text "
+                "FROM sidecar.tracked WHERE relid = %s::regclass", (table,)).fetchone()
+            if not function or function[0] is None:
+                return f"{table} has no undo function: its owner runs sidecar track {table}"
+            if not conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE')", (role, function[0])).fetchone()[0]:
+                return f"cannot execute {function[0]}, the undo function of {table}"
         elif duty == "logs":
             log = f"sidecar.{sql.Identifier(log_table).as_string(conn)}"
             if not conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (role, log)).fetchone()[0]:

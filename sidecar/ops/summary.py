@@ -27,6 +27,10 @@ class Summary:
     changed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     next: list[str] = field(default_factory=list)
+    # For the console's buttons beside "What happens next":
+    paused: bool = False  # the run's automation is paused now
+    paused_by_name: bool = False  # by its own pause (not only with every automation)
+    rerun: bool = False  # the run stopped with steps left, which a rerun redoes
 
     def sections(self) -> list[tuple[str, list[str]]]:
         when = self.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if self.started_at else None
@@ -35,18 +39,33 @@ class Summary:
                 ("What failed", self.failed), ("What happens next", self.next)]
 
 
+def _meta_word(key: str, v: object) -> str | None:
+    """A meta value in words; None for what goes without saying (a rerun's empty blocked list, ...)."""
+    if key == "rerun_of" or v in (None, "", [], {}) or (key == "force" and v is False):
+        return None
+    if key == "steps" and isinstance(v, list):
+        return ", ".join(map(str, v))
+    if key == "blocked" and isinstance(v, dict):
+        return "; ".join(f"{k}: {why}" for k, why in v.items())
+    if key == "force" and v is True:
+        return "yes: steps redone despite changed rows"
+    return describe.value(v, 200).strip(chr(39))
+
+
 def _short(run_id: uuid.UUID | None) -> str:
     return str(run_id)[:8] if run_id else "-"
 
 
-def summarize(conn: psycopg.Connection, info: RunInfo) -> Summary:
-    """Plain-language answers, each a few lines, read from runs, actions, steps, the queue and events."""
+def summarize(conn: psycopg.Connection, info: RunInfo, *, shell: bool = True) -> Summary:
+    """Plain-language answers, each a few lines, read from runs, actions, steps, the queue and events.
+
+    shell=False: "what happens next" names no command (the console offers the buttons instead)."""
     s = Summary(started_at=info.started_at)
     s.started.append(f"{info.automation}, started by {info.started_by}")
-    # The run's own metadata (prompt, model, job...), the usual keys first.
+    # The run's own metadata (prompt, model, job...), the usual keys first, in words.
     keys = sorted(info.meta, key=lambda k: ({"prompt": 0, "model": 1}.get(k, 2), k))
-    for key in keys[:5]:
-        s.meta.append(f"{key}: {describe.value(info.meta[key], 200).strip(chr(39))}")
+    for key in [k for k in keys if _meta_word(k, info.meta[k]) is not None][:5]:
+        s.meta.append(f"{key.replace('_', ' ')}: {_meta_word(key, info.meta[key])}")
     if info.undo_of:
         s.started.append(f"an undo of run {_short(info.undo_of)}")
     if info.rerun_of:
@@ -94,22 +113,31 @@ def summarize(conn: psycopg.Connection, info: RunInfo) -> Summary:
         s.failed.append(f"an undo skipped {plural(conflicts, 'conflicting row')} ({summary})")
 
     waiting = held.get("pending", 0) + held.get("conflict", 0)
-    if waiting:
+    if waiting and shell:
         s.next.append(f"{plural(waiting, 'held change')} waiting for review: sidecar queue, "
                       f"then sidecar approve ID or sidecar reject ID --reason TEXT")
+    elif waiting:
+        s.next.append(f"{plural(waiting, 'held write')} of this run {'waits' if waiting == 1 else 'wait'} "
+                      "for review in the review queue")
     left = [st for st in steps if st.state != "completed"]
+    s.rerun = bool(left and stopped and not info.undo_of)
     if left and stopped:
-        s.next.append(f"{plural(len(left), 'step')} left to do: sidecar rerun {info.run_id} redoes only those")
+        s.next.append(f"{plural(len(left), 'step')} left to do: "
+                      + (f"sidecar rerun {info.run_id} redoes only those" if shell else "a rerun redoes only those"))
     elif left and info.status == "running":
         s.next.append(f"{plural(len(left), 'step')} not done yet (the run is still running)")
     if info.undone_by:
-        s.next.append(f"undone by run {_short(info.undone_by)}; sidecar undo {info.undone_by} puts the changes back")
-    elif info.rows:
+        s.next.append(f"undone by run {_short(info.undone_by)}; "
+                      + (f"sidecar undo {info.undone_by} puts the changes back" if shell
+                         else "undoing that run puts the changes back"))
+    elif info.rows and shell:
         s.next.append(f"to undo it: sidecar undo {info.run_id} --preview, then without --preview "
                       "(--action KEY for one action)")
     pause = conn.execute(
         "SELECT target, paused_by, reason FROM sidecar.pauses WHERE scope = 'automation' AND target IN (%s, '*') "
         "ORDER BY target = '*' LIMIT 1", (info.automation,)).fetchone()
+    s.paused = pause is not None
+    s.paused_by_name = bool(pause) and pause[0] != "*"
     if pause:
         who = "every automation" if pause[0] == "*" else info.automation
         s.next.append(f"{who} is paused (by {pause[1]}: {pause[2]}): its runs cannot start and their next write "

@@ -198,7 +198,7 @@ def of_run(conn: psycopg.Connection, run_id: uuid.UUID) -> list[HeldChange]:
 def get(conn: psycopg.Connection, pending_id: int) -> HeldChange:
     row = conn.execute(_SELECT + " WHERE p.pending_id = %s", (pending_id,)).fetchone()
     if row is None:
-        raise UsageError(f"there is no held change {pending_id}; sidecar queue lists them")
+        raise UsageError(f"there is no held change {pending_id}", shell="sidecar queue lists them")
     return _with_context(conn, [_to_item(row)])[0]
 
 

@@ -153,7 +153,8 @@ def rerun(conn: psycopg.Connection, run_ref: str, *, steps: list[str] | None = N
     known = {s.key for s in states}
     for key in steps or []:
         if key not in known:
-            raise UsageError(f"run {original.run_id} has no step {key!r}; sidecar rerun {str(original.run_id)[:8]} lists them")
+            raise UsageError(f"run {original.run_id} has no step {key!r}",
+                             shell=f"sidecar rerun {str(original.run_id)[:8]} lists them")
     todo = [s for s in states if s.state != "completed" and (not steps or s.key in steps)]
     log = [f"{s.key}: {s.state}" + (f" ({s.detail})" if s.detail else "") for s in states]
     blocked: list[tuple[str, str]] = []

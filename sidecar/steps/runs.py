@@ -318,16 +318,24 @@ LEFT JOIN sidecar.runs ruu ON ruu.run_id = ru.undone_by
 """
 _UNDONE_BY = "CASE WHEN ru.undone_by IS NULL OR ruu.undone_by IS NOT NULL THEN r.undone_by END"
 
+_ALIVE = """EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
+               AND (r.backend_start IS NULL OR a.backend_start = r.backend_start))"""
+_WAITING = """r.backend_pid IS NULL AND r.rerun_of IS NOT NULL
+            AND NOT EXISTS (SELECT FROM sidecar.actions ac WHERE ac.run_id = r.run_id)"""
+
+# state_word in SQL, over _RUN_FROM: the state filters and counts read what RunInfo.state says.
+STATE_SQL = f"""CASE WHEN {_UNDONE_BY} IS NOT NULL THEN 'undone'
+     WHEN r.status = 'running' AND NOT {_ALIVE} THEN CASE WHEN {_WAITING} THEN 'waiting' ELSE 'abandoned' END
+     ELSE r.status END"""
+
 _RUN_SELECT = f"""
 SELECT r.run_id, r.automation, r.status, r.meta, r.started_at, r.started_by, r.finished_at, r.error,
        r.undo_of, r.rerun_of,
        {_UNDONE_BY} AS undone_by,
        (SELECT count(*) FROM sidecar.steps st WHERE st.run_id = r.run_id) AS steps_done,
-       EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = r.backend_pid
-               AND (r.backend_start IS NULL OR a.backend_start = r.backend_start)) AS alive,
+       {_ALIVE} AS alive,
        r.error_detail, coalesce(r.run_key, r.meta ->> 'run_key') AS run_key,
-       r.backend_pid IS NULL AND r.rerun_of IS NOT NULL
-           AND NOT EXISTS (SELECT FROM sidecar.actions ac WHERE ac.run_id = r.run_id) AS waiting,
+       {_WAITING} AS waiting,
        r.purged_at
 {_RUN_FROM}"""
 
@@ -354,13 +362,13 @@ def resolve(conn: psycopg.Connection, run_ref: str) -> uuid.UUID:
     if return_exact is not None:
         if conn.execute("SELECT 1 FROM sidecar.runs WHERE run_id = %s", (return_exact,)).fetchone():
             return return_exact
-        raise UsageError(f"run {run_ref} is not known; sidecar runs lists the runs")
+        raise UsageError(f"run {run_ref} is not known", shell="sidecar runs lists the runs")
     matches = conn.execute(
         "SELECT run_id FROM sidecar.runs WHERE run_id::text LIKE %s ORDER BY started_at LIMIT 3",
         (ref + "%",),
     ).fetchall()
     if not matches:
-        raise UsageError(f"no run id starts with {run_ref}; sidecar runs lists the runs")
+        raise UsageError(f"no run id starts with {run_ref}", shell="sidecar runs lists the runs")
     if len(matches) > 1:
         raise UsageError(f"run id prefix {run_ref} is ambiguous ({len(matches)}+ runs); give more characters")
     return matches[0][0]
@@ -375,9 +383,25 @@ def get(conn: psycopg.Connection, run_ref: str | uuid.UUID) -> RunInfo:
 # Runs by automation, start time and state (a run's state as RunInfo.state names it).
 _RUN_FILTER = f"""
     (%(a)s::text IS NULL OR r.automation = %(a)s) AND (%(s)s::timestamptz IS NULL OR r.started_at >= %(s)s)
-    AND (%(st)s::text IS NULL OR CASE WHEN %(st)s = 'undone' THEN {_UNDONE_BY} IS NOT NULL
-                                      ELSE r.status = %(st)s AND {_UNDONE_BY} IS NULL END)
+    AND (%(st)s::text IS NULL OR ({STATE_SQL}) = %(st)s)
 """
+
+
+def check_state(state: str | None) -> str | None:
+    """A state filter as given, or a UsageError naming the states."""
+    if state and state not in STATES:
+        raise UsageError(f"status {state!r} is not a run state; choose one of {', '.join(STATES)}")
+    return state or None
+
+
+def state_counts(conn: psycopg.Connection) -> dict[str, dict[str, int]]:
+    """Runs per automation and state (undo runs left out): {automation: {state: n}}."""
+    out: dict[str, dict[str, int]] = {}
+    for automation, state, n in conn.execute(
+        f"SELECT r.automation, {STATE_SQL}, count(*) {_RUN_FROM} WHERE r.undo_of IS NULL GROUP BY 1, 2"
+    ):
+        out.setdefault(automation, {})[state] = n
+    return out
 
 
 def list_runs(
@@ -389,7 +413,8 @@ def list_runs(
     offset: int = 0,
     limit: int = 50,
 ) -> list[RunInfo]:
-    """Runs, newest first."""
+    """Runs, newest first; status is one of STATES."""
+    check_state(status)
     rows = conn.execute(
         _RUN_SELECT + " WHERE " + _RUN_FILTER + " ORDER BY r.started_at DESC, r.run_id OFFSET %(o)s LIMIT %(n)s",
         {"a": automation, "s": since, "st": status, "o": offset, "n": limit},

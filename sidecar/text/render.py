@@ -31,6 +31,11 @@ def dumps(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def run_json(info) -> dict:
+    """A run for --json: its fields, and its state in the words the CLI and console use."""
+    return dict(to_jsonable(info), state=info.state)
+
+
 def when(t: datetime | None) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 
@@ -75,7 +80,7 @@ def summary_lines(summary) -> list[str]:
 
 
 def show_run(info, actions: list[tuple[int, str, list]], events: list, more_actions: int = 0,
-             contexts: dict | None = None, summary=None, held: list | None = None) -> str:
+             contexts: dict | None = None, summary=None, held: list | None = None, labels=None) -> str:
     contexts = contexts or {}
     lines = [f"Run {info.run_id}"]
     if summary is not None:
@@ -116,7 +121,7 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
         if key in contexts:
             lines += [f"  {line}" for line in contexts[key].lines()]
         for ch in changes:
-            lines.append(f"  {describe.change_line(ch)}")
+            lines.append(f"  {describe.change_line(ch, labels)}")
         if not changes:
             lines.append("  nothing of it landed (held for review, or it changed nothing)")
         if more:

@@ -6,6 +6,8 @@ work by foreign keys and keeps rows still referred to; unique checks unique keys
 ahead; apply writes the plan; restore runs plan and apply in one transaction and
 records the undo as a run of its own. script prints the same restore as reviewable
 SQL (`undo --sql`) and cascade undoes later runs first (`--cascade`).
+What touches a table is done by its undo function (sql/functions/fn_undo.sql)
+with the table owner's rights, so sidecar_undoer is all an operator needs.
 """
 
 from .plan import Conflict, Planner

@@ -1,6 +1,10 @@
 """Undo, planning: read a scope's history into temporary tables and decide each row's step.
 
-The plan lives in temporary tables inside the undo's own transaction:
+The plan lives in temporary tables inside the undo's own transaction. The
+per-table ones are made by the table's undo function (sidecar.undo_<id>,
+sql/functions/fn_undo.sql), which runs with the table owner's rights and
+reads the images from the history itself: this module says what to do, in
+which order, and reads the results; the operator needs sidecar_undoer only.
   _sc_stmts         the statements in scope (run, actions, rows)
   _sc_first_<id>    per row key, the scope's first image (kind O: the row as it
                     was before; kind N: the row did not exist before)
@@ -31,7 +35,7 @@ from ..capture.tracking import untracked_followers
 from ..errors import SidecarError, UsageError
 from .keys import keep_referenced, mark_orphans, table_order
 from .scope import Scope
-from .tables import Column, TablePlan, key_join, quoted, temp_table
+from .tables import Column, TablePlan, key_join, quoted, server_step, temp_table
 from .unique import mark_clashes
 
 CONFLICTS_LISTED = 200
@@ -72,6 +76,7 @@ class Planner:
         # and the rest is restored only with force.
         self.lost: list[str] = []
         self._order: list[TablePlan] | None = None
+        self.action_ids: list[int] | None = None
 
     # -- scope -------------------------------------------------------------
     def _select_statements(self) -> None:
@@ -86,9 +91,11 @@ class Planner:
             missing = sorted(set(scope.actions) - {k for k, _ in found})
             if missing:
                 raise UsageError(
-                    f"run {scope.run_id} has no action {missing[0]!r}; sidecar show {scope.run_id} lists its actions"
+                    f"run {scope.run_id} has no action {missing[0]!r}",
+                    shell=f"sidecar show {scope.run_id} lists its actions"
                 )
             action_ids = [a for _, a in found]
+        self.action_ids = action_ids
         conn.execute(
             "CREATE TEMP TABLE _sc_stmts ON COMMIT DROP AS "
             "SELECT s.stmt_id, s.tracked_id, s.op FROM sidecar.statements s WHERE " + _IN_SCOPE,
@@ -204,10 +211,11 @@ class Planner:
         return TablePlan(info, columns, skipped)
 
     # -- plan --------------------------------------------------------------
-    def _row_filter(self, plan: TablePlan, alias: str) -> sql.Composable:
+    def _row_keys(self, plan: TablePlan) -> list[list[str]] | None:
+        """The --row keys of this table, as text in the order of its key (None: every row)."""
         keys = [k for t, k in self.scope.rows if t == plan.table]
         if not keys:
-            return sql.SQL("true")
+            return None
         pk = plan.info.pk_columns
         for k in keys:
             if sorted(k) != sorted(pk):
@@ -215,45 +223,15 @@ class Planner:
                     f"--row {plan.table}: the key of {plan.table} is ({', '.join(pk)}), not ({', '.join(k)})"
                 )
         # Keys are compared as text, so a key given on the command line matches any key type.
-        values = sql.SQL(", ").join(
-            sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(_text(k[c])) for c in pk)) for k in keys
-        )
-        texts = sql.SQL(", ").join(sql.SQL("{}.{}::text").format(quoted(alias), quoted(c)) for c in pk)
-        return sql.SQL("({}) IN ({})").format(texts, values)
+        return [[_text(k[c]) for c in pk] for k in keys]
 
     def _build_images(self, plan: TablePlan) -> None:
-        cols = sql.SQL(", ").join(quoted(c.name) for c in plan.columns)
-        pk = sql.SQL(", ").join(quoted(c) for c in plan.info.pk_columns)
-        log, rows = quoted(plan.info.log_table), self._row_filter(plan, "l")
-        # Within a statement the before-image (O) comes before the after-image (N).
-        for prefix, order, kind_order in (("first", sql.SQL("ASC"), sql.SQL("DESC")),
-                                          ("last", sql.SQL("DESC"), sql.SQL("ASC"))):
-            if plan.single_op:
-                # One statement (a bulk write, typically) has one image of each
-                # kind per row: no sort to pick the first and last. (An UPDATE
-                # that changed keys is noticed when classified, and read again.)
-                op = plan.single_op
-                kind = ("N" if op == "I" else "O") if prefix == "first" else ("O" if op == "D" else "N")
-                select = sql.SQL("SELECT l._kind, {cols} FROM sidecar.{log} l "
-                                 "WHERE l._stmt = %s AND l._kind = %s AND {rows}").format(cols=cols, log=log, rows=rows)
-                params: tuple = (plan.info.stmt_range[0], kind)
-            else:
-                select = sql.SQL(
-                    """
-                    SELECT DISTINCT ON ({pk}) l._kind, {cols}
-                    FROM sidecar.{log} l
-                    WHERE l._stmt BETWEEN %s AND %s
-                      AND l._stmt IN (SELECT stmt_id FROM _sc_stmts WHERE tracked_id = %s)
-                      AND {rows}
-                    ORDER BY {pk}, l._stmt {order}, l._kind {kind_order}
-                    """
-                ).format(pk=pk, cols=cols, log=log, rows=rows, order=order, kind_order=kind_order)
-                params = (*plan.info.stmt_range, plan.info.tracked_id)
-            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(temp_table(prefix, plan)))
-            plan.rows = self.conn.execute(
-                sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(temp_table(prefix, plan)) + select, params
-            ).rowcount
-            self.conn.execute(sql.SQL("ANALYZE {}").format(temp_table(prefix, plan)))
+        """The scope's first and last image of each row, read from the history by the table's undo
+        function into _sc_first_<id> and _sc_last_<id> (fn_undo.sql: sidecar._undo_images)."""
+        columns = [{"name": c.name, "comparable": c.comparable, "identity_always": c.identity_always}
+                   for c in plan.columns]
+        plan.rows = server_step(self.conn, plan, "images", self.scope.run_id,
+                                {"columns": columns, "action_ids": self.action_ids, "rows": self._row_keys(plan)})
 
     def _check_rows_found(self, plan: TablePlan) -> None:
         """A --row the scope never changed is bad input: say so rather than undo nothing and exit 0."""
@@ -271,91 +249,25 @@ class Planner:
             if tuple(_text(k[c]) for c in pk) not in found:
                 key = ", ".join(f"{c} {_text(k[c])}" for c in pk)
                 raise UsageError(
-                    f"run {self.scope.run_id} changed no row of {plan.table} with {key}; "
-                    f"sidecar show {self.scope.run_id} lists the rows it changed"
+                    f"run {self.scope.run_id} changed no row of {plan.table} with {key}",
+                    shell=f"sidecar show {self.scope.run_id} lists the rows it changed"
                 )
-
-    def _match(self, left: str, right: str, plan: TablePlan) -> sql.Composable:
-        """True when the two images hold the same values in every restored column."""
-        parts = []
-        for c in plan.columns:
-            if c.comparable:
-                parts.append(sql.SQL("{l}.{c} IS NOT DISTINCT FROM {r}.{c}").format(l=quoted(left), r=quoted(right), c=quoted(c.name)))
-            else:
-                parts.append(sql.SQL("{l}.{c}::text IS NOT DISTINCT FROM {r}.{c}::text").format(
-                    l=quoted(left), r=quoted(right), c=quoted(c.name)))
-        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
     def _lock_and_classify(self, plan: TablePlan, lock: bool) -> None:
-        conn = self.conn
-        # Lock the rows as they are now; a row changed meanwhile is waited for
-        # and then seen in its newest state by the classification below. Past
-        # ROW_LOCKS_MAX rows, the table instead: locking each row rewrites it,
-        # which cost about as much as the restore itself. Readers go on either
-        # way; with the table lock every writer of the table waits for the undo
-        # to commit. A preview (lock=False) changes nothing and holds nobody up.
-        if not lock:
-            pass
-        elif plan.rows > ROW_LOCKS_MAX:
-            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(plan.ident))
-        else:
-            conn.execute(
-                sql.SQL("SELECT 1 FROM {t} AS cur JOIN {last} AS l ON {on} FOR UPDATE OF cur").format(
-                    t=plan.ident, last=temp_table("last", plan), on=key_join("cur", "l", plan)
-                )
-            )
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(temp_table("plan", plan)))
-        pk = sql.SQL(", ").join(sql.SQL("f.{}").format(quoted(c)) for c in plan.info.pk_columns)
-        planned = conn.execute(
-            sql.SQL(
-                """
-                CREATE TEMP TABLE {plan} ON COMMIT DROP AS
-                SELECT {pk},
-                       CASE
-                         WHEN f._kind = 'N' AND l._kind = 'O' THEN 'none'
-                         WHEN f._kind = 'O' AND {found} AND ({cur_is_first}) THEN 'done'
-                         WHEN f._kind = 'N' AND NOT {found} THEN 'done'
-                         WHEN l._kind = 'N' AND (NOT {found} OR NOT ({cur_is_last})) THEN 'conflict'
-                         WHEN l._kind = 'O' AND {found} THEN 'conflict'
-                         WHEN f._kind = 'O' AND NOT {found} THEN 'insert'
-                         WHEN f._kind = 'O' THEN 'update'
-                         ELSE 'delete'
-                       END AS step,
-                       false AS forced
-                FROM {first} f
-                JOIN {last} l ON {fl}
-                LEFT JOIN {t} cur ON {fcur}
-                """
-            ).format(
-                # The row is there now: a key column of the joined row is set (a name of
-                # sidecar's own next to the table's columns could clash with one of them).
-                found=sql.SQL("(cur.{} IS NOT NULL)").format(quoted(plan.info.pk_columns[0])),
-                plan=temp_table("plan", plan), pk=pk, first=temp_table("first", plan), last=temp_table("last", plan),
-                fl=key_join("f", "l", plan), t=plan.ident,
-                fcur=key_join("f", "cur", plan),
-                cur_is_first=self._match("cur", "f", plan), cur_is_last=self._match("cur", "l", plan),
-            )
-        ).rowcount
-        if plan.single_op == "U" and planned != plan.rows:
-            # The UPDATE changed keys: a row's before- and after-image have
-            # different keys, so per key the first image is not always a
-            # before-image. Read the images again the general way.
-            plan.single_op = None
-            self._build_images(plan)
-            self._lock_and_classify(plan, lock)
-            return
-        if self.force:
-            conn.execute(
-                sql.SQL(
-                    "UPDATE {plan} p SET forced = true, step = CASE WHEN f._kind = 'N' THEN 'delete' "
-                    "WHEN EXISTS (SELECT FROM {t} cur WHERE {fcur}) THEN 'update' ELSE 'insert' END "
-                    "FROM {first} f WHERE {pf} AND p.step = 'conflict'"
-                ).format(
-                    plan=temp_table("plan", plan), t=plan.ident, first=temp_table("first", plan),
-                    fcur=key_join("f", "cur", plan), pf=key_join("p", "f", plan),
-                )
-            )
-        conn.execute(sql.SQL("ANALYZE {}").format(temp_table("plan", plan)))
+        """Lock the rows as they are now and decide each row's step into _sc_plan_<id>
+        (fn_undo.sql: sidecar._undo_classify).
+
+        A row changed meanwhile is waited for and then seen in its newest
+        state. Past ROW_LOCKS_MAX rows the table is locked instead (SHARE ROW
+        EXCLUSIVE): locking each row rewrites it, which cost about as much as
+        the restore itself. Readers go on either way; with the table lock every
+        writer of the table waits for the undo to commit. A preview (lock=False)
+        changes nothing and holds nobody up. An UPDATE that changed keys has,
+        per key, a first image that is not always a before-image: the images
+        are then read again the general way.
+        """
+        server_step(self.conn, plan, "classify", self.scope.run_id,
+                    {"lock": lock, "force": self.force, "row_locks_max": ROW_LOCKS_MAX})
         self.count(plan)
 
     def count(self, plan: TablePlan) -> None:
@@ -417,6 +329,7 @@ class Planner:
             if not found or len(out) >= limit:
                 continue
             pk = plan.info.pk_columns
+            server_step(self.conn, plan, "now", self.scope.run_id)  # the rows as they are now, into _sc_now_<id>
             # The run that changed each listed row since, if one did: one scan
             # of the history after the scope for all of them (its newest image
             # of the row by another run; none when only untagged writes did).
@@ -435,14 +348,14 @@ class Planner:
                         ORDER BY {pkh}, h._stmt DESC)
                     SELECT to_jsonb(p) - 'step' - 'forced' - '_sc_kind' - '_sc_left',
                            CASE WHEN p._sc_kind = 'N' THEN p._sc_left END,
-                           (SELECT to_jsonb(cur) FROM {t} cur WHERE {pcur}), p.step, h.run_id
+                           (SELECT n._sc_row FROM {now} n WHERE {pn}), p.step, h.run_id
                     FROM listed p LEFT JOIN later h ON {ph}
                     ORDER BY {pkp}
                     """
                 ).format(
                     which=sql.SQL("p.step = 'kept'" if kept else "p.step IN ('conflict', 'orphan', 'clash') OR p.forced"),
-                    t=plan.ident, plan=temp_table("plan", plan), last=temp_table("last", plan), log=quoted(plan.info.log_table),
-                    pcur=key_join("p", "cur", plan), pl=key_join("p", "l", plan), ph=key_join("p", "h", plan),
+                    now=temp_table("now", plan), plan=temp_table("plan", plan), last=temp_table("last", plan),
+                    log=quoted(plan.info.log_table), pn=key_join("p", "n", plan), pl=key_join("p", "l", plan), ph=key_join("p", "h", plan),
                     pkp=sql.SQL(", ").join(sql.SQL("p.{}").format(quoted(c)) for c in pk),
                     pkh=sql.SQL(", ").join(sql.SQL("h.{}").format(quoted(c)) for c in pk),
                     statement=statement_of_image(sql.SQL("s.run_id"), sql.SQL("s.run_id IS DISTINCT FROM %s"), image="h"),

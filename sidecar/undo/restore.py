@@ -99,7 +99,7 @@ def preview(conn: psycopg.Connection, scope: Scope, *, force: bool = False) -> t
         if undone:
             raise UsageError(
                 f"run {scope.run_id} was already undone by run {undone[0]} at {undone[1]:%Y-%m-%d %H:%M:%S %Z}; "
-                f"to put its changes back, undo that run: sidecar undo {str(undone[0])[:8]}")
+                "to put its changes back, undo that run", shell=f"sidecar undo {str(undone[0])[:8]}")
     planner = Planner(conn, scope, force=force)
     planner.plan(lock=False)
     notes = planner.notes + [

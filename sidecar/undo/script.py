@@ -17,10 +17,9 @@ from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
 from .apply import conflict_key, user_triggers
-from .keys import foreign_keys, refers
 from .plan import Planner
 from .restore import TEXT_SETTINGS
-from .tables import TablePlan, key_join, quoted, split_name, temp_table
+from .tables import TablePlan, key_join, quoted, server_step, split_name, temp_table
 
 STREAM_BATCH = 2000
 
@@ -99,15 +98,12 @@ def _rows(conn: psycopg.Connection, plan: TablePlan, step: str,
             yield first, last, row[-1]
 
 
-def _referenced(conn: psycopg.Connection, plan: TablePlan) -> sql.Composable | None:
-    """The condition that a row of the plan (p) is referred to now, by any foreign key (None: none can)."""
-    refs = [
-        sql.SQL("EXISTS (SELECT FROM {child} ch JOIN {t} cur ON {pf} WHERE {on})").format(
-            child=sql.Identifier(*split_name(child)), t=plan.ident, pf=key_join("cur", "p", plan),
-            on=refers("ch", child_cols, parent_cols))
-        for child, child_cols, parent_cols in foreign_keys(conn, plan, pointing_at=True)
-    ]
-    return sql.SQL("({})").format(sql.SQL(" OR ").join(refs)) if refs else None
+def _referenced(conn: psycopg.Connection, plan: TablePlan, run_id) -> sql.Composable:
+    """The condition that a row of the plan (p) is referred to now, by any foreign key: the
+    table's undo function lists those rows (it reads the tables that refer to it)."""
+    server_step(conn, plan, "referenced", run_id)
+    return sql.SQL("EXISTS (SELECT FROM {refd} r WHERE {pr})").format(
+        refd=temp_table("refd", plan), pr=key_join("p", "r", plan))
 
 
 def _deletes(conn: psycopg.Connection, plan: TablePlan, where: sql.Composable) -> Iterator[str]:
@@ -140,11 +136,11 @@ def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
     # As sidecar undo does: first the rows the run added that no row refers to
     # now (one may hold a unique value a row put back or restored needs), then
     # the rest once the rows that referred to them are restored.
-    referenced = {p.table: _referenced(conn, p) for p in order if p.counts.get("delete")}
+    referenced = {p.table: _referenced(conn, p, planner.scope.run_id) for p in order if p.counts.get("delete")}
     for p in reversed(order):
         if p.table in referenced:
             ref = referenced[p.table]
-            yield from _deletes(conn, p, sql.SQL("NOT ") + ref if ref is not None else sql.SQL("true"))
+            yield from _deletes(conn, p, sql.SQL("NOT ") + ref)
     for p in order:
         cols = p.columns
         # Only a key that reappeared is skipped; any other unique key stops the script.
@@ -171,7 +167,7 @@ def script(conn: psycopg.Connection, planner: Planner) -> Iterator[str]:
             )
             yield _render(update)
     for p in reversed(order):
-        if referenced.get(p.table) is not None:
+        if p.table in referenced:
             yield from _deletes(conn, p, referenced[p.table])
 
     for table, trigger in triggers:

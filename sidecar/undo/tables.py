@@ -7,11 +7,16 @@ for these names.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
+import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from ..capture.history import TableInfo
+from ..errors import SidecarError
 
 
 @dataclass
@@ -43,6 +48,26 @@ class TablePlan:
     def ident(self) -> sql.Identifier:
         """The table as an identifier for composed SQL."""
         return sql.Identifier(*split_name(self.info.table))
+
+
+def server_step(conn: psycopg.Connection, plan: TablePlan, op: str, run_id: uuid.UUID,
+                args: dict[str, Any] | None = None) -> int:
+    """One step of the undo of a table done by its undo function, sidecar.undo_<id> (fn_undo.sql).
+
+    That function runs with the table owner's rights and reads the values it
+    writes from the history itself, so an operator holding sidecar_undoer alone
+    can undo; the plan's temporary tables it makes are the owner's, readable here.
+    """
+    try:
+        return conn.execute(
+            sql.SQL("SELECT sidecar.{}(%s, %s, %s)").format(sql.Identifier(f"undo_{plan.suffix}")),
+            (op, run_id, Jsonb(args or {})),
+        ).fetchone()[0]
+    except psycopg.errors.UndefinedFunction:
+        raise SidecarError(
+            f"table {plan.table} has no undo function yet (tracked before sidecar had them); nothing was changed. "
+            f"Its owner runs: sidecar track {plan.table} (or sidecar install)"
+        ) from None
 
 
 def quoted(name: str) -> sql.Identifier:

@@ -187,7 +187,8 @@ AS $_capture_columns$
     WHERE c.tracked_id = p_tracked_id AND NOT c.retired
 $_capture_columns$;
 
--- (Re)create a tracked table's capture function from the 'capture' template.
+-- (Re)create a tracked table's capture function from its capture mode's
+-- template: 'capture' (statement triggers) or 'capture_row' (row triggers).
 CREATE OR REPLACE FUNCTION sidecar._render_capture(p_tracked_id int)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_render_capture$
@@ -196,17 +197,29 @@ DECLARE
     v_body     text;
     v_log_cols text;
     v_src_cols text;
+    v_old_cols text;
+    v_new_cols text;
     v_watched  boolean;
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
-    SELECT body INTO STRICT v_body FROM sidecar.templates WHERE name = 'capture';
+    SELECT body INTO STRICT v_body FROM sidecar.templates
+    WHERE name = CASE r_tracked.capture_mode WHEN 'row' THEN 'capture_row' ELSE 'capture' END;
     SELECT l.log_cols, l.src_cols INTO v_log_cols, v_src_cols FROM sidecar._capture_columns(p_tracked_id) l;
+    SELECT string_agg('OLD.' || format('%I', a.attname), ', ' ORDER BY a.attnum),
+           string_agg('NEW.' || format('%I', a.attname), ', ' ORDER BY a.attnum)
+      INTO v_old_cols, v_new_cols
+    FROM sidecar.columns c
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
+    WHERE c.tracked_id = p_tracked_id AND NOT c.retired;
 
     v_body := replace(v_body, '@FUNC@', format('sidecar.%I', 'capture_' || p_tracked_id));
     v_body := replace(v_body, '@TRACKED_ID@', p_tracked_id::text);
+    v_body := replace(v_body, '@RELID@', r_tracked.relid::oid::text);
     v_body := replace(v_body, '@LOG@', format('sidecar.%I', r_tracked.log_table));
     v_body := replace(v_body, '@LOG_COLS@', v_log_cols);
     v_body := replace(v_body, '@SRC_COLS@', v_src_cols);
+    v_body := replace(v_body, '@OLD_COLS@', v_old_cols);
+    v_body := replace(v_body, '@NEW_COLS@', v_new_cols);
     v_body := replace(v_body, '@SHAPE@', format('%L', r_tracked.shape));
     v_body := replace(v_body, '@TAGGED_ONLY@', (r_tracked.capture = 'tagged')::text);
     v_watched := sidecar._shapes_watched();
@@ -216,6 +229,34 @@ BEGIN
     WHERE tracked_id = p_tracked_id AND shape_watched IS DISTINCT FROM v_watched;
 END
 $_render_capture$;
+
+-- The INSERT a row capture function runs for one row when its table's shape
+-- changed since it was rendered ($1 the statement id, $2 OLD, $3 NEW).
+CREATE OR REPLACE FUNCTION sidecar._capture_row_sql(p_tracked_id int, p_op text)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $_capture_row_sql$
+DECLARE
+    r_tracked  record;
+    v_log_cols text;
+    v_old      text;
+    v_new      text;
+BEGIN
+    SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
+    SELECT string_agg(format('%I', c.log_column), ', ' ORDER BY a.attnum),
+           string_agg(format('($2).%I', a.attname), ', ' ORDER BY a.attnum),
+           string_agg(format('($3).%I', a.attname), ', ' ORDER BY a.attnum)
+      INTO v_log_cols, v_old, v_new
+    FROM sidecar.columns c
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
+    WHERE c.tracked_id = p_tracked_id AND NOT c.retired;
+    RETURN format('INSERT INTO sidecar.%I (_stmt, _kind, %s) ', r_tracked.log_table, v_log_cols)
+        || CASE p_op
+           WHEN 'INSERT' THEN format('VALUES ($1, %L, %s)', 'N', v_new)
+           WHEN 'DELETE' THEN format('VALUES ($1, %L, %s)', 'O', v_old)
+           ELSE format('VALUES ($1, %L, %s), ($1, %L, %s)', 'O', v_old, 'N', v_new)
+           END;
+END
+$_capture_row_sql$;
 
 -- The INSERT a capture function runs when its table's shape changed since it
 -- was rendered (run with EXECUTE inside the trigger, where the transition
@@ -405,9 +446,11 @@ BEGIN
 END
 $_drop_triggers$;
 
--- (Re)create a tracked table's capture and TRUNCATE triggers. For a table
--- that captures only tagged writes, the WHEN clause skips the function call
--- altogether for untagged statements.
+-- (Re)create a tracked table's capture and TRUNCATE triggers, for its
+-- capture mode. For a table that captures only tagged writes, the WHEN
+-- clause skips the function call altogether for untagged writes; in row
+-- mode it also skips UPDATEs of a row that left it as it was (the statement
+-- trigger leaves those in history, and readers skip them).
 CREATE OR REPLACE FUNCTION sidecar._create_triggers(p_tracked_id int)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $_create_triggers$
@@ -416,12 +459,13 @@ DECLARE
     v_func    text := format('sidecar.%I', 'capture_' || p_tracked_id);
     v_trigger name;
     v_when    text := '';
+    v_tagged  text := $w$pg_catalog.current_setting('sidecar.run_id', true) <> ''$w$;
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
     IF r_tracked.capture = 'tagged' THEN
-        -- Evaluated once per statement: kept to one call (a null setting is
-        -- not <> '').
-        v_when := $w$WHEN (pg_catalog.current_setting('sidecar.run_id', true) <> '') $w$;
+        -- Evaluated once per statement (per row in row mode): kept to one
+        -- call (a null setting is not <> '').
+        v_when := format('WHEN (%s) ', v_tagged);
     END IF;
     FOR v_trigger IN
         SELECT t.tgname FROM pg_catalog.pg_trigger t
@@ -431,23 +475,38 @@ BEGIN
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, r_tracked.relid);
     END LOOP;
-    EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS sidecar_new '
-                   'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
-    EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS sidecar_old NEW TABLE AS sidecar_new '
-                   'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
-    EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS sidecar_old '
-                   'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+    IF r_tracked.capture_mode = 'row' THEN
+        EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s FOR EACH ROW %s'
+                       'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+        EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s FOR EACH ROW '
+                       'WHEN (%s OLD::text IS DISTINCT FROM NEW::text) EXECUTE FUNCTION %s()', r_tracked.relid,
+                       CASE WHEN r_tracked.capture = 'tagged' THEN v_tagged || ' AND' ELSE '' END, v_func);
+        EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s FOR EACH ROW %s'
+                       'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+    ELSE
+        EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS sidecar_new '
+                       'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+        EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s '
+                       'REFERENCING OLD TABLE AS sidecar_old NEW TABLE AS sidecar_new '
+                       'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+        EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS sidecar_old '
+                       'FOR EACH STATEMENT %s EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+    END IF;
     EXECUTE format('CREATE TRIGGER sidecar_refuse_truncate BEFORE TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION sidecar._refuse_truncate()', r_tracked.relid);
 END
 $_create_triggers$;
 
 -- Start tracking a table: history table, capture function and triggers.
--- Tracking a tracked table again updates its options.
+-- Tracking a tracked table again updates its options. p_capture_mode
+-- (statement or row) NULL: a tracked table keeps its mode, a new one takes
+-- the setting sidecar.capture_mode when set (ALTER DATABASE ... SET
+-- sidecar.capture_mode = 'row'), else statement.
+DROP FUNCTION IF EXISTS sidecar.track(regclass, text, name, text);  -- before p_capture_mode
 CREATE OR REPLACE FUNCTION sidecar.track(p_table regclass, p_capture text DEFAULT 'tagged',
                                          p_label_column name DEFAULT NULL,
-                                         p_display_name text DEFAULT NULL)
+                                         p_display_name text DEFAULT NULL,
+                                         p_capture_mode text DEFAULT NULL)
 RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $track$
 DECLARE
@@ -456,6 +515,7 @@ DECLARE
     v_id       int;
     v_log      name;
     v_role     name;
+    v_mode     text;
 BEGIN
     SELECT c.relkind INTO v_relkind FROM pg_catalog.pg_class c WHERE c.oid = p_table;
     IF v_relkind NOT IN ('r', 'p') THEN
@@ -468,6 +528,15 @@ BEGIN
     IF p_capture NOT IN ('tagged', 'all') THEN
         RAISE EXCEPTION 'sidecar: capture mode % is not known; use tagged or all', quote_literal(p_capture)
             USING ERRCODE = 'SC004';
+    END IF;
+    v_mode := coalesce(p_capture_mode,
+                       (SELECT t.capture_mode FROM sidecar.tracked t WHERE t.relid = p_table),
+                       nullif(current_setting('sidecar.capture_mode', true), ''), 'statement');
+    IF v_mode NOT IN ('statement', 'row') THEN
+        RAISE EXCEPTION 'sidecar: capture mode % is not known; use statement or row', quote_literal(v_mode)
+            USING ERRCODE = 'SC004',
+                  HINT = CASE WHEN p_capture_mode IS NULL THEN 'Check the setting sidecar.capture_mode.'
+                              ELSE 'Nothing was changed.' END;
     END IF;
     v_pk := sidecar._pk_columns(p_table);
     IF v_pk IS NULL THEN
@@ -484,8 +553,9 @@ BEGIN
 
     SELECT tracked_id INTO v_id FROM sidecar.tracked WHERE relid = p_table;
     IF v_id IS NULL THEN
-        INSERT INTO sidecar.tracked (relid, capture, pk_columns, label_column, display_name, log_table, shape)
-        VALUES (p_table, p_capture, v_pk, p_label_column, p_display_name, '-', '')
+        INSERT INTO sidecar.tracked (relid, capture, capture_mode, pk_columns, label_column, display_name,
+                                     log_table, shape)
+        VALUES (p_table, p_capture, v_mode, v_pk, p_label_column, p_display_name, '-', '')
         RETURNING tracked_id INTO v_id;
         v_log := left((SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = p_table), 48) || '_log_' || v_id;
         UPDATE sidecar.tracked SET log_table = v_log WHERE tracked_id = v_id;
@@ -510,10 +580,11 @@ BEGIN
             EXECUTE format('GRANT SELECT ON sidecar.%I TO %I', v_log, v_role);
         END LOOP;
         PERFORM sidecar._log_event('track', NULL, format('Started tracking %s', p_table),
-                                   jsonb_build_object('table', p_table::text, 'capture', p_capture));
+                                   jsonb_build_object('table', p_table::text, 'capture', p_capture,
+                                                      'capture_mode', v_mode));
     ELSE
         UPDATE sidecar.tracked
-        SET capture = p_capture, pk_columns = v_pk, active = true,
+        SET capture = p_capture, capture_mode = v_mode, pk_columns = v_pk, active = true,
             label_column = coalesce(p_label_column, label_column),
             display_name = coalesce(p_display_name, display_name)
         WHERE tracked_id = v_id;
@@ -525,6 +596,8 @@ BEGIN
     PERFORM sidecar._create_triggers(v_id);
     -- The hold trigger (fn_review.sql) comes back with the table's rules.
     PERFORM sidecar._render_hold(v_id);
+    -- The table's undo function (fn_undo.sql): undoers restore it with its owner's rights.
+    PERFORM sidecar._render_undo(v_id);
     RETURN v_id;
 END
 $track$;

@@ -402,9 +402,39 @@ $_foreign_key_action$;
 -- set): NULL when applied, else the conflict as JSON
 -- {"pending_id", "kind": "exists"|"gone"|"changed"|"taken", "columns", "now", "key", "detail"}
 -- (taken: another row holds a value of a unique key the change needs).
+--
+-- The write is made with the rights of the table's owner, through the table's
+-- undo function (fn_undo.sql), so an approver needs no right on the table and
+-- sidecar's owner need not own it; a table tracked before those functions
+-- existed is written with sidecar's owner's rights, as it always was.
 CREATE OR REPLACE FUNCTION sidecar._apply_pending(p_pending_id bigint)
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_apply_pending$
+DECLARE
+    v_tracked_id int;
+    v_result     jsonb;
+BEGIN
+    SELECT p.tracked_id INTO STRICT v_tracked_id FROM sidecar.pending p WHERE p.pending_id = p_pending_id;
+    IF to_regprocedure(format('sidecar.%I(text, uuid, jsonb)', 'undo_' || v_tracked_id)) IS NULL THEN
+        RETURN sidecar._apply_pending_here(p_pending_id);
+    END IF;
+    -- The undo function returns a count: the conflict, if any, comes back in a setting.
+    PERFORM set_config('sidecar._approve_conflict', '', true);
+    EXECUTE format('SELECT sidecar.%I($1, NULL, $2)', 'undo_' || v_tracked_id)
+        USING 'apply_pending', jsonb_build_object('pending_id', p_pending_id);
+    v_result := nullif(current_setting('sidecar._approve_conflict', true), '')::jsonb;
+    PERFORM set_config('sidecar._approve_conflict', '', true);
+    RETURN v_result;
+END
+$_apply_pending$;
+
+-- The body of _apply_pending, with the rights of its caller: sidecar's owner,
+-- or the table's owner through the table's undo function. Only for an item
+-- that sidecar._approve is applying in this very transaction (applied_txid,
+-- which only it sets), so no caller applies a held write undecided.
+CREATE OR REPLACE FUNCTION sidecar._apply_pending_here(p_pending_id bigint)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $_apply_pending_here$
 DECLARE
     r_item     record;
     v_match    text;
@@ -421,6 +451,10 @@ BEGIN
     SELECT p.*, t.relid, t.pk_columns INTO STRICT r_item
     FROM sidecar.pending p JOIN sidecar.tracked t USING (tracked_id)
     WHERE p.pending_id = p_pending_id;
+    IF r_item.applied_txid IS DISTINCT FROM txid_current() OR r_item.status NOT IN ('pending', 'conflict') THEN
+        RAISE EXCEPTION 'sidecar: held change % is not being approved in this transaction', p_pending_id
+            USING ERRCODE = 'SC021', HINT = 'Approve it with sidecar approve.';
+    END IF;
 
     -- Key values and images are typed by the table's own row type: text
     -- forms (time zones, float digits) of the held session do not matter.
@@ -505,7 +539,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$_apply_pending$;
+$_apply_pending_here$;
 
 -- Lock the open items p_ids for a decision; refuses unknown or decided ones.
 CREATE OR REPLACE FUNCTION sidecar._lock_open(p_ids bigint[])
@@ -693,9 +727,21 @@ $_reject_undone$;
 CREATE OR REPLACE FUNCTION sidecar._pending_label(p_pending_id bigint)
 RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_pending_label$
-    SELECT format('held change %s (%s %s %s; rule: %s)', p.pending_id,
-                  CASE p.op WHEN 'I' THEN 'insert into' WHEN 'U' THEN 'update of' ELSE 'delete from' END,
-                  sidecar._qualname(t.relid), p.key, p.reason)
+    -- Named as people read it: held change 4: add refund #1 (ticket_id 41, amount 900.00; rule: ...).
+    SELECT format('held change %s: %s %s%s (%srule: %s)', p.pending_id,
+                  CASE p.op WHEN 'I' THEN 'add' WHEN 'U' THEN 'change' ELSE 'delete' END,
+                  coalesce(t.display_name, sidecar._qualname(t.relid)),
+                  CASE WHEN t.label_column IS NOT NULL
+                            AND coalesce(p.new_row, p.old_row) ->> t.label_column::text IS NOT NULL
+                       THEN format(' "%s"', coalesce(p.new_row, p.old_row) ->> t.label_column::text) ELSE '' END
+                  || CASE WHEN (SELECT count(*) FROM jsonb_object_keys(p.key)) = 1
+                          THEN format(' #%s', (SELECT v #>> '{}' FROM jsonb_each(p.key) AS e(k, v)))
+                          ELSE format(' %s', p.key) END,
+                  coalesce((SELECT string_agg(format('%s %s', e.k, e.v #>> '{}'), ', ' ORDER BY e.k)
+                            FROM jsonb_each(coalesce(p.new_row, p.old_row)) AS e(k, v)
+                            WHERE NOT p.key ? e.k AND e.v <> 'null'::jsonb
+                              AND (p.op <> 'U' OR e.v IS DISTINCT FROM p.old_row -> e.k)) || '; ', ''),
+                  p.reason)
     FROM sidecar.pending p JOIN sidecar.tracked t USING (tracked_id)
     WHERE p.pending_id = p_pending_id
 $_pending_label$;

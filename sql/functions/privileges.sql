@@ -6,7 +6,10 @@
 -- Operators get these group roles (NOLOGIN), granted by the DBA:
 --   sidecar_viewer    read runs, history, events
 --   sidecar_pauser    + pause and resume
---   sidecar_undoer    + undo (and needs to own the tables it restores)
+--   sidecar_undoer    + undo: through each tracked table's undo function
+--                     (sidecar.undo_<id>, fn_undo.sql), which restores rows
+--                     from history with the table owner's rights; no
+--                     privilege on the tables themselves
 --   sidecar_approver  + approve and reject held writes
 --   sidecar_rerunner  + open reruns
 
@@ -83,6 +86,17 @@ BEGIN
                                   sidecar._sync_shape(int), sidecar._reject_undone(uuid),
                                   sidecar._held_in_scope(uuid, jsonb), sidecar._pk_columns(regclass)
         TO sidecar_undoer;
+        -- Each tracked table's undo function (owned by the table's owner).
+        FOR v_role IN
+            SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
+            WHERE p.pronamespace = 'sidecar'::regnamespace AND p.proname ~ '^undo_[0-9]+$'
+        LOOP
+            BEGIN
+                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO sidecar_undoer', v_role);
+            EXCEPTION WHEN insufficient_privilege THEN
+                NULL;  -- its owner granted it when tracking the table
+            END;
+        END LOOP;
     END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_rerunner') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_rerunner;

@@ -23,9 +23,11 @@
     if (!live || !window.EventSource || !window.fetch) return;
     var source = new EventSource("/live");
     function refresh() {
-      // Leave the part alone while someone is typing a reason in it.
-      if (live.contains(document.activeElement) && document.activeElement.tagName === "INPUT"
-          && document.activeElement.value) return;
+      // Leave the part alone while it holds something typed (a reason, or one given back after
+      // a sign-in): the page is fetched again once the form is sent.
+      var typed = Array.prototype.some.call(live.querySelectorAll("input:not([type=hidden])"),
+                                            function (el) { return el.value; });
+      if (typed) return;
       fetch(live.getAttribute("data-live"), { credentials: "same-origin", headers: { "Accept": "text/html" } })
         .then(function (r) { if (!r.ok || r.redirected) throw new Error(r.status); return r.text(); })
         .then(function (html) {

@@ -1,0 +1,128 @@
+"""Capture modes: row triggers (--capture-mode row) write the same history as statement
+triggers, group a statement's rows under one statement row, and undo exactly what ran."""
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.fix_sidecar import snapshot, track, undo
+
+
+@pytest.fixture
+def tickets(sc):
+    sc.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text, n int)")
+    sc.execute("INSERT INTO tickets SELECT g, 'open', 0 FROM generate_series(1, 5) g")
+    track(sc, "tickets", capture_mode="row")
+    return sc
+
+
+def _row_level(conn) -> dict[str, bool]:
+    """Each capture trigger of tickets: fires per row?"""
+    return {name: bool(tgtype & 1) for name, tgtype in conn.execute(
+        "SELECT tgname, tgtype FROM pg_trigger WHERE tgrelid = 'tickets'::regclass "
+        "AND tgname LIKE 'sidecar\\_capture\\_%' ORDER BY 1")}
+
+
+def _statements(conn, run_id):
+    return conn.execute("SELECT op::text, count(*) FROM sidecar.statements s WHERE run_id = %s "
+                        "GROUP BY stmt_id, op ORDER BY stmt_id", (run_id,)).fetchall()
+
+
+def _images(conn, run_id):
+    log = conn.execute("SELECT log_table FROM sidecar.tracked WHERE relid = 'tickets'::regclass").fetchone()[0]
+    return conn.execute(sql.SQL(
+        "SELECT s.op::text, l._kind::text, l.id, l.status, l.n FROM sidecar.{} l "
+        "JOIN sidecar.statements s ON s.stmt_id = l._stmt WHERE s.run_id = %s "
+        "ORDER BY l._stmt, l.id, l._kind DESC").format(sql.Identifier(log)), (run_id,)).fetchall()
+
+
+def test_row_mode_uses_row_triggers_and_switches_back(tickets, cli):
+    assert _row_level(tickets) == {"sidecar_capture_delete": True, "sidecar_capture_insert": True,
+                                   "sidecar_capture_update": True}
+    result = cli("track", "tickets", "--capture-mode", "statement")
+    assert result.exit_code == 0, result.output
+    assert set(_row_level(tickets).values()) == {False}
+    # Tracking again without a mode keeps the table's mode.
+    assert cli("track", "tickets").exit_code == 0
+    assert set(_row_level(tickets).values()) == {False}
+    result = cli("track", "tickets", "--capture-mode", "row")
+    assert "(capture tagged, row triggers, key id)" in result.output
+    assert set(_row_level(tickets).values()) == {True}
+
+
+def test_row_mode_one_statement_row_per_statement(tickets, run_bot):
+    run_id = run_bot("UPDATE tickets SET status = 'done' WHERE id <= 3",
+                     "UPDATE tickets SET n = n + 1 WHERE id <= 2",
+                     "INSERT INTO tickets VALUES (6, 'new', 0), (7, 'new', 0)",
+                     "DELETE FROM tickets WHERE id = 5",
+                     "UPDATE tickets SET status = status WHERE id = 4")  # changes nothing: not captured
+    assert _statements(tickets, run_id) == [("U", 1), ("U", 1), ("I", 1), ("D", 1)]
+    assert [(op, kind, i) for op, kind, i, *_ in _images(tickets, run_id)] == [
+        ("U", "O", 1), ("U", "N", 1), ("U", "O", 2), ("U", "N", 2), ("U", "O", 3), ("U", "N", 3),
+        ("U", "O", 1), ("U", "N", 1), ("U", "O", 2), ("U", "N", 2),
+        ("I", "N", 6), ("I", "N", 7), ("D", "O", 5)]
+
+
+def test_row_mode_statements_sharing_a_timestamp_stay_apart_and_undo_exactly(tickets, bot):
+    """Two UPDATEs of the same row in one function call (one statement_timestamp, one
+    transaction, one action): each is its own statement, so undo finds the first before-image."""
+    before = snapshot(tickets, "tickets")
+    tickets.execute("""CREATE FUNCTION twice() RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE tickets SET status = 'one', n = 1 WHERE id = 1;
+            UPDATE tickets SET status = 'two', n = 2 WHERE id = 1;
+            UPDATE tickets SET status = 'three', n = 3 WHERE id IN (1, 2);
+        END $$""")
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("SELECT twice()")
+    bot.execute("SELECT sidecar.finish_run()")
+    assert [op for op, _ in _statements(tickets, run_id)] == ["U", "U", "U"]
+    undo(tickets, run_id)
+    assert snapshot(tickets, "tickets") == before
+
+
+def test_row_mode_rolled_back_savepoint_leaves_nothing_and_later_rows_land(tickets, bot):
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    with bot.transaction():
+        bot.execute("UPDATE tickets SET n = 10 WHERE id = 1")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            with bot.transaction():
+                bot.execute("UPDATE tickets SET n = 20 WHERE id = 1")
+                bot.execute("SELECT 1/0")
+        bot.execute("UPDATE tickets SET n = 30 WHERE id = 1")
+    bot.execute("SELECT sidecar.finish_run()")
+    assert [(kind, n) for _, kind, _, _, n in _images(tickets, run_id)] == [("O", 0), ("N", 10), ("O", 10), ("N", 30)]
+
+
+def test_row_mode_untagged_writes_cost_no_history(tickets):
+    tickets.execute("UPDATE tickets SET n = 5")
+    tickets.execute("DELETE FROM tickets WHERE id = 5")
+    assert tickets.execute("SELECT count(*) FROM sidecar.statements").fetchone()[0] == 0
+
+
+def test_row_mode_capture_all_records_untagged_writes(sc):
+    sc.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    track(sc, "notes", capture="all", capture_mode="row")
+    sc.execute("INSERT INTO notes VALUES (1, 'a'), (2, 'b')")
+    sc.execute("UPDATE notes SET body = 'c'")
+    assert sc.execute("SELECT op::text, run_id FROM sidecar.statements ORDER BY stmt_id").fetchall() == [
+        ("I", None), ("U", None)]
+
+
+def test_row_mode_paused_automation_writes_nothing(tickets, bot, sc):
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    sc.execute("SELECT sidecar.pause('ticket-bot', 'checking')")
+    with pytest.raises(psycopg.Error) as err:
+        bot.execute("UPDATE tickets SET n = 9 WHERE id = 1")
+    assert err.value.diag.sqlstate == "SC001"
+    assert sc.execute("SELECT n FROM tickets WHERE id = 1").fetchone()[0] == 0
+    assert _statements(sc, run_id) == []
+
+
+def test_bad_capture_mode_is_refused(sc, cli):
+    sc.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    with pytest.raises(psycopg.Error, match="capture mode 'rows' is not known; use statement or row"):
+        sc.execute("SELECT sidecar.track('t', 'tagged', NULL, NULL, 'rows')")
+    assert sc.execute("SELECT count(*) FROM sidecar.tracked").fetchone()[0] == 0
+    result = cli("track", "t", "--capture-mode", "rows")
+    assert result.exit_code != 0 and "rows" in result.output
