@@ -154,30 +154,30 @@ def grow(c: psycopg.Connection, sizes: ScaleSizes, progress=log) -> int:
             c.execute(
                 "INSERT INTO sidecar.runs (run_id, automation, status, started_at, finished_at, lineage) "
                 "SELECT md5('w7 run ' || r)::uuid, 'bulk-bot-' || (r %% 20), 'succeeded', t, t + interval '1 minute', "
-                "md5('w7 run ' || r)::uuid FROM generate_series(%(r0)s, %(r1)s - 1) r "
-                "CROSS JOIN LATERAL (SELECT now() - interval '365 days' + r * (interval '364 days' / %(runs)s) AS t) x",
+                "md5('w7 run ' || r)::uuid FROM generate_series(%(r0)s::bigint, %(r1)s::bigint - 1) r "
+                "CROSS JOIN LATERAL (SELECT now() - interval '365 days' + r * (interval '364 days' / %(runs)s::bigint) AS t) x",
                 p)
             c.execute("INSERT INTO sidecar.actions (run_id, key, started_at) "
                       "SELECT run_id, 'tx:1', started_at FROM sidecar.runs "
-                      "WHERE run_id IN (SELECT md5('w7 run ' || r)::uuid FROM generate_series(%(r0)s, %(r1)s - 1) r)", p)
+                      "WHERE run_id IN (SELECT md5('w7 run ' || r)::uuid FROM generate_series(%(r0)s::bigint, %(r1)s::bigint - 1) r)", p)
             c.execute(
                 "INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at) "
-                "SELECT %(base)s + k, (%(ids)s::int[])[1 + k %% %(ntab)s], 'U', a.run_id, a.action_id, "
-                "1000000 + k, current_user, a.started_at + (k %% %(spr)s) * interval '1 ms' "
-                "FROM generate_series(%(r0)s, %(r1)s - 1) r "
+                "SELECT %(base)s::bigint + k, (%(ids)s::int[])[1 + k %% %(ntab)s::bigint], 'U', a.run_id, a.action_id, "
+                "1000000 + k, current_user, a.started_at + (k %% %(spr)s::bigint) * interval '1 ms' "
+                "FROM generate_series(%(r0)s::bigint, %(r1)s::bigint - 1) r "
                 "JOIN sidecar.actions a ON a.run_id = md5('w7 run ' || r)::uuid AND a.key = 'tx:1' "
-                "CROSS JOIN LATERAL generate_series(r * %(spr)s, r * %(spr)s + %(spr)s - 1) k ORDER BY k", p)
+                "CROSS JOIN LATERAL generate_series(r * %(spr)s::bigint, r * %(spr)s::bigint + %(spr)s::bigint - 1) k ORDER BY k", p)
             for t, (tid, log_table) in enumerate(tracked):
                 # The images of this table's statements, in statement order: k with k % ntab = t.
                 target = sql.SQL(", ").join(sql.Identifier(x) for x in ["_stmt", "_kind", *cols[t]])
                 n = c.execute(sql.SQL(
                     "INSERT INTO sidecar.{log} ({target}) "
-                    "SELECT %(base)s + k, kind, key, (key %% 1000)::int + (kind = 'N')::int, 'row ' || key, "
+                    "SELECT %(base)s::bigint + k, kind, key, (key %% 1000)::int + (kind = 'N')::int, 'row ' || key, "
                     "now() - interval '1 day' "
-                    "FROM generate_series(%(r0)s * %(spr)s + ((%(t)s - (%(r0)s * %(spr)s) %% %(ntab)s) + %(ntab)s) "
-                    "%% %(ntab)s, %(r1)s * %(spr)s - 1, %(ntab)s) k "
-                    "CROSS JOIN LATERAL generate_series(0, %(rps)s - 1) j "
-                    "CROSS JOIN LATERAL (SELECT %(lo_key)s + (k * %(rps)s + j) %% %(span)s AS key) kk "
+                    "FROM generate_series(%(r0)s::bigint * %(spr)s::bigint + ((%(t)s::bigint - (%(r0)s::bigint * %(spr)s::bigint) %% %(ntab)s::bigint) + %(ntab)s::bigint) "
+                    "%% %(ntab)s::bigint, %(r1)s::bigint * %(spr)s::bigint - 1, %(ntab)s::bigint) k "
+                    "CROSS JOIN LATERAL generate_series(0, %(rps)s::bigint - 1) j "
+                    "CROSS JOIN LATERAL (SELECT %(lo_key)s::bigint + (k * %(rps)s::bigint + j) %% %(span)s::bigint AS key) kk "
                     "CROSS JOIN (VALUES ('O'::\"char\"), ('N'::\"char\")) v(kind)"
                 ).format(log=sql.Identifier(log_table), target=target), {**p, "t": t}).rowcount
                 images += n
