@@ -318,5 +318,6 @@ class ScaleBench:
                 continue
             out.append(Line("W7", name, *s.ratio(big, fresh), op="<=", target=1.5,
                             baseline=f"fresh install {seconds(s.median(fresh))}",
-                            note=f"{self.images:,} images; big {seconds(s.median(big))}"))
+                            note=f"{self.images:,} images; big {seconds(s.median(big))}, "
+                                 f"{(s.median(big) - s.median(fresh)) * 1000:+.0f} ms"))
         return out
