@@ -30,6 +30,7 @@ def play(admin_dsn: str, say: Callable[[str], None]) -> str | None:
     """Run the scene; returns the agent's run id, or None when the mcp extra is not installed."""
     try:
         from mcp import Client, StdioServerParameters
+        from mcp.client.stdio import stdio_client
     except ImportError:
         say("(The agent scene needs the mcp extra: pip install 'rollback-sidecar[mcp]')")
         return None
@@ -46,7 +47,9 @@ def play(admin_dsn: str, say: Callable[[str], None]) -> str | None:
         return answer
 
     async def agent() -> str | None:
-        async with Client(params, read_timeout_seconds=60) as client:
+        # The server's stderr goes to the real one: stdio needs a file with a descriptor, which a
+        # captured stream (click's test runner, say) is not.
+        async with Client(stdio_client(params, errlog=sys.__stderr__), read_timeout_seconds=60) as client:
             await call(client, "query", sql="SELECT id, subject FROM tickets WHERE status = 'open' "
                                             "AND subject LIKE %s ORDER BY id", params=["Acme Corp:%"])
             done = await call(client, "execute", sql="UPDATE tickets SET status = 'waiting on customer' WHERE id = %s",
