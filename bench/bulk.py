@@ -16,7 +16,6 @@ import psycopg
 from psycopg import sql
 
 from . import emaj
-from .sidebyside import bulk_lines, ratio_or_none
 from .harness import (
     NOOP_NOTE,
     Line,
@@ -28,6 +27,7 @@ from .harness import (
     seconds,
     timed,
 )
+from .sidebyside import bulk_lines, ratio_or_none
 
 TABLE = "bench_w1"
 BIG_TABLE = "bench_big"

@@ -37,7 +37,6 @@ from psycopg import conninfo
 from sidecar.cluster import find_bindirs
 
 from . import emaj
-from .sidebyside import oltp_lines, ratio_or_none
 from .harness import (
     NOOP_NOTE,
     Line,
@@ -49,6 +48,7 @@ from .harness import (
     run_cli,
     seconds,
 )
+from .sidebyside import oltp_lines, ratio_or_none
 
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 AUTOMATION = "bench-oltp"

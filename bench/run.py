@@ -43,6 +43,7 @@ from bench.harness import (
 )
 from bench.oltp import OltpBench, find_pgbench
 from bench.refrule import RefRuleBench
+from bench.scale import QUICK_SCALE, ScaleBench, ScaleSizes
 from sidecar.cluster import ThrowawayCluster
 
 BENCH_DB = "sidecar_bench"
@@ -56,7 +57,7 @@ CLUSTER_SETTINGS = {
     "autovacuum": False,
 }
 QUICK = Sizes(rows=20_000, insert_rows=20_000, delete_rows=10_000, big_rows=100_000)
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
 
 
 def _bench_database(admin_dsn: str) -> str:
@@ -73,7 +74,7 @@ def _drop_database(admin_dsn: str) -> None:
 
 def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, repeat: int, workloads: set[str],
               big: bool, oltp_scale: int, oltp_seconds: int, oltp_repeat: int, quick: bool, markdown: bool,
-              emaj_script: Path | None) -> list[Line]:
+              emaj_script: Path | None = None, scale: ScaleSizes = ScaleSizes()) -> list[Line]:
     dsn = _bench_database(admin_dsn)
     started = time.monotonic()
     lines: list[Line] = []
@@ -120,6 +121,13 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
                 notes.append(f"W6 took {(time.monotonic() - phase) / 60:.1f} min")
                 lines += rules.lines()
                 notes += rules.notes
+            if "W7" in workloads:
+                grown = ScaleBench(admin_dsn, dsn, conn, scale, min(repeat, 3))
+                phase = time.monotonic()
+                grown.run()
+                notes.append(f"W7 took {(time.monotonic() - phase) / 60:.1f} min")
+                lines += grown.lines()
+                notes += grown.notes
     finally:
         _drop_database(admin_dsn)
     order = {w: i for i, w in enumerate(WORKLOADS)}
@@ -147,14 +155,18 @@ def run_suite(admin_dsn: str, where: str, *, bindir: Path | None, sizes: Sizes, 
               help="W3: undo of a 1,000,000-row UPDATE run, with the CLI's peak memory (about 1 minute).")
 @click.option("--oltp-seconds", default=20, show_default=True, help="W2: duration of each pgbench leg.")
 @click.option("--oltp-repeat", default=3, show_default=True, help="W2: interleaved repeats of each pgbench leg.")
-@click.option("--only", "only", default=",".join(WORKLOADS), show_default=True,
-              help="Workloads to run, e.g. W1,W3 (W3, W4 and W5 reuse W1's tables and run its legs).")
+@click.option("--only", "only", default=",".join(WORKLOADS[:-1]), show_default=True,
+              help="Workloads to run, e.g. W1,W3 (W3, W4 and W5 reuse W1's tables and run its legs). "
+                   "W7, the scale benchmark, runs only when named: --only W7.")
 @click.option("--emaj", "emaj_script", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="E-Maj's psql install script (sql/emaj-devel.sql of github:dalibo/emaj; not shipped): "
                    "adds E-Maj legs to W1, W2 and W3, interleaved, and a column vs E-Maj.")
+@click.option("--history-rows", default=ScaleSizes().history_rows, show_default=True, metavar="ROWS",
+              help="W7: row images of history grown in bulk (the scale benchmark; about 1 GB per 10 million).")
 @click.option("--markdown", is_flag=True, help="Print the result table as Markdown (for bench/README.md).")
 @click.option("--strict", is_flag=True, help="Exit 1 when a line FAILs.")
-def main(dsn, bindir, repeat, quick, big, oltp_seconds, oltp_repeat, only, emaj_script, markdown, strict):
+def main(dsn, bindir, repeat, quick, big, oltp_seconds, oltp_repeat, only, emaj_script, history_rows, markdown,
+         strict):
     """Measure capture, gate and undo costs as ratios against baselines of the same run."""
     workloads = {w.strip().upper() for w in only.split(",") if w.strip()}
     unknown = workloads - set(WORKLOADS)
@@ -163,9 +175,13 @@ def main(dsn, bindir, repeat, quick, big, oltp_seconds, oltp_repeat, only, emaj_
     if dsn and bindir:
         raise click.UsageError("--bindir is for the throwaway cluster; leave it out with --dsn")
     sizes, oltp_scale = Sizes(), 10
+    scale = ScaleSizes(history_rows=history_rows)
     if quick:
         sizes, repeat, oltp_scale, oltp_seconds, oltp_repeat, big = QUICK, 1, 1, 3, 1, False
-    kwargs = dict(sizes=sizes, repeat=repeat, workloads=workloads, big=big, oltp_scale=oltp_scale,
+        scale = QUICK_SCALE
+    if history_rows < 1000:
+        raise click.UsageError("--history-rows must be at least 1000")
+    kwargs = dict(sizes=sizes, scale=scale, repeat=repeat, workloads=workloads, big=big, oltp_scale=oltp_scale,
                   oltp_seconds=oltp_seconds, oltp_repeat=oltp_repeat, quick=quick, markdown=markdown,
                   emaj_script=emaj_script)
     try:

@@ -28,6 +28,7 @@ import psycopg
 from click.testing import CliRunner
 
 from . import cluster as cluster_mod
+from .agents import scene
 from .errors import SidecarError
 from .steps.context import row
 from .steps.runs import Run
@@ -225,6 +226,7 @@ class _Story:
         self.bot_notes_tickets()
         self.bot_proposes_refunds()
         self.bot_is_unsure()
+        self.agent_through_mcp()
         self.operator_pauses()
 
     def tell_until_hand_over(self) -> None:
@@ -435,6 +437,14 @@ class _Story:
         self.say("refunds table:")
         for refund_id, ticket_id, amount, status in rows:
             self.say(f"  refund #{refund_id}  ticket #{ticket_id}  {amount:>8}  {status}")
+
+    def agent_through_mcp(self) -> None:
+        self.heading("An AI agent with no sidecar code writes through sidecar mcp")
+        self.say("The MCP host starts `sidecar mcp --automation support-agent` for the agent, connected as a")
+        self.say("role that may read and update tickets, nothing else; a scripted agent plays the model:")
+        run_id = scene.play(self.dsn, self.say)
+        if run_id:
+            self.sidecar("show", run_id[:8])
 
     def operator_pauses(self) -> None:
         self.heading(f"The operator pauses {AUTOMATION} until its matcher is fixed")

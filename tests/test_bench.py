@@ -51,3 +51,32 @@ def test_quick_bench_measures_every_line_and_cleans_up(server_dsn):
     with psycopg.connect(server_dsn) as conn:
         left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'sidecar_bench'").fetchone()[0]
     assert left == 0
+
+
+W7_LINES = [
+    "sidecar runs", "sidecar show RUN, run written early", "sidecar show RUN, run written last",
+    "sidecar undo RUN --preview, run written early", "sidecar undo RUN --cascade --preview, run written early",
+    "sidecar rerun RUN, run written early", "sidecar inventory", "sidecar status",
+    "console run page, run written early", "tagged UPDATE 10k rows",
+    "sidecar undo RUN --yes, run written early", "sidecar undo RUN --yes, run written last",
+]
+
+
+def test_quick_scale_bench_times_every_command_on_both_databases(server_dsn):
+    """W7 (issue 25) at its --quick size: history grown in bulk, each command timed fresh and big."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "W7", "--dsn", server_dsn],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    out = result.stdout
+    assert result.returncode == 0, result.stderr[-2000:] + out
+    table = [line for line in out.splitlines() if line.startswith("W7 ")]
+    for name in W7_LINES:
+        rows = [line for line in table if name in line]
+        assert rows, f"no line {name!r} in:\n{out}"
+        assert all(" n/a " not in row for row in rows), rows
+    assert "W7 grew 400,000 images" in out, out
+    assert "exited" not in out and "HTTP" not in out, out
+    with psycopg.connect(server_dsn) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'sidecar_bench%'").fetchone()[0]
+    assert left == 0

@@ -122,7 +122,7 @@ def test_operator_undoes_the_bad_run_and_pauses_the_bot(operator_scene, browser_
     expect(page.get_by_text("Times are in your time zone (Europe/Berlin).")).to_be_visible()
     expect(page.locator("time").first).not_to_contain_text("UTC")
     expect(page.get_by_text("from empty to customer Northwind Solar (#2)").first).to_be_visible()
-    expect(page.get_by_text("match-billing v3")).to_be_visible()
+    expect(page.get_by_text("match-billing v3", exact=True)).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "run-page.png"), full_page=False)
     if os.environ.get("SIDECAR_UPDATE_DOCS"):  # refresh the README's screenshot on purpose only
         page.screenshot(path=str(DOCS_SCREENSHOT), full_page=False)
@@ -210,5 +210,5 @@ def test_the_queue_shows_why_what_was_read_and_how_sure_escaped(operator_scene, 
     shot(page, "10-queue-context")
     # The run page opens with the four questions and says why, beside the action's changes.
     page.goto(f"/runs/{run.run_id}")
-    expect(page.locator(".story")).to_contain_text("1 held change waiting for review")
+    expect(page.locator(".story")).to_contain_text("1 held write of this run waits for review")
     expect(page.locator(".story")).to_contain_text("1 action says why")

@@ -178,7 +178,7 @@ def test_the_queue_and_show_say_why_what_was_read_and_how_sure(support, bot, cli
     # The held action is listed with its context though nothing of it landed.
     assert "Action refund:ticket-42\n  Why: Customer was charged twice" in shown
     assert ('Action refund:ticket-43\n  Why: late order\n  Confidence: 0.97\n'
-            '  tickets "Cafe: refund for a late order": refund 0 -> 15') in shown
+            '  tickets "Cafe: refund for a late order" (#43): refund 0 -> 15') in shown
     assert shown.index("Action refund:ticket-42") < shown.index("Action refund:ticket-43")
     data = json.loads(_ok(cli("show", str(run.run_id), "--json")).output)
     by_key = {a["key"]: a for a in data["actions"]}

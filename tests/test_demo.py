@@ -22,6 +22,11 @@ def test_demo_tells_the_story_and_exits_0(monkeypatch, pg_bindir):
     assert result.exit_code == 0, out
     assert f"PostgreSQL {cluster.server_version(pg_bindir)} from " in out
 
+    # An AI agent with no sidecar code writes through sidecar mcp: one explained action, a refusal.
+    assert "agent -> execute(" in out and "<- done: 1 row changed as action mcp-call-1 of run" in out
+    assert "<- refused: TRUNCATE is not allowed" in out and "Nothing was run." in out
+    assert "Why: asked Acme Corp for the PO number; nothing to do until they reply" in out
+
     # The bad run, in plain language.
     # Records named: the ticket by its subject, the customer by name, each with its id.
     assert ('tickets "Northwind Systems: invoice NS-2291 charged twice" (#42): customer_id empty -> '

@@ -255,3 +255,29 @@ def test_owners_before_any_run_covers_every_automation(tables, cli):
     report = json.loads(cli("owners", "--json").output)["owners"]
     assert [a["automation"] for a in report["automations"]] == ["*"]
     assert cli("owners").output.startswith("Every automation (none has run yet): writes public.tickets")
+
+
+def test_inventory_keeps_who_ever_wrote_a_table_without_reading_all_history(tables, run_bot, cli):
+    """Issue 25: the automations that ever wrote a table are kept in sidecar.table_writers and read
+    forward from the last statement summarized; a purge of their history does not forget them."""
+    track(tables, "tickets", "billing_notes")
+    old = run_bot("UPDATE tickets SET status = 'old' WHERE id = 1", automation="old-bot")
+    for t in ("runs", "actions"):
+        tables.execute(sql.SQL("UPDATE sidecar.{} SET started_at = started_at - interval '100 days' "
+                               "WHERE run_id = %s").format(sql.Identifier(t)), (old,))
+    tables.execute("UPDATE sidecar.statements SET at = at - interval '100 days' WHERE run_id = %s", (old,))
+    run_bot("INSERT INTO billing_notes VALUES (1, 1, 'a')", automation="new-bot")  # within the hour: read, not stored
+
+    _, by_table = inventory(cli)
+    assert by_table["public.tickets"]["automations_ever"] == ["old-bot"]
+    assert by_table["public.billing_notes"]["automations_ever"] == ["new-bot"]
+    stored = tables.execute("SELECT automation FROM sidecar.table_writers ORDER BY 1").fetchall()
+    assert stored == [("old-bot",)]
+    upto = tables.execute("SELECT read_upto FROM sidecar.table_writers_read").fetchone()[0]
+    assert upto == tables.execute("SELECT max(stmt_id) FROM sidecar.statements WHERE run_id = %s", (old,)).fetchone()[0]
+
+    purged = cli("purge", "--before", "90d", "--yes")
+    assert purged.exit_code == 0, purged.output
+    assert tables.execute("SELECT count(*) FROM sidecar.statements WHERE run_id = %s", (old,)).fetchone()[0] == 0
+    _, by_table = inventory(cli)
+    assert by_table["public.tickets"]["automations_ever"] == ["old-bot"]

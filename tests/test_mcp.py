@@ -294,3 +294,34 @@ def test_operator_tools_read_runs_and_undo_only_other_automations_runs(agent_dsn
     assert undone["exit_code"] == 0, undone["text"]
     assert sc.execute("SELECT id, status FROM tickets WHERE id IN (41, 42) ORDER BY id").fetchall() == [
         (41, "open"), (42, "closed")]
+
+
+def test_run_id_attaches_to_a_rerun_and_done_steps_are_skipped(agent_dsn, sc, cli):
+    async def first_session(client):
+        done = await call(client, "execute", sql="UPDATE tickets SET note = 'refund issued' WHERE id = 42",
+                          why="refund issued", step="refund-note:ticket-42")
+        failed = await call(client, "execute", sql="UPDATE tickets SET customer_id = 99 WHERE id = 43",
+                            why="moved to the right customer", step="move:ticket-43")
+        return done, failed
+
+    done, failed = agent(agent_dsn, first_session)
+    assert done["status"] == "done" and failed["status"] == "error"  # customer 99 does not exist
+    run_id = done["run_id"]
+    assert sc.execute("SELECT status FROM sidecar.runs WHERE run_id = %s", (run_id,)).fetchone() == ("failed",)
+    opened = cli("rerun", run_id, "--json")
+    assert opened.exit_code == 0, opened.output
+    rerun_id = json.loads(opened.output)["rerun"]["rerun_id"]
+
+    async def rerun_session(client):
+        again = await call(client, "execute", sql="UPDATE tickets SET note = 'refund issued' WHERE id = 42",
+                           why="refund issued", step="refund-note:ticket-42")
+        fixed = await call(client, "execute", sql="UPDATE tickets SET customer_id = 1 WHERE id = 43",
+                           why="moved to the right customer", step="move:ticket-43")
+        return again, fixed
+
+    again, fixed = agent(agent_dsn, rerun_session, "--run-id", rerun_id)
+    assert again["status"] == "skipped" and "done already" in again["message"]
+    assert fixed["status"] == "done" and fixed["run_id"] == rerun_id
+    assert sc.execute("SELECT customer_id, note FROM tickets WHERE id IN (42, 43) ORDER BY id").fetchall() == [
+        (2, "refund issued"), (1, None)]
+    assert sc.execute("SELECT status FROM sidecar.runs WHERE run_id = %s", (rerun_id,)).fetchone() == ("succeeded",)

@@ -189,7 +189,8 @@ def test_show_json_has_run_actions_and_change_text(support, cli, run_bot):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert sorted(doc) == ["actions", "events", "held", "more_actions", "run", "summary"]
-    assert sorted(doc["summary"]) == ["changed", "failed", "meta", "next", "started", "started_at"]
+    assert sorted(doc["summary"]) == ["changed", "failed", "meta", "next", "paused", "paused_by_name", "rerun",
+                                      "started", "started_at"]
     assert doc["more_actions"] == 0
     assert doc["run"]["run_id"] == str(run_id) and doc["run"]["meta"] == {"rule": "auto-close"}
     (action,) = doc["actions"]

@@ -894,3 +894,23 @@ def test_library_undo_of_an_unknown_table_row(support, run_bot):
     with pytest.raises(UsageError, match="changed no row of table public.customers"):
         undo(support, run_id, rows=["customers:1"])
     assert sidecar.undo.restore.parse_row("tickets:42") == ("tickets", "42")
+
+
+def test_conflict_names_the_newest_later_run_however_far_back_it_wrote(support, cli, run_bot):
+    """Issue 25: conflict attribution searches history newest first in widening windows; a
+    later writer far behind the newest statements is still found, and the newest one wins."""
+    run_id = run_bot("UPDATE tickets SET status = 'resolved' WHERE id IN (41, 42)")
+    first = run_bot("UPDATE tickets SET status = 'first' WHERE id = 42", automation="first-bot")
+    second = run_bot("UPDATE tickets SET status = 'second' WHERE id IN (41, 42)", automation="second-bot")
+    # 100,000 statement ids later (other tables, other runs), a write to another ticket.
+    support.execute("SELECT setval('sidecar.stmt_seq', nextval('sidecar.stmt_seq') + 100000)")
+    noise = run_bot("UPDATE tickets SET status = 'noise' WHERE id = 44", automation="noise-bot")
+    assert support.execute("SELECT min(stmt_id) FROM sidecar.statements WHERE run_id = %s", (noise,)).fetchone()[0] \
+        > support.execute("SELECT max(stmt_id) FROM sidecar.statements WHERE run_id = %s", (second,)).fetchone()[0] + 100000
+
+    result = cli("undo", str(run_id), "--preview")
+
+    out = result.stdout
+    assert f"tickets #42: changed since by run {str(second)[:8]}" in out, out
+    assert f"tickets #41: changed since by run {str(second)[:8]}" in out, out
+    assert str(first)[:8] not in out

@@ -153,6 +153,9 @@ class AgentSession:
                 if step:
                     self.conn.execute("SELECT sidecar.end_step()")
         except psycopg.Error as exc:
+            if step:
+                # Recorded after the rollback, so that a rerun knows this step is left to redo.
+                self.conn.execute("SELECT sidecar.fail_step(%s, %s)", (step, _db_message(exc)))
             return self._failed(exc)
         self.last_error = None
         held = [h for h in self._held() if h["pending_id"] not in held_before]

@@ -261,8 +261,8 @@ def _unreachable(request: Request, session: Session, draft: Draft | None) -> Res
         session.draft = draft  # the form's page gives it back once the database answers
         return page
     return console.render(request, "error.html", status=503, session=session, title="The database cannot be reached",
-                          message="The console could not reach the database just now. You are still signed in, "
-                                  "and your password is fine: try again in a moment.",
+                          message="The database cannot be reached right now (it may be restarting). You are still "
+                                  "signed in, and your password is fine: try again in a moment.",
                           retry=request.url.path + (f"?{request.url.query}" if request.url.query else ""))
 
 

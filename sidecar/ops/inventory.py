@@ -115,11 +115,11 @@ WHERE t.active AND n.nspname NOT LIKE 'sidecar\\_drill\\_%%'
 ORDER BY 2
 """
 
+# Kept in sidecar.table_writers and brought up to date from the statements
+# captured since the last call (fn_inventory.sql): not a read of all history.
 _EVER = """
-SELECT s.tracked_id, array_agg(DISTINCT r.automation ORDER BY r.automation)
-FROM sidecar.statements s JOIN sidecar.runs r ON r.run_id = s.run_id
-WHERE r.undo_of IS NULL AND r.automation <> ALL(%s)
-GROUP BY s.tracked_id
+SELECT w.tracked_id, array(SELECT a FROM unnest(w.automations) a WHERE a <> ALL(%s) ORDER BY a)
+FROM sidecar.table_writers_ever() w
 """
 
 # The lower bound on l._stmt lets the history table's index skip what is older than the window.

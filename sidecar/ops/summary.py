@@ -117,8 +117,7 @@ def summarize(conn: psycopg.Connection, info: RunInfo, *, shell: bool = True) ->
         s.next.append(f"{plural(waiting, 'held change')} waiting for review: sidecar queue, "
                       f"then sidecar approve ID or sidecar reject ID --reason TEXT")
     elif waiting:
-        s.next.append(f"{plural(waiting, 'held write')} of this run {'waits' if waiting == 1 else 'wait'} "
-                      "for review in the review queue")
+        s.next.append(f"{plural(waiting, 'held change')} waiting for review in the review queue")
     left = [st for st in steps if st.state != "completed"]
     s.rerun = bool(left and stopped and not info.undo_of)
     if left and stopped:

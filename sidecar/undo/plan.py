@@ -330,11 +330,14 @@ class Planner:
                 continue
             pk = plan.info.pk_columns
             server_step(self.conn, plan, "now", self.scope.run_id)  # the rows as they are now, into _sc_now_<id>
-            # The run that changed each listed row since, if one did: one scan
-            # of the history after the scope for all of them (its newest image
-            # of the row by another run; none when only untagged writes did).
-            rows = self.conn.execute(
-                sql.SQL(
+            # The run that changed each listed row since, if one did (its newest
+            # image of the row by another run; none when only untagged writes
+            # did). History is searched newest first, in windows of statement
+            # ids that double, until every listed row has its run: the cost
+            # follows how far back the last writer is, not how much history
+            # came after the scope (issue 25). Only rows no later run wrote
+            # read all of it.
+            query = sql.SQL(
                     """
                     WITH listed AS MATERIALIZED (
                         SELECT p.*, l._kind AS _sc_kind, to_jsonb(l) - '_kind' AS _sc_left
@@ -344,7 +347,7 @@ class Planner:
                         SELECT DISTINCT ON ({pkh}) {pkh}, s.run_id
                         FROM sidecar.{log} h JOIN listed p ON {ph}
                         CROSS JOIN LATERAL ({statement}) s
-                        WHERE h._stmt > %s
+                        WHERE h._stmt > %s AND h._stmt <= %s
                         ORDER BY {pkh}, h._stmt DESC)
                     SELECT to_jsonb(p) - 'step' - 'forced' - '_sc_kind' - '_sc_left',
                            CASE WHEN p._sc_kind = 'N' THEN p._sc_left END,
@@ -359,9 +362,21 @@ class Planner:
                     pkp=sql.SQL(", ").join(sql.SQL("p.{}").format(quoted(c)) for c in pk),
                     pkh=sql.SQL(", ").join(sql.SQL("h.{}").format(quoted(c)) for c in pk),
                     statement=statement_of_image(sql.SQL("s.run_id"), sql.SQL("s.run_id IS DISTINCT FROM %s"), image="h"),
-                ),
-                (limit - len(out), self.scope.run_id, plan.info.stmt_range[1]),
-            ).fetchall()
+                )
+            after = plan.info.stmt_range[1]
+            top = self.conn.execute("SELECT max(stmt_id) FROM sidecar.statements").fetchone()[0] or after
+            rows, width = None, 4096
+            while True:
+                low = max(after, top - width)
+                found = self.conn.execute(query, (limit - len(out), self.scope.run_id, low, top)).fetchall()
+                if rows is None:
+                    rows = [list(r) for r in found]
+                else:  # the same listed rows, in the same order: keep the newer window's run
+                    for r, f in zip(rows, found):
+                        r[4] = r[4] if r[4] is not None else f[4]
+                if low <= after or all(r[4] is not None or r[3] in _REASONS for r in rows):
+                    break
+                top, width = low, width * 2
             for key, left, now, step, later_run in rows:
                 out.append(
                     Conflict(plan.table, {c: key.get(c) for c in pk}, left, now,

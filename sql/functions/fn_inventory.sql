@@ -134,3 +134,50 @@ $_drill_cleanup$;
 
 REVOKE EXECUTE ON FUNCTION sidecar.set_table_info(regclass, text, text, text),
                            sidecar._drill_cleanup(int, text) FROM PUBLIC;
+
+-- The automations that wrote each tracked table (undo runs left out), for
+-- `sidecar inventory`: the summary in sidecar.table_writers, brought up to
+-- date from the statements captured since it was last read, then returned.
+--
+-- A statement id is taken when a statement is captured but becomes visible
+-- when its transaction commits, so a transaction still open may commit ids
+-- below those already read. The summary is therefore advanced only up to
+-- statements older than an hour (a writing transaction open longer is not
+-- expected); the newer ones are read on every call and returned with it, not
+-- stored. Each call reads the last hour plus what was captured since the
+-- previous call, never all history.
+CREATE OR REPLACE FUNCTION sidecar.table_writers_ever()
+RETURNS TABLE (tracked_id int, automations text[])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $table_writers_ever$
+DECLARE
+    v_from  bigint;
+    v_upto  bigint;
+BEGIN
+    -- One summarizer at a time; the others read what is stored plus the rest.
+    IF pg_try_advisory_xact_lock(hashtext('sidecar.table_writers')) THEN
+        SELECT w.read_upto INTO v_from FROM sidecar.table_writers_read w;
+        SELECT max(s.stmt_id) INTO v_upto
+        FROM sidecar.statements s
+        WHERE s.stmt_id > v_from AND s.at < now() - interval '1 hour';
+        IF v_upto IS NOT NULL THEN
+            INSERT INTO sidecar.table_writers (tracked_id, automation)
+            SELECT DISTINCT s.tracked_id, r.automation
+            FROM sidecar.statements s JOIN sidecar.runs r ON r.run_id = s.run_id
+            WHERE s.stmt_id > v_from AND s.stmt_id <= v_upto AND r.undo_of IS NULL
+              AND EXISTS (SELECT FROM sidecar.tracked t WHERE t.tracked_id = s.tracked_id)
+            ON CONFLICT DO NOTHING;
+            UPDATE sidecar.table_writers_read SET read_upto = v_upto, read_at = now();
+        END IF;
+    END IF;
+    SELECT w.read_upto INTO v_from FROM sidecar.table_writers_read w;
+    RETURN QUERY
+        SELECT x.tracked_id, array_agg(DISTINCT x.automation ORDER BY x.automation)
+        FROM (SELECT w.tracked_id, w.automation FROM sidecar.table_writers w
+              UNION
+              SELECT s.tracked_id, r.automation
+              FROM sidecar.statements s JOIN sidecar.runs r ON r.run_id = s.run_id
+              WHERE s.stmt_id > v_from AND r.undo_of IS NULL) x
+        GROUP BY x.tracked_id;
+END
+$table_writers_ever$;
