@@ -9,8 +9,8 @@
 `sidecar.AsyncRun` is the same for psycopg's AsyncConnection (`async with`).
 """
 
-from .agents.asyncrun import AsyncRun
 from . import errors
+from .agents.asyncrun import AsyncRun
 from .errors import Held, NotARun, Paused, RunFinished, StepConflict
 from .steps.context import row
 from .steps.runs import Run

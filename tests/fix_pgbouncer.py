@@ -28,7 +28,6 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -210,5 +210,5 @@ def test_the_queue_shows_why_what_was_read_and_how_sure_escaped(operator_scene, 
     shot(page, "10-queue-context")
     # The run page opens with the four questions and says why, beside the action's changes.
     page.goto(f"/runs/{run.run_id}")
-    expect(page.locator(".story")).to_contain_text("1 held write of this run waits for review")
+    expect(page.locator(".story")).to_contain_text("1 held change waiting for review")
     expect(page.locator(".story")).to_contain_text("1 action says why")

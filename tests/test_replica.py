@@ -14,8 +14,8 @@ from tests.fix_sidecar import snapshot, undo
 
 
 @pytest.fixture
-def primary(server_bindir):
-    with ThrowawayCluster(bindir=server_bindir, settings={"synchronous_commit": "on"}) as cluster:
+def primary(pg_bindir):
+    with ThrowawayCluster(bindir=pg_bindir, settings={"synchronous_commit": "on"}) as cluster:
         yield cluster
 
 

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine  # noqa: E4
 from sqlalchemy.orm import Session  # noqa: E402
 
 import sidecar.capture.history  # noqa: E402
-import sidecar.steps.context  # noqa: E402
 import sidecar.sqlalchemy  # noqa: E402
+import sidecar.steps.context  # noqa: E402
 from tests.fix_sidecar import track  # noqa: E402
 
 

@@ -21,8 +21,8 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg

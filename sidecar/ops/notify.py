@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
