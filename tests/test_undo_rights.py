@@ -40,6 +40,11 @@ def managed(server_dsn):
     with psycopg.connect(server_dsn, autocommit=True) as provider:
         provider.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(sql.Identifier(roles["dba"])))
         provider.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(roles["dba"])))
+        # Roles are the cluster's: where another install made sidecar's group roles first, the
+        # DBA needs ADMIN on them to grant them (PostgreSQL 16 and later), as the README says.
+        for group in provider.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'sidecar\\_%'").fetchall():
+            provider.execute(sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
+                sql.Identifier(group[0]), sql.Identifier(roles["dba"])))
     dsns = {kind: make_conninfo(server_dsn, dbname=db, user=role) for kind, role in roles.items()}
     conns: dict[str, psycopg.Connection] = {}
     try:
@@ -78,7 +83,21 @@ def managed(server_dsn):
         with psycopg.connect(server_dsn, autocommit=True) as provider:
             provider.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
             for kind in ("bot", "undoer", "approver", "dba"):
-                provider.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(roles[kind])))
+                try:
+                    provider.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(roles[kind])))
+                except psycopg.errors.DependentObjectsStillExist:
+                    # From PostgreSQL 16 the memberships the DBA granted (sidecar's group roles to
+                    # each other, at install) depend on it; roles are the throwaway cluster's.
+                    pass
+
+
+def _become_member(dba, role: str) -> None:
+    """The DBA joins a role it created, able to act as it (from PostgreSQL 16 a CREATEROLE
+    role's own roles are only administered by it until it says SET and INHERIT)."""
+    if dba.info.server_version >= 160000:
+        dba.execute(sql.SQL("GRANT {} TO current_user WITH INHERIT TRUE, SET TRUE").format(sql.Identifier(role)))
+    else:
+        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(role)))
 
 
 def _state(conn):
@@ -285,7 +304,7 @@ def test_tables_of_another_owner_are_undone_and_approved_with_that_owners_rights
     app = f"app_{uuid.uuid4().hex[:8]}"
     dba.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(app)))
     try:
-        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))
+        _become_member(dba, app)
         dba.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(app)))
         for table in ("customers", "tickets"):
             dba.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(table), sql.Identifier(app)))
@@ -313,7 +332,7 @@ def test_tables_of_another_owner_are_undone_and_approved_with_that_owners_rights
         assert bot.execute("SELECT status FROM tickets WHERE id = 41").fetchone()[0] == "closed"
         assert approver.execute("SELECT status FROM sidecar.pending").fetchone()[0] == "approved"
     finally:
-        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))
+        _become_member(dba, app)
         dba.execute(sql.SQL("REASSIGN OWNED BY {} TO current_user").format(sql.Identifier(app)))
         dba.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(app)))
         dba.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(app)))
@@ -324,7 +343,7 @@ def test_install_names_the_owner_who_must_track_a_table_again(managed):
     app = f"app_{uuid.uuid4().hex[:8]}"
     dba.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(app)))
     try:
-        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))
+        _become_member(dba, app)
         dba.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(app)))
         dba.execute(sql.SQL("ALTER TABLE customers OWNER TO {}").format(sql.Identifier(app)))
         dba.execute(sql.SQL("REVOKE {} FROM current_user").format(sql.Identifier(app)))
@@ -335,13 +354,13 @@ def test_install_names_the_owner_who_must_track_a_table_again(managed):
         assert (f"note: public.customers has no undo function, so undoers cannot restore it; "
                 f"as its owner ({app}), run: sidecar track public.customers") in installed.output
 
-        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))  # the owner's part
+        _become_member(dba, app)  # the owner's part
         tracked = CliRunner().invoke(cli, ["track", "customers", "--dsn", managed.dsn["dba"]])
         assert tracked.exit_code == 0 and "note:" not in tracked.output, tracked.output
         again = CliRunner().invoke(cli, ["install", "--dsn", managed.dsn["dba"]])
         assert "nothing changed" in again.output and "note:" not in again.output, again.output
     finally:
-        dba.execute(sql.SQL("GRANT {} TO current_user").format(sql.Identifier(app)))
+        _become_member(dba, app)
         dba.execute(sql.SQL("REASSIGN OWNED BY {} TO current_user").format(sql.Identifier(app)))
         dba.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(app)))
         dba.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(app)))

@@ -755,7 +755,11 @@ BEGIN
     IF r_t.relid IS NULL THEN
         RETURN false;  -- the table was dropped
     END IF;
-    IF NOT pg_has_role(current_user, r_t.owner_id, 'MEMBER') THEN
+    -- Giving the function to the owner takes membership; from PostgreSQL 16, the right to SET ROLE
+    -- to it (a CREATEROLE role only administers the roles it made unless it says SET).
+    IF NOT pg_has_role(current_user, r_t.owner_id,
+                       (CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END))
+    THEN
         RAISE WARNING 'sidecar: % is owned by %, so this role cannot give undoers the right to restore it',
                       r_t.relid::regclass, r_t.owner
             USING HINT = format('Connect as %I and run: sidecar track %s', r_t.owner, r_t.relid::regclass);
