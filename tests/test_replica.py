@@ -25,6 +25,25 @@ def _counts(conn, run_id, log_table):
     return stmts[0], stmts[1], images
 
 
+def _copy_for_standby(primary, replica_dir):
+    """Make a standby's data directory: with pg_basebackup where the server's binaries have it; else (the
+    npm builds ship only initdb, pg_ctl and postgres) from a copy of the cleanly stopped primary, which is
+    consistent at its shutdown checkpoint and streams the rest like any standby."""
+    basebackup = primary.bindir / "pg_basebackup"
+    if basebackup.exists():
+        backup = primary._run([str(basebackup), "-h", "127.0.0.1", "-p", str(primary.port),
+                               "-U", "postgres", "-D", str(replica_dir), "-R", "-X", "stream"], timeout=300)
+        assert backup.returncode == 0, backup.stdout
+        return
+    primary.stop_server(crash=False)
+    copied = primary._run(["cp", "-a", str(primary.datadir), str(replica_dir)])
+    assert copied.returncode == 0, copied.stdout
+    primary.start_again()
+    (replica_dir / "standby.signal").touch()
+    with open(replica_dir / "postgresql.auto.conf", "a") as conf:
+        conf.write(f"\nprimary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres'\n")
+
+
 def test_replica_has_history_and_undo_works_after_promotion(primary):
     dsn = primary.dsn
     with psycopg.connect(dsn, autocommit=True) as admin:
@@ -36,9 +55,7 @@ def test_replica_has_history_and_undo_works_after_promotion(primary):
         log_table = admin.execute("SELECT log_table FROM sidecar.tracked WHERE relid = 'ledger'::regclass").fetchone()[0]
 
     replica_dir = primary.datadir.parent / "replica"
-    backup = primary._run([str(primary.bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
-                           "-U", "postgres", "-D", str(replica_dir), "-R", "-X", "stream"], timeout=300)
-    assert backup.returncode == 0, backup.stdout
+    _copy_for_standby(primary, replica_dir)
     port = _free_port()
     with open(replica_dir / "postgresql.conf", "a") as conf:
         conf.write(f"\nport = {port}\nhot_standby = on\n")
