@@ -92,6 +92,24 @@ def statement_of_image(columns: sql.Composable, where: sql.Composable, *, join_a
                    "OFFSET 0").format(columns=columns, actions=actions, where=where, image=sql.Identifier(image))
 
 
+def history_from(conn: psycopg.Connection, info: TableInfo, lo: int | None = None,
+                 hi: int | None = None) -> sql.Composable:
+    """The FROM item (alias it) to read the table's history rows of statements lo..hi (default: its
+    statement range) from: the history table, or, where an undo's statements point at the images
+    of what they reversed, those images too, as the undo's (fn_history.sql: sidecar._history_from)."""
+    return history_source(conn, info, lo, hi)[0]
+
+
+def history_source(conn: psycopg.Connection, info: TableInfo, lo: int | None = None,
+                   hi: int | None = None) -> tuple[sql.Composable, bool]:
+    """history_from(), and whether it holds images pointed at (rows without a ctid of their own)."""
+    if lo is None or hi is None:
+        lo, hi = info.stmt_range
+    text = conn.execute("SELECT sidecar._history_from(%s, %s, %s)", (info.tracked_id, lo, hi)).fetchone()[0]
+    # Built by format('%I') in the database; % doubled for the query's own parameters.
+    return sql.SQL(text.replace("%", "%%")), text.startswith("(")
+
+
 def _clean(image: dict[str, Any] | None) -> dict[str, Any] | None:
     """A history row as {column: value}: bookkeeping dropped, retired columns under their old name."""
     if image is None:
@@ -131,15 +149,18 @@ def _changes(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] 
         pk = sql.SQL(", ").join(sql.SQL("l.") + sql.Identifier(c) for c in info.pk_columns)
         statement = statement_of_image(sql.SQL("s.op, a.key, s.at, s.action_id"), sql.SQL(_IN_SCOPE),
                                        join_actions=True)
-        rows = sql.SQL("sidecar.{log} l").format(log=sql.Identifier(info.log_table))
-        if per_action is not None:
+        source, pointed = history_source(conn, info, lo, hi)
+        rows = sql.SQL("{source} l").format(source=source)
+        # Read whole where images are pointed at: the cut below goes by ctid, the history table's.
+        cut = None if pointed else per_action
+        if cut is not None:
             # A row's images (before and after) rank together, so none is cut in two.
             rows = sql.SQL(
                 "(SELECT l.* FROM (SELECT l.ctid AS _sc_tid, dense_rank() OVER (PARTITION BY s.action_id "
                 "ORDER BY l._stmt, {pk}) AS _sc_rank FROM {rows} CROSS JOIN LATERAL ({statement}) s "
                 "WHERE l._stmt BETWEEN %s AND %s) r JOIN {rows} ON l.ctid = r._sc_tid "
                 "WHERE r._sc_rank <= {per_action}) l"
-            ).format(pk=pk, rows=rows, statement=statement, per_action=sql.Literal(per_action))
+            ).format(pk=pk, rows=rows, statement=statement, per_action=sql.Literal(cut))
         query = sql.SQL(
             """
             SELECT l._stmt, l._kind, row_to_json(l) AS image, s.op, s.key, s.at  -- json keeps column order
@@ -150,7 +171,7 @@ def _changes(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] 
             """
         ).format(rows=rows, pk=pk, statement=statement)
         params: tuple = (run_id, action_ids, action_ids, lo, hi)
-        if per_action is not None:
+        if cut is not None:
             params = params + params
         pending: dict[tuple, tuple[dict, str, datetime]] = {}
         # Named uniquely: a caller may have two of these open on one connection.
@@ -201,12 +222,12 @@ def change_counts(conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: li
                 """
                 SELECT action_id, count(*) FROM (
                     SELECT s.action_id
-                    FROM sidecar.{log} l CROSS JOIN LATERAL ({statement}) s
+                    FROM {source} l CROSS JOIN LATERAL ({statement}) s
                     WHERE l._stmt BETWEEN %s AND %s
                     GROUP BY l._stmt, {pk}, s.op, s.action_id {changed}) c
                 GROUP BY action_id
                 """
-            ).format(log=sql.Identifier(info.log_table), pk=pk, changed=changed,
+            ).format(source=history_from(conn, info), pk=pk, changed=changed,
                      statement=statement_of_image(sql.SQL("s.op, s.action_id"), sql.SQL(_IN_SCOPE))),
             (run_id, action_ids, action_ids, *info.stmt_range),
         ):

@@ -22,6 +22,7 @@ from ..capture.history import (
     Change,
     TableInfo,
     _clean,
+    history_from,
     statement_of_image,
     tables_of_run,
 )
@@ -36,19 +37,24 @@ class ActionRow:
 
 
 def _slots(info: TableInfo, run_id: uuid.UUID, action_id: int | None) -> sql.Composable:
-    """One row per change of the table: where its after-image (or a delete's before-image) is."""
+    """One row per change of the table: where its after-image (or a delete's before-image) is. An
+    undo's statement that points at the images it reversed (fn_history.sql) has its slots there."""
+    in_scope = sql.SQL("s.run_id = {run} AND ({action}::bigint IS NULL OR s.action_id = {action})").format(
+        run=sql.SQL("{}::uuid").format(sql.Literal(str(run_id))), action=sql.Literal(action_id))
     return sql.SQL(
         """
         SELECT l._stmt, {tid}::int AS tracked_id, l.ctid
         FROM sidecar.{log} l CROSS JOIN LATERAL ({statement}) s
         WHERE l._stmt BETWEEN {lo} AND {hi} AND (l._kind = 'N' OR s.op = 'D')
+        UNION ALL
+        SELECT s.stmt_id, {tid}::int, l.ctid
+        FROM sidecar.statements s JOIN sidecar.{log} l ON l._stmt = s.images_of
+        WHERE s.images_of IS NOT NULL AND s.stmt_id BETWEEN {lo} AND {hi} AND s.tracked_id = {tid} AND {in_scope}
+          AND (l._kind = CASE WHEN s.images_swapped THEN 'O' ELSE 'N' END OR s.op = 'D')
         """
     ).format(tid=sql.Literal(info.tracked_id), log=sql.Identifier(info.log_table),
-             lo=sql.Literal(info.stmt_range[0]), hi=sql.Literal(info.stmt_range[1]),
-             statement=statement_of_image(
-                 sql.SQL("s.op"),
-                 sql.SQL("s.run_id = {run} AND ({action}::bigint IS NULL OR s.action_id = {action})").format(
-                     run=sql.SQL("{}::uuid").format(sql.Literal(str(run_id))), action=sql.Literal(action_id))))
+             lo=sql.Literal(info.stmt_range[0]), hi=sql.Literal(info.stmt_range[1]), in_scope=in_scope,
+             statement=statement_of_image(sql.SQL("s.op"), in_scope))
 
 
 def _union(tables: list[TableInfo], run_id: uuid.UUID, action_id: int | None) -> sql.Composable:
@@ -114,13 +120,16 @@ def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None =
             break
     if not slots:
         return []
-    statements = {
-        stmt: (op, key or "", at) for stmt, op, key, at in conn.execute(
-            "SELECT s.stmt_id, s.op, a.key, s.at FROM sidecar.statements s "
-            "LEFT JOIN sidecar.actions a ON a.action_id = s.action_id WHERE s.stmt_id = ANY(%s)",
-            (sorted({s for s, _, _ in slots}),),
-        )
-    }
+    statements = {}
+    pointing = {}  # an undo's statement -> (the statement whose images it reads, swapped)
+    for stmt, op, key, at, images_of, swapped in conn.execute(
+        "SELECT s.stmt_id, s.op, a.key, s.at, s.images_of, s.images_swapped FROM sidecar.statements s "
+        "LEFT JOIN sidecar.actions a ON a.action_id = s.action_id WHERE s.stmt_id = ANY(%s)",
+        (sorted({s for s, _, _ in slots}),),
+    ):
+        statements[stmt] = (op, key or "", at)
+        if images_of is not None:
+            pointing[stmt] = (images_of, swapped)
     by_id = {t.tracked_id: t for t in tables}
     images: dict[tuple[int, str], dict] = {}  # (tracked_id, ctid) -> image
     befores: dict[tuple[int, int, str], dict] = {}  # (tracked_id, stmt, key) -> before-image of an update
@@ -134,6 +143,20 @@ def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None =
         ):
             images[(tracked_id, tid)] = _clean(image)
         updates = sorted({s for s, t, _ in slots if t == tracked_id and statements[s][0] == "U"})
+        for stmt in [u for u in updates if u in pointing]:
+            # Its before-image is the other image of the same row, under the statement it points at.
+            images_of, swapped = pointing[stmt]
+            for (image,) in conn.execute(
+                sql.SQL(
+                    "SELECT to_jsonb(o) FROM sidecar.{log} o WHERE o._stmt = %s AND o._kind = %s "
+                    "AND ({o_pk}) IN (SELECT {n_pk} FROM sidecar.{log} n WHERE n.ctid = ANY(%s::text[]::tid[]))"
+                ).format(log=log, o_pk=sql.SQL(", ").join(sql.SQL("o.") + sql.Identifier(c) for c in info.pk_columns),
+                         n_pk=sql.SQL(", ").join(sql.SQL("n.") + sql.Identifier(c) for c in info.pk_columns)),
+                (images_of, "N" if swapped else "O", [c for s, t, c in slots if t == tracked_id and s == stmt]),
+            ):
+                image = _clean(image)
+                befores[(tracked_id, stmt, _canonical({c: image.get(c) for c in info.pk_columns}))] = image
+        updates = [u for u in updates if u not in pointing]
         if not updates:
             continue
         for stmt, image in conn.execute(
@@ -192,10 +215,10 @@ def actions(conn: psycopg.Connection, run_id: uuid.UUID, *, offset: int = 0,
     for info in tables_of_run(conn, run_id, ids):
         for action_id, n in conn.execute(
             sql.SQL(
-                "SELECT s.action_id, count(*) FROM sidecar.{log} l CROSS JOIN LATERAL ({statement}) s "
+                "SELECT s.action_id, count(*) FROM {source} l CROSS JOIN LATERAL ({statement}) s "
                 "WHERE l._stmt BETWEEN %s AND %s AND (l._kind = 'N' OR s.op = 'D') "
                 "GROUP BY 1"
-            ).format(log=sql.Identifier(info.log_table),
+            ).format(source=history_from(conn, info),
                      statement=statement_of_image(sql.SQL("s.action_id, s.op"), sql.SQL("s.action_id = ANY(%s)"))),
             (ids, *info.stmt_range),
         ):

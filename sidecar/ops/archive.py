@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ..capture.history import TableInfo, history_from
 from ..errors import SidecarError, UsageError
 from ..text.describe import plural
 
@@ -70,15 +71,20 @@ def _lines(conn: psycopg.Connection, run_id: uuid.UUID) -> Iterator[tuple[str, d
         query = sql.SQL("SELECT row_to_json(x) FROM sidecar.{} x WHERE {} {}").format(
             sql.Identifier(table), sql.SQL(where), sql.SQL(order))
         for (row,) in conn.execute(query, (run_id,)):
+            if part == "statement" and row.get("images_of") is not None:
+                # An undo's statement that points at the images it reversed is archived with
+                # those images as its own (below): the file needs no other run's history.
+                row["images_of"] = row["images_swapped"] = None
             yield part, row
     tables = conn.execute(
         "SELECT t.tracked_id, t.log_table, sidecar._qualname(t.relid), min(s.stmt_id), max(s.stmt_id) "
         "FROM sidecar.statements s JOIN sidecar.tracked t USING (tracked_id) WHERE s.run_id = %s "
         "GROUP BY 1, 2, 3 ORDER BY 1", (run_id,)).fetchall()
     for tracked_id, log_table, name, lo, hi in tables:
-        query = sql.SQL("SELECT row_to_json(l) FROM sidecar.{} l WHERE l._stmt BETWEEN %s AND %s AND EXISTS "
+        source = history_from(conn, TableInfo(tracked_id, name, log_table, [], None, None, (lo, hi)))
+        query = sql.SQL("SELECT row_to_json(l) FROM {} l WHERE l._stmt BETWEEN %s AND %s AND EXISTS "
                         "(SELECT FROM sidecar.statements s WHERE s.stmt_id = l._stmt AND s.run_id = %s) "
-                        "ORDER BY l._stmt").format(sql.Identifier(log_table))
+                        "ORDER BY l._stmt").format(source)
         for (row,) in conn.execute(query, (lo, hi, run_id)):
             yield f"table:{name}", {"tracked_id": tracked_id, "log_table": log_table, "row": row}
 

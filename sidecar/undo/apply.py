@@ -5,7 +5,13 @@ sidecar._undo_write), which runs with the table owner's rights and takes the
 values from the images it read from the history: the operator needs no
 privilege on the table. The table's own triggers are off for that statement
 only, so that they do not alter the restored rows; sidecar's capture stays
-on, which records the undo as a run of its own.
+on, which records the undo as a run of its own, except where the undo is the
+mirror of one statement of the run (every row it wrote put back, nothing
+skipped): that write runs with capture off too and the undo's statement
+points at the reversed statement's images, read with before and after
+swapped (docs/undo.md). The undo function checks that it is such a mirror
+and that the write left no row out; when not, the step is written again
+captured, from a savepoint.
 """
 
 from __future__ import annotations
@@ -70,13 +76,32 @@ def _put_back_and_restore(planner: Planner, order: list[TablePlan], done: dict[s
             done[plan.table][step] = (_insert if step == "insert" else _update)(planner, plan)
 
 
+# The step that reverses each op, written as a mirror of one statement.
+_MIRROR_STEP = {"U": "update", "I": "delete", "D": "insert"}
+
+
+def _write(planner: Planner, plan: TablePlan, step: str, args: dict | None = None) -> int:
+    """One write step; as a pointer at the reversed statement's images when the plan mirrors it."""
+    conn, run_id = planner.conn, planner.scope.run_id
+    planned = {s: n for s, n in plan.counts.items() if n and s not in ("conflict", "forced")}
+    if (planner.pointers and not planner.scope.rows and _MIRROR_STEP.get(plan.single_op or "") == step
+            and set(planned) == {step}):
+        try:
+            with conn.transaction():  # a savepoint: a write that is no mirror is written again, captured
+                return server_step(conn, plan, step, run_id, (args or {}) | {"pointer": True})
+        except psycopg.Error as exc:
+            if exc.sqlstate != "SC030":
+                raise
+    return server_step(conn, plan, step, run_id, args)
+
+
 def _insert(planner: Planner, plan: TablePlan) -> int:
     """Put back the plan's rows to insert. A row whose key reappeared since the plan
     was made is left as it is (a conflict); any other unique key that refuses a row is
     an error, which apply() answers by trying the other order."""
     if not plan.counts.get("insert"):
         return 0
-    return server_step(planner.conn, plan, "insert", planner.scope.run_id)
+    return _write(planner, plan, "insert")
 
 
 def conflict_key(conn: psycopg.Connection, plan: TablePlan) -> list[str] | None:
@@ -87,14 +112,14 @@ def conflict_key(conn: psycopg.Connection, plan: TablePlan) -> list[str] | None:
 def _update(planner: Planner, plan: TablePlan) -> int:
     if not plan.counts.get("update"):
         return 0
-    return server_step(planner.conn, plan, "update", planner.scope.run_id)
+    return _write(planner, plan, "update")
 
 
 def _delete(planner: Planner, plan: TablePlan, *, unreferenced: bool = False) -> int:
     """Delete the plan's rows to delete (unreferenced: only those no row refers to now)."""
     if not plan.counts.get("delete"):
         return 0
-    return server_step(planner.conn, plan, "delete", planner.scope.run_id, {"unreferenced": unreferenced})
+    return _write(planner, plan, "delete", {"unreferenced": unreferenced})
 
 
 def user_triggers(conn: psycopg.Connection, tables: list[str]) -> list[tuple[str, str]]:

@@ -77,6 +77,9 @@ class Planner:
         self.lost: list[str] = []
         self._order: list[TablePlan] | None = None
         self.action_ids: list[int] | None = None
+        # Writes that mirror one statement point at its images instead of
+        # being captured (undo.apply); False captures every write, as before.
+        self.pointers = True
 
     # -- scope -------------------------------------------------------------
     def _select_statements(self) -> None:

@@ -66,7 +66,7 @@ BEGIN
     END IF;
     v_counts := '{}';
     FOR r_table IN
-        SELECT t.relid, t.log_table, t.pk_columns, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi
+        SELECT t.tracked_id, t.relid, t.log_table, t.pk_columns, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi
         FROM sidecar.statements s JOIN sidecar.tracked t USING (tracked_id)
         WHERE s.run_id = p_run AND (complete OR s.stmt_id <= v_last)
         GROUP BY t.tracked_id
@@ -79,13 +79,14 @@ BEGIN
         -- run newer than the statistics it expects one row on each side, and
         -- would scan the range again per statement of the run).
         EXECUTE format(
-            'SELECT count(*) FROM (SELECT DISTINCT %1$s FROM sidecar.%2$I l '
+            'SELECT count(*) FROM (SELECT DISTINCT %1$s FROM %2$s l '
             'CROSS JOIN LATERAL (SELECT s.op FROM sidecar.statements s '
             'WHERE s.stmt_id = l._stmt AND s.run_id = $3 OFFSET 0) s '
             'WHERE l._stmt BETWEEN $1 AND $2 '
             'GROUP BY %1$s, l._stmt, s.op '
             'HAVING s.op <> %3$L OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - %4$L) > 1) changed',
-            v_pk, r_table.log_table, 'U', '_kind')
+            -- (an undo's statements may point at the images of what they reversed: fn_history.sql)
+            v_pk, sidecar._history_from(r_table.tracked_id, r_table.lo, r_table.hi), 'U', '_kind')
             INTO v_n USING r_table.lo, r_table.hi, p_run;
         IF v_n > 0 THEN
             v_counts := v_counts || jsonb_build_object(sidecar._qualname(r_table.relid), v_n);

@@ -8,6 +8,10 @@
 -- Purge one run's captured history, in the caller's transaction. Returns the
 -- number of row images removed, or NULL when the run must be kept: it has
 -- held items waiting for review, or an undo of it is in progress.
+-- Images that an undo's statement points at (statements.images_of, migration
+-- 024) are kept while that statement is: the undo reads them as its own. The
+-- purge of the last such undo removes them, once the run that wrote them
+-- was purged.
 CREATE OR REPLACE FUNCTION sidecar._purge_run(p_run uuid)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_purge_run$
@@ -33,8 +37,24 @@ BEGIN
         -- planner from scanning the run's statements once per image).
         EXECUTE format('DELETE FROM sidecar.%I l WHERE l._stmt BETWEEN $1 AND $2 '
                        'AND EXISTS (SELECT FROM sidecar.statements s WHERE s.stmt_id = l._stmt AND s.run_id = $3 '
-                       'OFFSET 0)', r_table.log_table)
+                       'OFFSET 0) '
+                       'AND NOT EXISTS (SELECT FROM sidecar.statements p WHERE p.images_of = l._stmt '
+                       'AND p.run_id <> $3)', r_table.log_table)
             USING r_table.lo, r_table.hi, p_run;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_rows := v_rows + v_n;
+    END LOOP;
+    -- Images this run's statements pointed at, of a run purged already, that
+    -- no other statement points at: nothing reads them any more.
+    FOR r_table IN
+        SELECT t.log_table, array_agg(DISTINCT p.images_of) AS stmts
+        FROM sidecar.statements p JOIN sidecar.tracked t USING (tracked_id)
+        WHERE p.run_id = p_run AND p.images_of IS NOT NULL
+          AND NOT EXISTS (SELECT FROM sidecar.statements o WHERE o.stmt_id = p.images_of)
+          AND NOT EXISTS (SELECT FROM sidecar.statements q WHERE q.images_of = p.images_of AND q.run_id <> p_run)
+        GROUP BY t.log_table
+    LOOP
+        EXECUTE format('DELETE FROM sidecar.%I l WHERE l._stmt = ANY($1)', r_table.log_table) USING r_table.stmts;
         GET DIAGNOSTICS v_n = ROW_COUNT;
         v_rows := v_rows + v_n;
     END LOOP;

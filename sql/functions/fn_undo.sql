@@ -163,14 +163,15 @@ BEGIN
             -- One statement has one image of each kind per row: no sort.
             v_kind := CASE WHEN v_prefix = 'first' THEN CASE WHEN v_single = 'I' THEN 'N' ELSE 'O' END
                            ELSE CASE WHEN v_single = 'D' THEN 'O' ELSE 'N' END END;
-            v_select := format('SELECT l._kind, %s FROM sidecar.%I l WHERE l._stmt = $1 AND l._kind = $4 AND %s',
-                               v_col_list, r_t.log_table, v_filter);
+            v_select := format('SELECT l._kind, %s FROM %s l WHERE l._stmt = $1 AND l._kind = $4 AND %s',
+                               v_col_list, sidecar._history_from(p_tracked_id, v_lo, v_hi), v_filter);
         ELSE
             -- Within a statement the before-image (O) comes before the after-image (N).
-            v_select := format('SELECT DISTINCT ON (%s) l._kind, %s FROM sidecar.%I l '
+            v_select := format('SELECT DISTINCT ON (%s) l._kind, %s FROM %s l '
                                'WHERE l._stmt BETWEEN $1 AND $2 AND l._stmt IN (SELECT stmt_id FROM %s) AND %s '
                                'ORDER BY %s, l._stmt %s, l._kind %s',
-                               v_pk_list, v_col_list, r_t.log_table, v_stmts, v_filter, v_pk_list,
+                               v_pk_list, v_col_list, sidecar._history_from(p_tracked_id, v_lo, v_hi), v_stmts,
+                               v_filter, v_pk_list,
                                CASE WHEN v_prefix = 'first' THEN 'ASC' ELSE 'DESC' END,
                                CASE WHEN v_prefix = 'first' THEN 'DESC' ELSE 'ASC' END);
         END IF;
@@ -557,7 +558,16 @@ $_undo_now$;
 -- p_unreferenced, only rows no row refers to now). Only inside an open undo
 -- of the plan's run, which the capture trigger records; the table's own
 -- triggers are off for this statement only. Returns the rows written.
-CREATE OR REPLACE FUNCTION sidecar._undo_write(p_tracked_id int, p_run uuid, p_step text, p_unreferenced boolean)
+-- With p_pointer the undo points at the images of the one statement it
+-- reverses instead (docs/undo.md): only when the scope is that whole
+-- statement and this step writes every row of the plan, which is checked
+-- here; sidecar's capture triggers are off for this statement too, and
+-- sidecar._undo_point records the statement. When the plan is not such a
+-- mirror, or the write leaves a row out (a key taken again, a row still
+-- referred to), it raises SC030 and has written nothing that stays: the
+-- caller rolls back to its savepoint and writes the step captured.
+CREATE OR REPLACE FUNCTION sidecar._undo_write(p_tracked_id int, p_run uuid, p_step text, p_unreferenced boolean,
+                                               p_pointer boolean DEFAULT false)
 RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $_undo_write$
 DECLARE
@@ -575,6 +585,8 @@ DECLARE
     v_name   name;
     v_all    boolean;
     v_n      bigint;
+    v_planned bigint;
+    v_mirror boolean;
 BEGIN
     SELECT t.relid, t.relid::regclass AS tab, t.pk_columns::text[] AS pk INTO STRICT r_t
     FROM sidecar.tracked t WHERE t.tracked_id = p_tracked_id;
@@ -619,10 +631,26 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'sidecar: % is not a step of an undo', quote_literal(p_step) USING ERRCODE = 'SC004';
     END IF;
-    -- The table's own triggers must not alter restored rows; sidecar's capture stays on.
+    IF p_pointer THEN
+        -- A mirror: one statement in scope, every row of it, all in this step
+        -- (its op's inverse), none forced over a conflict.
+        EXECUTE format('SELECT count(*), count(*) = count(*) FILTER (WHERE step = $1 AND NOT forced) FROM %s', v_plan)
+            INTO v_planned, v_mirror USING p_step;
+        IF r_meta.single_op IS NULL OR r_meta.lo IS DISTINCT FROM r_meta.hi
+           OR jsonb_typeof(r_meta.args -> 'rows') = 'array' OR NOT v_mirror OR v_planned = 0
+           OR p_step <> (CASE r_meta.single_op WHEN 'U' THEN 'update' WHEN 'I' THEN 'delete' ELSE 'insert' END) THEN
+            RAISE EXCEPTION 'sidecar: the undo of % is not the mirror of one statement; write it captured', r_t.tab
+                USING ERRCODE = 'SC030';
+        END IF;
+    END IF;
+    -- The table's own triggers must not alter restored rows; sidecar's capture
+    -- stays on, unless this write points at the images it reverses.
     v_trig := ARRAY(SELECT tg.tgname FROM pg_catalog.pg_trigger tg
                     WHERE tg.tgrelid = r_t.relid AND NOT tg.tgisinternal AND tg.tgenabled <> 'D'
-                      AND tg.tgname NOT LIKE 'sidecar\_%' ORDER BY tg.tgname);
+                      AND (tg.tgname NOT LIKE 'sidecar\_%'
+                           OR (p_pointer AND tg.tgname IN ('sidecar_capture_insert', 'sidecar_capture_update',
+                                                           'sidecar_capture_delete')))
+                    ORDER BY tg.tgname);
     FOREACH v_name IN ARRAY v_trig LOOP
         EXECUTE format('ALTER TABLE %s DISABLE TRIGGER %I', r_t.tab, v_name);
     END LOOP;
@@ -631,6 +659,14 @@ BEGIN
     FOREACH v_name IN ARRAY v_trig LOOP
         EXECUTE format('ALTER TABLE %s ENABLE TRIGGER %I', r_t.tab, v_name);
     END LOOP;
+    IF p_pointer THEN
+        IF v_n <> v_planned THEN
+            RAISE EXCEPTION 'sidecar: the undo of % left % of % rows as they are; write it captured',
+                            r_t.tab, v_planned - v_n, v_planned
+                USING ERRCODE = 'SC030';
+        END IF;
+        PERFORM sidecar._undo_point(p_tracked_id, p_run, r_meta.lo);
+    END IF;
     RETURN v_n;
 END
 $_undo_write$;
@@ -684,6 +720,41 @@ BEGIN
 END
 $_undo_check_own$;
 
+-- Record that the open undo of p_run reversed statement p_stmt of table
+-- p_tracked_id exactly, by pointing at its images: one statement row of the
+-- undo run, its op the inverse of p_stmt's, images_of the statement that
+-- holds the images (p_stmt's own, or those p_stmt points at: an undo of an
+-- undo reads the original's, not swapped) and images_swapped. Called by
+-- sidecar._undo_write once it wrote every row with capture off; with
+-- sidecar's rights, as statements are written by capture alone.
+CREATE OR REPLACE FUNCTION sidecar._undo_point(p_tracked_id int, p_run uuid, p_stmt bigint)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_undo_point$
+DECLARE
+    r_s    record;
+    v_tag  record;
+    v_stmt bigint;
+BEGIN
+    IF NOT sidecar._undo_is_open(p_run) THEN
+        RAISE EXCEPTION 'sidecar: no undo of run % is open in this transaction', p_run
+            USING ERRCODE = 'SC008', HINT = 'Undo it with sidecar undo, which opens one (sidecar._undo_begin).';
+    END IF;
+    SELECT s.op, s.images_of, s.images_swapped INTO r_s
+    FROM sidecar.statements s WHERE s.stmt_id = p_stmt AND s.run_id = p_run AND s.tracked_id = p_tracked_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'sidecar: statement % is not one of run % on this table', p_stmt, p_run USING ERRCODE = 'SC004';
+    END IF;
+    SELECT t.action_id INTO v_tag FROM sidecar._tag() t;
+    v_stmt := nextval('sidecar.stmt_seq');
+    INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at, images_of, images_swapped)
+    VALUES (v_stmt, p_tracked_id, CASE r_s.op WHEN 'I' THEN 'D' WHEN 'D' THEN 'I' ELSE r_s.op END,
+            nullif(current_setting('sidecar.run_id', true), '')::uuid, v_tag.action_id, txid_current(), session_user,
+            statement_timestamp(), coalesce(r_s.images_of, p_stmt),
+            CASE WHEN r_s.images_of IS NULL THEN true ELSE NOT r_s.images_swapped END);
+    RETURN v_stmt;
+END
+$_undo_point$;
+
 -- What a table's undo function runs: one step of the undo of p_run for that
 -- table, with the rights of whoever calls it (the table's owner, through
 -- sidecar.undo_<tracked_id>). Returns a count (rows read, marked or written).
@@ -710,10 +781,11 @@ BEGIN
         WHEN 'referenced' THEN sidecar._undo_referenced(p_tracked_id)
         WHEN 'now' THEN sidecar._undo_now(p_tracked_id)
         WHEN 'apply_pending' THEN sidecar._undo_apply_pending(p_tracked_id, (p_args ->> 'pending_id')::bigint)
-        WHEN 'insert' THEN sidecar._undo_write(p_tracked_id, p_run, p_op, false)
-        WHEN 'update' THEN sidecar._undo_write(p_tracked_id, p_run, p_op, false)
+        WHEN 'insert' THEN sidecar._undo_write(p_tracked_id, p_run, p_op, false, coalesce((p_args ->> 'pointer')::boolean, false))
+        WHEN 'update' THEN sidecar._undo_write(p_tracked_id, p_run, p_op, false, coalesce((p_args ->> 'pointer')::boolean, false))
         WHEN 'delete' THEN
-            sidecar._undo_write(p_tracked_id, p_run, p_op, coalesce((p_args ->> 'unreferenced')::boolean, false))
+            sidecar._undo_write(p_tracked_id, p_run, p_op, coalesce((p_args ->> 'unreferenced')::boolean, false),
+                                coalesce((p_args ->> 'pointer')::boolean, false))
     END;
 END
 $_undo_op$;
@@ -730,7 +802,8 @@ AS $_undo_internals$
                  'sidecar._undo_orphan(int, int[])', 'sidecar._undo_referred(int, boolean, int[])',
                  'sidecar._undo_kept(int, boolean, int[])',
                  'sidecar._undo_referenced(int)', 'sidecar._undo_now(int)',
-                 'sidecar._undo_write(int, uuid, text, boolean)', 'sidecar._undo_referred_now(oid)',
+                 'sidecar._undo_write(int, uuid, text, boolean, boolean)', 'sidecar._undo_referred_now(oid)',
+                 'sidecar._undo_point(int, uuid, bigint)', 'sidecar._history_from(int, bigint, bigint)',
                  'sidecar._undo_op(int, text, uuid, jsonb)', 'sidecar._pk_columns(regclass)',
                  'sidecar._undo_apply_pending(int, bigint)', 'sidecar._undo_check_own(int)', 'sidecar._apply_pending_here(bigint)']
 $_undo_internals$;

@@ -72,7 +72,7 @@ BEGIN
         SELECT rolname FROM pg_catalog.pg_roles
         WHERE rolname IN ('sidecar_viewer', 'sidecar_pauser', 'sidecar_undoer', 'sidecar_approver', 'sidecar_rerunner')
     LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION sidecar.run_counts(uuid), sidecar.run_rows(uuid, bigint), sidecar._shapes_watched(), sidecar.table_writers_ever() TO %I', v_role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION sidecar.run_counts(uuid), sidecar.run_rows(uuid, bigint), sidecar._shapes_watched(), sidecar.table_writers_ever(), sidecar._history_from(int, bigint, bigint) TO %I', v_role);
     END LOOP;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_pauser') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_pauser;
@@ -98,6 +98,20 @@ BEGIN
             END;
         END LOOP;
     END IF;
+    -- The internal functions each undo function calls, for its owner: those
+    -- added since the table was tracked (sidecar._render_undo grants them then).
+    FOR v_role IN
+        SELECT DISTINCT pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'sidecar'::regnamespace AND p.proname ~ '^undo_[0-9]+$' AND p.proowner <> (
+            SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'sidecar')
+    LOOP
+        BEGIN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I',
+                           array_to_string(sidecar._undo_internals(), ', '), v_role);
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
+    END LOOP;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_rerunner') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_rerunner;
         GRANT EXECUTE ON FUNCTION sidecar._rerun_open(uuid, jsonb, jsonb, text, jsonb),
