@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..capture.history import _IN_SCOPE, TableInfo, statement_of_image
+from ..capture.history import _IN_SCOPE, TableInfo, history_from, statement_of_image
 from ..capture.tracking import untracked_followers
 from ..errors import SidecarError, UsageError
 from .keys import keep_referenced, mark_orphans, table_order
@@ -340,7 +340,7 @@ class Planner:
             # follows how far back the last writer is, not how much history
             # came after the scope (issue 25). Only rows no later run wrote
             # read all of it.
-            query = sql.SQL(
+            query = lambda source: sql.SQL(  # noqa: E731 (source: the window's history, fn_history.sql)
                     """
                     WITH listed AS MATERIALIZED (
                         SELECT p.*, l._kind AS _sc_kind, to_jsonb(l) - '_kind' AS _sc_left
@@ -348,7 +348,7 @@ class Planner:
                         WHERE {which} ORDER BY {pkp} LIMIT %s),
                     later AS (
                         SELECT DISTINCT ON ({pkh}) {pkh}, s.run_id
-                        FROM sidecar.{log} h JOIN listed p ON {ph}
+                        FROM {source} h JOIN listed p ON {ph}
                         CROSS JOIN LATERAL ({statement}) s
                         WHERE h._stmt > %s AND h._stmt <= %s
                         ORDER BY {pkh}, h._stmt DESC)
@@ -361,7 +361,7 @@ class Planner:
                 ).format(
                     which=sql.SQL("p.step = 'kept'" if kept else "p.step IN ('conflict', 'orphan', 'clash') OR p.forced"),
                     now=temp_table("now", plan), plan=temp_table("plan", plan), last=temp_table("last", plan),
-                    log=quoted(plan.info.log_table), pn=key_join("p", "n", plan), pl=key_join("p", "l", plan), ph=key_join("p", "h", plan),
+                    source=source, pn=key_join("p", "n", plan), pl=key_join("p", "l", plan), ph=key_join("p", "h", plan),
                     pkp=sql.SQL(", ").join(sql.SQL("p.{}").format(quoted(c)) for c in pk),
                     pkh=sql.SQL(", ").join(sql.SQL("h.{}").format(quoted(c)) for c in pk),
                     statement=statement_of_image(sql.SQL("s.run_id"), sql.SQL("s.run_id IS DISTINCT FROM %s"), image="h"),
@@ -371,7 +371,8 @@ class Planner:
             rows, width = None, 4096
             while True:
                 low = max(after, top - width)
-                found = self.conn.execute(query, (limit - len(out), self.scope.run_id, low, top)).fetchall()
+                found = self.conn.execute(query(history_from(self.conn, plan.info, low + 1, top)),
+                                          (limit - len(out), self.scope.run_id, low, top)).fetchall()
                 if rows is None:
                     rows = [list(r) for r in found]
                 else:  # the same listed rows, in the same order: keep the newer window's run

@@ -642,6 +642,17 @@ BEGIN
             RAISE EXCEPTION 'sidecar: the undo of % is not the mirror of one statement; write it captured', r_t.tab
                 USING ERRCODE = 'SC030';
         END IF;
+        -- Only where capture would have recorded the write (a table still
+        -- tracked), and where its triggers can be turned off for the write: not
+        -- with deferred foreign-key checks pending on the table at its end.
+        IF NOT EXISTS (SELECT FROM sidecar.tracked t JOIN pg_catalog.pg_trigger tg ON tg.tgrelid = t.relid
+                       WHERE t.tracked_id = p_tracked_id AND t.active AND tg.tgenabled <> 'D'
+                         AND tg.tgname = 'sidecar_capture_' || p_step)
+           OR EXISTS (SELECT FROM pg_catalog.pg_trigger tg
+                      WHERE tg.tgrelid = r_t.relid AND tg.tgisinternal AND tg.tgdeferrable) THEN
+            RAISE EXCEPTION 'sidecar: the undo of % cannot point at the images it reverses; write it captured', r_t.tab
+                USING ERRCODE = 'SC030';
+        END IF;
     END IF;
     -- The table's own triggers must not alter restored rows; sidecar's capture
     -- stays on, unless this write points at the images it reverses.
