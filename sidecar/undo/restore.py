@@ -68,7 +68,19 @@ def _set_local(conn: psycopg.Connection, names: list[str], values: list[str]) ->
     conn.execute("SELECT set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS u(n, v)", (names, values))
 
 
+# Room for the plan's temporary tables in memory (a 200,000-row undo's are about
+# 60 MB): with the default 8MB they are written out to disk and read back at each
+# step. Taken only as used, and settable only before the session's first
+# temporary table (a second undo in the same session keeps what the first had).
+TEMP_BUFFERS = "256MB"
+
+
 def _session_settings(conn: psycopg.Connection) -> None:
+    try:
+        with conn.transaction():  # a savepoint: refused once the session has used temporary tables
+            conn.execute("SELECT set_config('temp_buffers', %s, true)", (TEMP_BUFFERS,))
+    except psycopg.errors.InvalidParameterValue:
+        pass
     _set_local(conn, list(_SESSION_SETTINGS), list(_SESSION_SETTINGS.values()))
 
 
