@@ -340,7 +340,9 @@ class Planner:
             # follows how far back the last writer is, not how much history
             # came after the scope (issue 25). Only rows no later run wrote
             # read all of it.
-            query = lambda source: sql.SQL(  # noqa: E731 (source: the window's history, fn_history.sql)
+            def query(source: sql.Composable, plan: TablePlan = plan) -> sql.Composable:
+                """The query over one window of history (source: history_from(), fn_history.sql)."""
+                return sql.SQL(
                     """
                     WITH listed AS MATERIALIZED (
                         SELECT p.*, l._kind AS _sc_kind, to_jsonb(l) - '_kind' AS _sc_left
