@@ -10,7 +10,6 @@ import json
 
 import pytest
 
-import sidecar.ops.retention
 from tests.fix_sidecar import snapshot, track, undo
 
 MODES = ["statement", "row"]
@@ -148,15 +147,29 @@ def test_the_console_pages_through_an_undo_that_points_at_images(prices, run_bot
     assert sum(r.rows for r in rows) == 50
 
 
-def test_an_archived_undo_carries_the_images_it_points_at(prices, run_bot, tmp_path):
+def test_an_archived_undo_carries_the_images_it_points_at(prices, run_bot, cli, tmp_path):
+    import datetime
+
     import sidecar.ops.archive
 
     run_id = run_bot("UPDATE prices SET amount = amount * 2")
-    first = undo(prices, run_id)
-    lines = list(sidecar.ops.archive._lines(prices, first.undo_run_id))
-    images = [r for part, r in lines if part.startswith("table:")]
-    assert len(images) == 100
-    assert {r["row"]["_kind"] for r in images} == {"O", "N"}
-    statements = [r for part, r in lines if part == "statement"]
-    assert [s["images_of"] for s in statements] == [None]
-    assert sidecar.ops.retention is not None
+    after = snapshot(prices, "prices", "id")
+    undo_id = undo(prices, run_id).undo_run_id
+    before = snapshot(prices, "prices", "id")
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    sidecar.ops.archive.archive(prices, later, tmp_path)
+    # Both purged: the images the undo pointed at go with the undo.
+    for run in (run_id, undo_id):
+        prices.execute("SELECT sidecar._purge_run(%s)", (run,))
+    assert _own_images(prices, undo_id) == 0
+
+    sidecar.ops.archive.restore(prices, tmp_path / f"run-{undo_id}.jsonl.gz")
+
+    # The file held the images as the undo's own: shown and undone with no other run's history.
+    assert [s[1] for s in _undo_statements(prices, undo_id)] == [None]
+    assert _own_images(prices, undo_id) == 100
+    shown = json.loads(cli("show", str(undo_id), "--json").output)
+    first = next(c for a in shown["actions"] for c in a["changes"] if c["key"] == {"id": 7})
+    assert (first["before"]["amount"], first["after"]["amount"]) == (140, 70)
+    assert cli("undo", str(undo_id), "--yes").exit_code == 0
+    assert snapshot(prices, "prices", "id") == after != before
