@@ -10,13 +10,17 @@ import json
 
 import pytest
 
+import sidecar.undo.plan
+
 from tests.fix_sidecar import snapshot, track, undo
 
 MODES = ["statement", "row"]
 
 
 @pytest.fixture(params=MODES)
-def prices(request, sc):
+def prices(request, sc, monkeypatch):
+    # Points only where the undo locks the table (past ROW_LOCKS_MAX rows): these runs are small.
+    monkeypatch.setattr(sidecar.undo.plan, "ROW_LOCKS_MAX", 10)
     sc.execute("CREATE TABLE prices (id int PRIMARY KEY, sku text NOT NULL, amount numeric NOT NULL)")
     sc.execute("INSERT INTO prices SELECT g, 'sku-' || g, g * 10 FROM generate_series(1, 50) g")
     track(sc, "prices", capture_mode=request.param)
@@ -93,6 +97,16 @@ def test_undo_of_an_insert_or_a_delete_points_at_its_images(prices, run_bot, wri
     assert _own_images(prices, first.undo_run_id) == 0
     undo(prices, first.undo_run_id)
     assert snapshot(prices, "prices", "id") == after
+
+
+def test_a_small_undo_locks_rows_and_is_captured(prices, run_bot, monkeypatch):
+    monkeypatch.setattr(sidecar.undo.plan, "ROW_LOCKS_MAX", 10_000)
+    before = snapshot(prices, "prices", "id")
+    run_id = run_bot("UPDATE prices SET amount = amount * 2")
+    first = undo(prices, run_id)
+    assert snapshot(prices, "prices", "id") == before
+    assert [s[1] for s in _undo_statements(prices, first.undo_run_id)] == [None]
+    assert _own_images(prices, first.undo_run_id) == 100
 
 
 def test_a_later_edit_is_kept_and_reported_and_the_undo_is_captured(prices, run_bot, cli):

@@ -649,7 +649,13 @@ BEGIN
                        WHERE t.tracked_id = p_tracked_id AND t.active AND tg.tgenabled <> 'D'
                          AND tg.tgname = 'sidecar_capture_' || p_step)
            OR EXISTS (SELECT FROM pg_catalog.pg_trigger tg
-                      WHERE tg.tgrelid = r_t.relid AND tg.tgisinternal AND tg.tgdeferrable) THEN
+                      WHERE tg.tgrelid = r_t.relid AND tg.tgisinternal AND tg.tgdeferrable)
+           -- Turning triggers off locks the table: only where a big undo locked it
+           -- already (classify), so that a small one still locks its rows alone.
+           OR NOT EXISTS (SELECT FROM pg_catalog.pg_locks lk
+                          WHERE lk.locktype = 'relation' AND lk.relation = r_t.relid AND lk.pid = pg_backend_pid()
+                            AND lk.granted
+                            AND lk.mode IN ('ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')) THEN
             RAISE EXCEPTION 'sidecar: the undo of % cannot point at the images it reverses; write it captured', r_t.tab
                 USING ERRCODE = 'SC030';
         END IF;
