@@ -94,3 +94,18 @@ def test_the_search_stops_at_the_writer_that_found_the_row_as_the_run_left_it(sc
     monkeypatch.setattr(cascade, "_read_window", lambda *a: windows.append(a[-2:]) or real(*a))
     assert dependents(sc, first) == [later]
     assert len(windows) == 1
+
+
+def test_a_run_that_wrote_a_row_between_two_writes_of_the_run_is_found(sc, bot, make_conn):
+    """The row is as the run left it (its last write is the run's), so it is not searched: the other
+    run's write among the run's own statements names it."""
+    _tickets(sc)
+    other_conn = make_conn()
+    first = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET status = 'resolved' WHERE id = 1")
+    between = other_conn.execute("SELECT sidecar.start_run('crm-sync')").fetchone()[0]
+    other_conn.execute("UPDATE tickets SET owner = 'crm' WHERE id = 1")
+    other_conn.execute("SELECT sidecar.finish_run()")
+    bot.execute("UPDATE tickets SET status = 'closed' WHERE id = 1")
+    bot.execute("SELECT sidecar.finish_run()")
+    assert dependents(sc, first) == [between]
