@@ -6,7 +6,9 @@ import uuid
 
 import psycopg
 
+from ..capture import labels as labels_mod
 from ..review import held
+from ..text import describe
 
 OPEN = ("pending", "conflict")
 
@@ -39,9 +41,15 @@ def approve(conn: psycopg.Connection, pending_id: int) -> tuple[str, str]:
     if decision.refused:
         return "error", ("Not approved, nothing was applied: " + "; ".join(c.text for c in decision.conflicts)
                          + ". It stays in the queue; reject it, or approve it again once you have checked.")
-    return "ok", "Approved: " + "; ".join(i.change for i in decision.items) + "."
+    return "ok", "Approved: " + "; ".join(_named(conn, decision.items)) + "."
 
 
 def reject(conn: psycopg.Connection, pending_id: int, why: str) -> tuple[str, str]:
     decision = held.reject(conn, pending_id, why=why)
-    return "ok", "Rejected " + "; ".join(i.change for i in decision.items) + f" ({why})."
+    return "ok", "Rejected: " + "; ".join(_named(conn, decision.items)) + f" ({why})."
+
+
+def _named(conn: psycopg.Connection, items: list[held.HeldChange]) -> list[str]:
+    """The decided changes as sentences, their records named."""
+    labels = labels_mod.lookup(conn, [(i.table, r) for i in items for r in (i.old_row, i.new_row)])
+    return [describe.held_change(i, labels) for i in items]
