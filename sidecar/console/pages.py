@@ -20,7 +20,7 @@ from ..ops import summary as run_summary
 from ..review import gate
 from ..steps import rerun as rerun_mod
 from ..steps import runs
-from ..text import describe
+from ..text import describe, render
 from ..text.describe import agree, plural, row_name
 from ..undo import restore
 from . import changes, queue
@@ -280,7 +280,7 @@ def undo_preview(p: Page):
                              for c in before if before.get(c) != after.get(c)]
                 rows.append(PreviewRow(verb, label, diffs))
             planned.append((describe.table_name(t.table, t.display_name), rows, more))
-    named = labels_mod.lookup(p.conn, [(c.table, c.now or c.run_left) for c in result.conflicts])
+    named = labels_mod.lookup(p.conn, render.result_images(result))
     conflicts = [_conflict(c, named) for c in result.conflicts]
     to_restore = sum(sum(c.get(s, 0) for s in ("insert", "update", "delete")) for c in result.tables.values())
     already = sum(c.get("done", 0) for c in result.tables.values())
@@ -297,7 +297,8 @@ def _conflict(c: restore.Conflict, labels=None) -> dict:
     elif c.run_left is None:
         what = [("", "the row is back", None)]
     else:
-        what = [(k, c.run_left.get(k), v) for k, v in c.now.items() if k in c.run_left and c.run_left.get(k) != v]
+        what = [(k, _named(c.table, k, c.run_left.get(k), labels), _named(c.table, k, v, labels))
+                for k, v in c.now.items() if k in c.run_left and c.run_left.get(k) != v]
     who = f"run {str(c.changed_by_run)[:8]}" if c.changed_by_run else "someone outside any run"
     # A row left for a reason of its own (rows still refer to it, its old unique value is
     # taken...) was not changed since: the reason says why, not a later writer.
@@ -317,7 +318,7 @@ def undo_apply(p: Page):
         message += (f" Rejected {plural(result.held_rejected, 'held change')} of it that "
                     f"{agree(result.held_rejected, 'had', 'had')} not landed.")
     if result.conflict_count:
-        named = labels_mod.lookup(p.conn, [(c.table, c.now or c.run_left) for c in result.conflicts])
+        named = labels_mod.lookup(p.conn, render.result_images(result))
         message += (f" Kept {plural(result.conflict_count, 'conflicting row')} as they are (changed since): "
                     + "; ".join(f"{x['label']} ({x['reason'] or 'changed by ' + x['who']})"
                                 for x in (_conflict(c, named) for c in result.conflicts)))

@@ -260,4 +260,4 @@ def preview_images(planner, result, per_table: int = 50) -> list[tuple[str, dict
 
 def result_images(result) -> list[tuple[str, dict | None]]:
     """The (table, row image) pairs of an undo's conflicts, for capture.labels.lookup."""
-    return [(c.table, c.now or c.run_left) for c in result.conflicts]
+    return [(c.table, i) for c in result.conflicts for i in (c.now, c.run_left)]
