@@ -112,3 +112,34 @@ def test_the_cli_names_records_in_preview_undo_report_and_queue(operator_scene, 
     refunds_run = sc.execute("SELECT run_id FROM sidecar.pending WHERE pending_id = %s", (held[42],)).fetchone()[0]
     shown = run_cli("show", str(refunds_run))
     assert f"Rejected held change {held[42]}: Add refund #2 ({TICKET_42}" in shown.output
+
+
+def test_a_change_an_approval_found_changed_offers_approve_only_once_it_can_apply(operator_scene, chromium, sc, bot):
+    """'approve again' used to be offered for a held change whose row had changed, and failed again."""
+    from sidecar.review import held as held_mod
+
+    scene = operator_scene
+    _propose_refunds(sc, bot)
+    pid = _held(sc)[41]
+    refund_id = sc.execute("SELECT (new_row->>'id')::int FROM sidecar.pending WHERE pending_id = %s", (pid,)).fetchone()[0]
+    sc.execute("INSERT INTO refunds (id, ticket_id, amount) OVERRIDING SYSTEM VALUE VALUES (%s, 41, 10)",
+               (refund_id,))  # a person, since
+    assert held_mod.approve(sc, pid).refused
+    with Server(scene.dsn) as server:
+        page = _page(chromium, f"http://127.0.0.1:{server.port}")
+        page.goto("/queue")
+        _sign_in(page, scene.users["operator"])
+        item = page.locator(f"#held-{pid}")
+        expect(item).to_contain_text("approving it now would be refused too")
+        expect(item).to_contain_text(f"refund #{refund_id} exists now")
+        expect(item.get_by_role("button", name=re.compile("pprove"))).to_have_count(0)
+        expect(item.get_by_role("button", name=f"Reject #{pid}")).to_be_visible()
+        assert sc.execute("SELECT status FROM sidecar.pending WHERE pending_id = %s", (pid,)).fetchone()[0] == "conflict"
+
+        sc.execute("DELETE FROM refunds WHERE id = %s", (refund_id,))  # back as it was when held
+        page.reload()
+        expect(item).to_contain_text("it is back as it was")
+        item.get_by_role("button", name=f"Approve #{pid}", exact=True).click()
+        expect(page.get_by_role("status")).to_contain_text("Approved: Add refund")
+    assert sc.execute("SELECT amount::text FROM refunds WHERE id = %s", (refund_id,)).fetchone()[0] == "900.00"
+    assert sc.execute("SELECT status FROM sidecar.pending WHERE pending_id = %s", (pid,)).fetchone()[0] == "approved"

@@ -319,7 +319,8 @@ def undo_apply(p: Page):
                     f"{agree(result.held_rejected, 'had', 'had')} not landed.")
     if result.conflict_count:
         named = labels_mod.lookup(p.conn, render.result_images(result))
-        message += (f" Kept {plural(result.conflict_count, 'conflicting row')} as they are (changed since): "
+        message += (f" Kept {plural(result.conflict_count, 'conflicting row')} "
+                    f"{agree(result.conflict_count, 'as it is', 'as they are')} (changed since): "
                     + "; ".join(f"{x['label']} ({x['reason'] or 'changed by ' + x['who']})"
                                 for x in (_conflict(c, named) for c in result.conflicts)))
     return p.redirect(f"/runs/{scope.run_id}", message, "warn" if result.conflict_count else "ok")
@@ -351,9 +352,10 @@ def queue_page(p: Page):
     held, pager.total = queue.items(p.conn, open_only=not show_all, offset=pager.offset, limit=pager.per_page)
     labels = labels_mod.lookup(p.conn, [(i.table, r) for i in held for r in (i.old_row, i.new_row)])
     blocked_by = _blocking_pauses(p)
+    refused = queue.still_refused(p.conn, [i for i in held if not blocked_by(i)]) if p.rights.approve else {}
     return p.render("queue.html", items=held, pager=pager, show_all=show_all, labels=labels,
                     columns=lambda item: _held_columns(item, labels),
-                    blocked_by=blocked_by,
+                    blocked_by=blocked_by, refused=refused,
                     change=lambda item: _held_change(item, labels))
 
 
