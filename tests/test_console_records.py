@@ -10,7 +10,7 @@ import re
 from sidecar import demo
 from sidecar.review import gate
 from tests.test_console_e2e import operator_scene, sync_api  # noqa: F401  (fixtures)
-from tests.test_console_story import Server, _page, _propose_refunds, _sign_in, chromium  # noqa: F401
+from tests.test_console_story import Server, _page, _propose_refunds, _sign_in, chromium, outage  # noqa: F401
 
 expect = sync_api.expect
 
@@ -142,4 +142,26 @@ def test_a_change_an_approval_found_changed_offers_approve_only_once_it_can_appl
         item.get_by_role("button", name=f"Approve #{pid}", exact=True).click()
         expect(page.get_by_role("status")).to_contain_text("Approved: Add refund")
     assert sc.execute("SELECT amount::text FROM refunds WHERE id = %s", (refund_id,)).fetchone()[0] == "900.00"
+    assert sc.execute("SELECT status FROM sidecar.pending WHERE pending_id = %s", (pid,)).fetchone()[0] == "approved"
+
+
+def test_the_database_down_in_the_middle_of_resume_and_approve(operator_scene, chromium, sc, bot, outage):
+    scene = operator_scene
+    relay, dsn = outage
+    _propose_refunds(sc, bot)
+    pid = _held(sc)[41]
+    gate.pause(sc, table="refunds", reason="refund export running")
+    with Server(dsn) as server:
+        page = _page(chromium, f"http://127.0.0.1:{server.port}")
+        page.goto("/queue")
+        _sign_in(page, scene.users["operator"])
+        relay.cut()
+        page.get_by_role("button", name=f"Resume writes to refunds and approve #{pid}").click()
+        expect(page.get_by_role("alert")).to_contain_text(
+            f"nothing was done: held change #{pid} was not approved and writes to refunds were not resumed")
+        assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 1
+        relay.restore()
+        page.get_by_role("button", name=f"Try again: Resume and approve #{pid}").click()
+        expect(page.get_by_role("status")).to_contain_text("Resumed table public.refunds")
+    assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0
     assert sc.execute("SELECT status FROM sidecar.pending WHERE pending_id = %s", (pid,)).fetchone()[0] == "approved"
