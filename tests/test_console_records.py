@@ -56,6 +56,11 @@ def test_a_table_pause_offers_resume_and_approve_or_says_who_can(operator_scene,
         page.get_by_role("link", name="Event trail").click()
         expect(page.locator("table.events")).to_contain_text(
             f"Rejected held change {held[42]}: Add refund #2 ({TICKET_42}, amount 1240.00")
+        # Times read as times wherever a person reads: no ISO text outside the (closed) raw values.
+        for url in (f"/runs/{scene.run_id}", "/queue?show=all", "/events", f"/runs/{scene.run_id}/undo"):
+            page.goto(url)
+            main = page.locator("main").inner_text()
+            assert not re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d", main), (url, main)
         page.context.close()
 
     assert sc.execute("SELECT count(*) FROM sidecar.pauses").fetchone()[0] == 0

@@ -119,7 +119,7 @@ def test_each_event_is_posted_with_a_sentence_and_a_link(tickets, bot, webhook, 
     assert bodies["pause"]["text"] == "sidecar: Paused ticket-bot: refunds look wrong. http://console.test/automations"
     assert bodies["undo"]["text"].startswith(f"sidecar: Undid run {str(run.run_id)[:8]}: restored 0 rows")
     assert bodies["conflict"]["text"].startswith(
-        f"sidecar: The undo of run {str(run.run_id)[:8]} skipped 1 conflicting row(s)")
+        f"sidecar: The undo of run {str(run.run_id)[:8]} skipped 1 conflicting row: it changed since the run.")
     # Text from the automation is shown, escaped, never taken as markup.
     assert "model said &lt;script&gt;" in bodies["failed"]["text"]
     assert bodies["failed"]["text"].startswith("sidecar: ticket-bot's run ")

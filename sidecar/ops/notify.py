@@ -29,6 +29,7 @@ import psycopg
 
 from .. import db
 from ..errors import SidecarError, UsageError
+from ..text.describe import plural
 from . import named as named_mod
 
 EVENTS = ("held", "pause", "resume", "undo", "conflict", "failed", "approved", "rejected", "rerun")
@@ -69,7 +70,9 @@ def _held(p: dict[str, Any], named: dict[int, tuple[str, str]]) -> str:
     ids = p.get("pending_ids") or []
     if (not isinstance(ids, list) or not ids or len(ids) > 3
             or not all(isinstance(i, int) and i in named for i in ids)):
-        return f"held change(s) {_escape(ids)}"
+        if isinstance(ids, list) and all(isinstance(i, int) for i in ids):
+            return ("held change " if len(ids) == 1 else "held changes ") + ", ".join(map(str, ids))
+        return f"held changes {_escape(ids)}"
     return "; ".join(f"held change {_escape(i)} ({_escape(named[i][0])})" for i in ids)
 
 
@@ -94,8 +97,12 @@ def _sentence(p: dict[str, Any], automation: str | None,
     if event == "undo":
         return f"{_escape(p.get('summary') or 'Undid run ' + str(p.get('run')))}.", f"/runs/{p.get('undo_run')}"
     if event == "conflict" and p.get("undo_run"):
-        return (f"The undo of run {_short(p.get('run'))} skipped {_escape(p.get('rows'))} conflicting row(s): "
-                "they changed since the run. A person decides about them.", f"/runs/{p.get('undo_run')}")
+        rows = p.get("rows")
+        rows = plural(rows, "conflicting row") if isinstance(rows, int) else f"{_escape(rows)} conflicting rows"
+        one = p.get("rows") == 1
+        return (f"The undo of run {_short(p.get('run'))} skipped {rows}: "
+                + ("it changed since the run. A person decides about it." if one else
+                   "they changed since the run. A person decides about them."), f"/runs/{p.get('undo_run')}")
     if event == "conflict":
         return (f"Approval of {_held(p, named)} refused: the row changed since it "
                 "was held; nothing was applied.", "/queue")
