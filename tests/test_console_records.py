@@ -10,7 +10,14 @@ import re
 from sidecar import demo
 from sidecar.review import gate
 from tests.test_console_e2e import operator_scene, sync_api  # noqa: F401  (fixtures)
-from tests.test_console_story import Server, _page, _propose_refunds, _sign_in, chromium, outage  # noqa: F401
+from tests.test_console_story import (  # noqa: F401
+    Server,
+    _page,
+    _propose_refunds,
+    _sign_in,
+    chromium,
+    outage,
+)
 
 expect = sync_api.expect
 

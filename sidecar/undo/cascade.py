@@ -15,7 +15,6 @@ from psycopg import sql
 from ..capture.history import TableInfo, tables_of_run
 from .restore import Scope, UndoResult, undo
 
-
 # Statement ids searched at first, newest first, for the later writers of a row; doubled each time.
 FIRST_WINDOW = 4096
 _XID_WRAP = 4_294_967_296  # a row's xmin is the low 32 bits of the 64-bit txid in sidecar.statements
