@@ -41,8 +41,15 @@ def test_upgrade_keeps_history_and_undo_works(conn, make_conn):
     assert report.migrations and "001_schema.sql" not in report.migrations
     assert sidecar.capture.schema.installed_version(conn) >= 3
     assert not sidecar.capture.schema.install(conn).changed
+    # History is partitioned by statement id now (migration 025): the old tables, not rewritten,
+    # are the first partitions, holding the history from before the upgrade.
+    assert report.partitioned == ["sidecar.statements", "sidecar.tickets_log_1"]
+    for parent, first in (("statements", "statements_p0"), ("tickets_log_1", "tickets_log_1_p0")):
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass",
+                            (f"sidecar.{parent}",)).fetchone()[0] == "p"
+        assert conn.execute(f"SELECT count(*) FROM sidecar.{first}").fetchone()[0] > 0
     # History's BRIN index summarizes each block range once it is full, and its ranges are summarized.
-    index = "sidecar.tickets_log_1_stmt"
+    index = "sidecar.tickets_log_1_stmt_p0"
     assert conn.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (index,)).fetchone()[0] == [
         "autosummarize=on"]
     assert conn.execute("SELECT brin_summarize_new_values(%s::regclass)", (index,)).fetchone()[0] == 0

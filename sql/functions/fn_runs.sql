@@ -33,6 +33,10 @@ BEGIN
               HINT = 'Pass NULL for a run without a key, or a key such as ''nightly-2026-12-03''.';
     END IF;
     PERFORM sidecar._gate(p_automation, NULL, 'No run was started.');
+    -- History partitions ahead of the statement sequence (fn_partitions.sql), when due.
+    IF (SELECT s.last_value FROM sidecar.stmt_seq s) >= (SELECT p.refill_at FROM sidecar.partitioning p) THEN
+        PERFORM sidecar._partitions_ahead();
+    END IF;
     IF p_key IS NOT NULL THEN
         -- Two starts with one key at once: the second waits, then joins the first's lineage.
         PERFORM pg_advisory_xact_lock(hashtext('sidecar.run_key'), hashtext(p_automation || '/' || p_key));
