@@ -83,13 +83,10 @@ def _drop_bound(conn: psycopg.Connection, table: sql.Identifier, check: str) -> 
 
 def partitions_ahead(conn: psycopg.Connection) -> int:
     """Make the partitions due ahead of the statement sequence; returns how many were made.
-    Nothing to do is the usual case, and costs two one-row reads."""
+    Commands look at every history table's partitions (a few catalog reads each), not only at
+    sidecar.partitioning.refill_at as capture does: they also repair what capture could not do."""
     with conn.transaction():
-        row = conn.execute(
-            "SELECT sidecar._partitions_ahead() FROM sidecar.stmt_seq s, sidecar.partitioning p "
-            "WHERE s.last_value >= p.refill_at"
-        ).fetchone()
-    return row[0] if row else 0
+        return conn.execute("SELECT sidecar._partitions_ahead()").fetchone()[0]
 
 
 @dataclass(frozen=True)

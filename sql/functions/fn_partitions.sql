@@ -345,9 +345,9 @@ $_range_purgeable$;
 -- statement of its range is left. Each DROP takes ACCESS EXCLUSIVE on its
 -- parent for an instant; waited for 1 s at most (the caller reports the
 -- range as busy and a later purge drops it). Returns the outcome and the
--- runs of the range (see _range_purgeable), the partitions dropped and
--- about how many row images they held (the planner's count: counting them
--- would read them).
+-- runs of the range (see _range_purgeable), the partitions dropped and the
+-- row images they held (counted below 10,000 pages, else the planner's
+-- estimate: counting would read them all).
 CREATE OR REPLACE FUNCTION sidecar._purge_range(p_lo bigint, p_hi bigint, p_before timestamptz, p_automation text,
                                                OUT outcome text, OUT why text, OUT runs uuid[],
                                                OUT partitions int, OUT images bigint)
@@ -355,6 +355,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock
 AS $_purge_range$
 DECLARE
     r_part record;
+    v_n    bigint;
 BEGIN
     partitions := 0;
     images := 0;
@@ -365,7 +366,7 @@ BEGIN
     END IF;
     FOR r_part IN
         SELECT b.part, b.lo, b.hi, h.tbl = 'sidecar.statements'::regclass AS is_statements,
-               greatest(c.reltuples, 0)::bigint AS est
+               c.reltuples < 0 OR c.relpages < 10000 AS small, c.reltuples::bigint AS est
         FROM sidecar._history_tables() h, sidecar._partition_bounds(h.tbl) b, pg_catalog.pg_class c
         WHERE h.partitioned AND c.oid = b.part AND b.hi <= p_hi
           AND b.hi > coalesce(p_lo, -9223372036854775808)
@@ -376,11 +377,15 @@ BEGIN
             WHERE s.stmt_id >= coalesce(r_part.lo, -9223372036854775808) AND s.stmt_id < r_part.hi) THEN
             CONTINUE;  -- spans statements kept
         END IF;
+        IF NOT r_part.is_statements THEN
+            v_n := r_part.est;
+            IF r_part.small THEN  -- counted; a big one is estimated (counting would read it all)
+                EXECUTE format('SELECT count(*) FROM %s', r_part.part) INTO v_n;
+            END IF;
+            images := images + v_n;
+        END IF;
         EXECUTE format('DROP TABLE %s', r_part.part);
         partitions := partitions + 1;
-        IF NOT r_part.is_statements THEN
-            images := images + r_part.est;
-        END IF;
     END LOOP;
 END
 $_purge_range$;
