@@ -16,8 +16,8 @@ _LOCK_WAIT = "2s"
 @dataclass
 class Conversion:
     converted: list[str] = field(default_factory=list)
-    # Tables left unpartitioned, each with the SQL a DBA runs to finish it.
-    left: list[tuple[str, str]] = field(default_factory=list)
+    # Tables left unpartitioned, each with the SQL a DBA runs to finish it (one transaction each).
+    left: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 def _first_bound(conn: psycopg.Connection) -> int:
@@ -28,11 +28,15 @@ def _first_bound(conn: psycopg.Connection) -> int:
     ).fetchone()[0]
 
 
-def manual_steps(table: str, key: str, bound: int) -> str:
-    """The SQL a DBA runs, one statement per transaction, to convert one history table by hand."""
-    return (f"SELECT sidecar._partition_prepare('{table}', '{key}', {bound});  "
-            f"ALTER TABLE {table} VALIDATE CONSTRAINT <the name it returned>;  "
-            f"SELECT sidecar._partition_convert('{table}', '{key}', {bound});")
+def manual_steps(table: str, relname: str, key: str, bound: int) -> list[str]:
+    """The SQL a DBA runs, one statement per transaction, to convert one history table by hand
+    (table: its qualified, quoted name; relname: the bare name)."""
+    check = sql.Identifier(f"{relname[:40]}_p0_bound").as_string()
+    return [f"SELECT sidecar._partition_prepare({sql.Literal(table).as_string()}, "
+            f"{sql.Literal(key).as_string()}, {bound});",
+            f"ALTER TABLE {table} VALIDATE CONSTRAINT {check};",
+            f"SELECT sidecar._partition_convert({sql.Literal(table).as_string()}, "
+            f"{sql.Literal(key).as_string()}, {bound});"]
 
 
 def convert_history(conn: psycopg.Connection) -> Conversion:
@@ -65,7 +69,7 @@ def convert_history(conn: psycopg.Connection) -> Conversion:
         except psycopg.errors.LockNotAvailable:
             if check is not None:
                 _drop_bound(conn, ident, check)
-            report.left.append((table, manual_steps(table, key, bound)))
+            report.left.append((table, manual_steps(table, relname, key, bound)))
     if report.converted:
         partitions_ahead(conn)
     return report

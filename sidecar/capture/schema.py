@@ -153,7 +153,8 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
         for table, steps in conversion.left:
             report.warnings.append(
                 f"sidecar: history table {table} is not partitioned yet (its lock was not granted in time). "
-                f"Run sidecar install again at a quieter moment, or run these, one transaction each: {steps}")
+                "Run sidecar install again at a quieter moment, or run these, one transaction each:"
+                + "".join(f"\n  {statement}" for statement in steps))
         partitioning.partitions_ahead(conn)
     return report
 
