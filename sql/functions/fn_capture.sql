@@ -372,8 +372,12 @@ BEGIN
     END IF;
     run_id := v_run_text::uuid;
     -- History partitions ahead of the statement sequence (fn_partitions.sql),
-    -- when due: about once per partition's width of statements.
-    IF (SELECT s.last_value FROM sidecar.stmt_seq s) >= (SELECT p.refill_at FROM sidecar.partitioning p) THEN
+    -- only when a single empty partition is left: making them here holds the
+    -- DEFAULT partition's lock until this writer commits, which readers of
+    -- history that cannot prune it wait for. start_run() and every command
+    -- make them a partition earlier, so this is the fallback.
+    IF (SELECT s.last_value FROM sidecar.stmt_seq s) - (SELECT p.width FROM sidecar.partitioning p)
+       >= (SELECT p.refill_at FROM sidecar.partitioning p) THEN
         PERFORM sidecar._partitions_ahead();
     END IF;
     v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());

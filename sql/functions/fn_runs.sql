@@ -33,8 +33,14 @@ BEGIN
               HINT = 'Pass NULL for a run without a key, or a key such as ''nightly-2026-12-03''.';
     END IF;
     PERFORM sidecar._gate(p_automation, NULL, 'No run was started.');
-    -- History partitions ahead of the statement sequence (fn_partitions.sql), when due.
-    IF (SELECT s.last_value FROM sidecar.stmt_seq s) >= (SELECT p.refill_at FROM sidecar.partitioning p) THEN
+    -- History partitions ahead of the statement sequence (fn_partitions.sql),
+    -- when due and start_run is its transaction's first statement (so the
+    -- DEFAULT partition's lock that making them takes is not held through a
+    -- run's long transaction); else only when a single empty one is left.
+    IF (SELECT s.last_value FROM sidecar.stmt_seq s)
+       - (CASE WHEN statement_timestamp() = transaction_timestamp() THEN 0
+               ELSE (SELECT p.width FROM sidecar.partitioning p) END)
+       >= (SELECT p.refill_at FROM sidecar.partitioning p) THEN
         PERFORM sidecar._partitions_ahead();
     END IF;
     IF p_key IS NOT NULL THEN
