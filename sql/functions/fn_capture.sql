@@ -375,9 +375,11 @@ BEGIN
     -- only when a single empty partition is left: making them here holds the
     -- DEFAULT partition's lock until this writer commits, which readers of
     -- history that cannot prune it wait for. start_run() and every command
-    -- make them a partition earlier, so this is the fallback.
-    IF (SELECT s.last_value FROM sidecar.stmt_seq s) - (SELECT p.width FROM sidecar.partitioning p)
-       >= (SELECT p.refill_at FROM sidecar.partitioning p) THEN
+    -- make them a partition earlier, so this is the fallback. (Read by key and
+    -- by function: a sequential scan with enable_seqscan off costs enough for
+    -- the planner to JIT-compile the query, 100 ms in every transaction.)
+    IF (SELECT pg_sequence_last_value('sidecar.stmt_seq'::regclass) - p.width >= p.refill_at
+        FROM sidecar.partitioning p WHERE p.one) THEN
         PERFORM sidecar._partitions_ahead();
     END IF;
     v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());

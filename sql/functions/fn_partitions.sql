@@ -89,6 +89,7 @@ $_add_default_partition$;
 -- call; meanwhile the DEFAULT partition takes what no partition covers.
 CREATE OR REPLACE FUNCTION sidecar._partitions_ahead()
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms'
+    SET enable_seqscan = on  -- called from sidecar._tag(), which turns it off
 AS $_partitions_ahead$
 DECLARE
     r_cfg     sidecar.partitioning;

@@ -37,10 +37,10 @@ BEGIN
     -- when due and start_run is its transaction's first statement (so the
     -- DEFAULT partition's lock that making them takes is not held through a
     -- run's long transaction); else only when a single empty one is left.
-    IF (SELECT s.last_value FROM sidecar.stmt_seq s)
-       - (CASE WHEN statement_timestamp() = transaction_timestamp() THEN 0
-               ELSE (SELECT p.width FROM sidecar.partitioning p) END)
-       >= (SELECT p.refill_at FROM sidecar.partitioning p) THEN
+    IF (SELECT pg_sequence_last_value('sidecar.stmt_seq'::regclass)
+               - (CASE WHEN statement_timestamp() = transaction_timestamp() THEN 0 ELSE p.width END)
+               >= p.refill_at
+        FROM sidecar.partitioning p WHERE p.one) THEN
         PERFORM sidecar._partitions_ahead();
     END IF;
     IF p_key IS NOT NULL THEN
