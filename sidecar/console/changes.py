@@ -51,7 +51,7 @@ def _slots(info: TableInfo, run_id: uuid.UUID, action_id: int | None,
         kept, deletes = stmts
         return sql.SQL(
             """
-            SELECT l._stmt, {tid}::int AS tracked_id, l.ctid
+            SELECT l._stmt, {tid}::int AS tracked_id, l.tableoid AS part, l.ctid
             FROM sidecar.{log} l
             WHERE {where} AND ((l._kind = 'N' AND l._stmt = ANY({kept}::bigint[]))
                                OR (l._kind = 'O' AND l._stmt = ANY({deletes}::bigint[])))
@@ -60,7 +60,7 @@ def _slots(info: TableInfo, run_id: uuid.UUID, action_id: int | None,
                  kept=sql.Literal(kept), deletes=sql.Literal(deletes))
     return sql.SQL(
         """
-        SELECT l._stmt, {tid}::int AS tracked_id, l.ctid
+        SELECT l._stmt, {tid}::int AS tracked_id, l.tableoid AS part, l.ctid
         FROM sidecar.{log} l CROSS JOIN LATERAL ({statement}) s
         WHERE {where} AND (l._kind = 'N' OR s.op = 'D')
         """
@@ -150,8 +150,10 @@ def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None =
         if not tables:
             return []
         slots = conn.execute(
-            sql.SQL("SELECT _stmt, tracked_id, ctid::text FROM ({}) q "
-                    "ORDER BY _stmt, tracked_id, ctid OFFSET %s LIMIT %s").format(_union(tables, run_id, action_id, stmts)),
+            # A change is where its image is: partition and ctid (a ctid alone names a row in each
+            # partition of the history table).
+            sql.SQL("SELECT _stmt, tracked_id, (part::oid::text || ':' || ctid::text) FROM ({}) q "
+                    "ORDER BY _stmt, tracked_id, part, ctid OFFSET %s LIMIT %s").format(_union(tables, run_id, action_id, stmts)),
             (offset, limit),
         ).fetchall()
         if len(slots) == limit or whole:
@@ -166,17 +168,25 @@ def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None =
         )
     }
     by_id = {t.tracked_id: t for t in tables}
-    images: dict[tuple[int, str], dict] = {}  # (tracked_id, ctid) -> image
+    images: dict[tuple[int, str], dict] = {}  # (tracked_id, "partition oid:ctid") -> image
     befores: dict[tuple[int, int, str], dict] = {}  # (tracked_id, stmt, key) -> before-image of an update
     for tracked_id in sorted({t for _, t, _ in slots}):
         info = by_id[tracked_id]
-        tids = [c for _, t, c in slots if t == tracked_id]
+        places = [c for _, t, c in slots if t == tracked_id]
+        parts = [int(p.split(":", 1)[0]) for p in places]
+        tids = [p.split(":", 1)[1] for p in places]
+        stmts = sorted({s for s, t, _ in slots if t == tracked_id})
         log = sql.Identifier(info.log_table)
-        for tid, image in conn.execute(
-            sql.SQL("SELECT l.ctid::text, row_to_json(l) FROM sidecar.{} l WHERE l.ctid = ANY(%s::text[]::tid[])").format(log),
-            (tids,),
+        # The slots' statements keep the scan to their partitions; each row is then matched by its
+        # partition and ctid.
+        where = sql.SQL("{a}._stmt = ANY(%s) AND {a}.ctid = ANY(%s::text[]::tid[]) AND ({a}.tableoid, {a}.ctid) IN "
+                        "(SELECT * FROM unnest(%s::oid[], %s::text[]::tid[]))")
+        for place, image in conn.execute(
+            sql.SQL("SELECT l.tableoid::text || ':' || l.ctid::text, row_to_json(l) FROM sidecar.{} l WHERE {}").format(
+                log, where.format(a=sql.SQL("l"))),
+            (stmts, tids, parts, tids),
         ):
-            images[(tracked_id, tid)] = _clean(image)
+            images[(tracked_id, place)] = _clean(image)
         updates = sorted({s for s, t, _ in slots if t == tracked_id and statements[s][0] == "U"})
         if not updates:
             continue
@@ -184,10 +194,11 @@ def page(conn: psycopg.Connection, run_id: uuid.UUID, *, action_id: int | None =
             sql.SQL(
                 "SELECT o._stmt, to_jsonb(o) FROM sidecar.{log} o "
                 "WHERE o._kind = 'O' AND o._stmt = ANY(%s) AND o._stmt BETWEEN %s AND %s "
-                "AND ({o_pk}) IN (SELECT {n_pk} FROM sidecar.{log} n WHERE n.ctid = ANY(%s::text[]::tid[]))"
+                "AND ({o_pk}) IN (SELECT {n_pk} FROM sidecar.{log} n WHERE {where})"
             ).format(log=log, o_pk=sql.SQL(", ").join(sql.SQL("o.") + sql.Identifier(c) for c in info.pk_columns),
-                     n_pk=sql.SQL(", ").join(sql.SQL("n.") + sql.Identifier(c) for c in info.pk_columns)),
-            (updates, min(updates), max(updates), tids),
+                     n_pk=sql.SQL(", ").join(sql.SQL("n.") + sql.Identifier(c) for c in info.pk_columns),
+                     where=where.format(a=sql.SQL("n"))),
+            (updates, min(updates), max(updates), stmts, tids, parts, tids),
         ):
             image = _clean(image)
             befores[(tracked_id, stmt, _canonical({c: image.get(c) for c in info.pk_columns}))] = image

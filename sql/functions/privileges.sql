@@ -74,6 +74,8 @@ BEGIN
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION sidecar.run_counts(uuid), sidecar.run_rows(uuid, bigint), sidecar._shapes_watched(), sidecar.table_writers_ever(), '
                        'sidecar.table_rows_written(int, text[]) TO %I', v_role);
+        -- Every command makes history partitions ahead when due (fn_partitions.sql).
+        EXECUTE format('GRANT EXECUTE ON FUNCTION sidecar._partitions_ahead() TO %I', v_role);
     END LOOP;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_pauser') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_pauser;
