@@ -461,7 +461,9 @@ $_drop_triggers$;
 -- capture mode. For a table that captures only tagged writes, the WHEN
 -- clause skips the function call altogether for untagged writes; in row
 -- mode it also skips UPDATEs of a row that left it as it was (the statement
--- trigger leaves those in history, and readers skip them).
+-- trigger leaves those in history, and readers skip them): OLD *<> NEW
+-- compares the two rows' stored bytes, with no conversion to text, and is
+-- true whenever their text differs.
 CREATE OR REPLACE FUNCTION sidecar._create_triggers(p_tracked_id int)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $_create_triggers$
@@ -490,7 +492,7 @@ BEGIN
         EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
         EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s FOR EACH ROW '
-                       'WHEN (%s OLD::text IS DISTINCT FROM NEW::text) EXECUTE FUNCTION %s()', r_tracked.relid,
+                       'WHEN (%s OLD *<> NEW) EXECUTE FUNCTION %s()', r_tracked.relid,
                        CASE WHEN r_tracked.capture = 'tagged' THEN v_tagged || ' AND' ELSE '' END, v_func);
         EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
