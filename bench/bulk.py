@@ -171,7 +171,13 @@ class BulkBench:
             return None
         c.execute("SELECT sidecar.track(%s::regclass, 'tagged', NULL, NULL, %s)", (table, capture_mode))
         log_table = c.execute("SELECT log_table FROM sidecar.tracked WHERE relid = %s::regclass", (table,)).fetchone()[0]
-        c.execute(sql.SQL("ALTER TABLE sidecar.{} SET (autovacuum_enabled = false)").format(sql.Identifier(log_table)))
+        # History is partitioned (migration 025): storage parameters go on each partition.
+        parent = sql.Identifier("sidecar", log_table).as_string(c)
+        for (part,) in c.execute(
+                "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND (c.oid = %(t)s::regclass "
+                "OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %(t)s::regclass))",
+                {"t": parent}).fetchall():
+            c.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(sql.Identifier("sidecar", part)))
         return log_table
 
     def _start_run(self, leg: str) -> uuid.UUID:

@@ -80,3 +80,26 @@ def test_quick_scale_bench_times_every_command_on_both_databases(server_dsn):
     with psycopg.connect(server_dsn) as conn:
         left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'sidecar_bench%'").fetchone()[0]
     assert left == 0
+
+
+def test_instruction_counts_cover_every_leg():
+    """`python -m bench.instructions` (valgrind): every leg counted, capture costs more than none."""
+    import shutil
+
+    import pytest
+    if not shutil.which("valgrind"):
+        pytest.skip("needs valgrind")
+    done = subprocess.run([sys.executable, "-m", "bench.instructions", "--tx", "10"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split(" | ")[0].strip("| "): line for line in done.stdout.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"untracked", "tagged, statement mode", "tagged, row mode", "untagged, row mode"}
+    over = float(rows["tagged, row mode"].split(" | ")[2].rstrip(" k|").replace(",", ""))
+    assert over > 50, rows
+
+
+def test_instruction_counts_refuse_too_few_transactions():
+    done = subprocess.run([sys.executable, "-m", "bench.instructions", "--tx", "5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "--tx must be at least 10" in done.stderr

@@ -126,3 +126,17 @@ def test_bad_capture_mode_is_refused(sc, cli):
     assert sc.execute("SELECT count(*) FROM sidecar.tracked").fetchone()[0] == 0
     result = cli("track", "t", "--capture-mode", "rows")
     assert result.exit_code != 0 and "rows" in result.output
+
+
+def test_row_mode_pause_that_only_looks_like_it_applies_lets_the_write_land(tickets, bot, sc):
+    """The trigger's one look at the pauses finds a superset of those that apply: an
+    automation named like the table's tracked id is paused. The write lands, once."""
+    tracked_id = sc.execute("SELECT tracked_id FROM sidecar.tracked WHERE relid = 'tickets'::regclass").fetchone()[0]
+    sc.execute("SELECT sidecar.pause(%s, 'another automation')", (str(tracked_id),))
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET n = 9 WHERE id <= 2")
+    bot.execute("UPDATE tickets SET n = 8 WHERE id = 3")
+    bot.execute("SELECT sidecar.finish_run()")
+    assert _statements(sc, run_id) == [("U", 1), ("U", 1)]
+    assert [(kind, i, n) for _, kind, i, _, n in _images(sc, run_id)] == [
+        ("O", 1, 0), ("N", 1, 9), ("O", 2, 0), ("N", 2, 9), ("O", 3, 0), ("N", 3, 8)]

@@ -141,7 +141,7 @@ def test_operator_undoes_the_bad_run_and_pauses_the_bot(operator_scene, browser_
     page.get_by_label("Why (for the event trail, optional)").fill("matched the wrong Northwind")
     page.get_by_role("button", name=re.compile("Undo: restore 5 rows")).click()
     expect(page.get_by_role("status")).to_contain_text("restored 5 rows")
-    expect(page.get_by_role("status")).to_contain_text("Kept 1 conflicting row")
+    expect(page.get_by_role("status")).to_contain_text("Kept 1 conflicting row as it is")
     shot(page, "05-undone")
     rows = sc.execute("SELECT id, status FROM tickets WHERE id BETWEEN 42 AND 44 ORDER BY id").fetchall()
     assert rows == [(42, "needs review"), (43, "waiting on customer"), (44, "needs review")]

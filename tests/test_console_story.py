@@ -210,7 +210,7 @@ def test_support_lead_end_to_end_in_at_most_12_clicks(operator_scene, chromium, 
         shot(page, "story-03-queue")
         page.locator(f"#why-{held[42]}").fill(demo.REJECT_WHY)
         click(page.get_by_role("button", name=f"Reject #{held[42]}"))                       # 8
-        expect(page.get_by_role("status")).to_contain_text("Rejected Add refund")
+        expect(page.get_by_role("status")).to_contain_text("Rejected: Add refund")
         # Approving writes as billing-bot's run: the button resumes it and approves, in one click.
         click(page.get_by_role("button", name=f"Resume billing-bot and approve #{held[41]}"))  # 9
         expect(page.get_by_role("status")).to_contain_text("Resumed automation billing-bot")

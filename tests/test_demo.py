@@ -36,9 +36,12 @@ def test_demo_tells_the_story_and_exits_0(monkeypatch, pg_bindir):
     assert "prompt      match-billing v3" in out
 
     # The preview lists the rows to restore and the agent's edit as a conflict.
-    assert "restore tickets #42: customer_id 2 -> empty, status 'resolved' -> 'needs review'" in out
-    conflict = ("conflict: tickets #43: changed since by someone outside any run "
-                "(status 'resolved' is now 'waiting on customer', customer_id 2 is now 3")
+    # Records named there too (issue 26): the ticket by its subject, the customers by name.
+    assert ('restore tickets "Northwind Systems: invoice NS-2291 charged twice" (#42): customer_id customer '
+            "Northwind Solar (#2) -> empty, status 'resolved' -> 'needs review'") in out
+    conflict = ('conflict: tickets "Northwind Systems: update billing address" (#43): changed since by someone '
+                "outside any run (status 'resolved' is now 'waiting on customer', customer_id customer Northwind "
+                "Solar (#2) is now customer Northwind Systems (#3)")
     assert out.count(conflict) == 2  # once in the preview, once in the undo's report
     assert "Total: 5 rows to restore, 1 conflict" in out
 
@@ -65,15 +68,19 @@ def test_demo_tells_the_story_and_exits_0(monkeypatch, pg_bindir):
     assert "$ sidecar rule add refunds --when 'NEW.amount > 500' --hold --reason 'refund over limit'" in out
     assert out.count("INSERT succeeded, 0 rows written (held for review)") == 2
     assert "refund of 80.00 for ticket #48: INSERT succeeded, 1 row written" in out
-    held = re.search(r"  #(\d+)  Add refund #1 \(ticket id 41, amount 900.00, status 'proposed'\) "
+    held = re.search(r"  #(\d+)  Add refund #1 \(ticket Refund request: Acme Corp invoice A-1009 \(#41\), "
+                     r"amount 900.00, status 'proposed'\) "
                      r"\(rule: refund over limit\)", out)
     assert held
-    assert re.search(r"  #\d+  Add refund #2 \(ticket id 42, amount 1240.00, status 'proposed'\) "
+    assert re.search(r"  #\d+  Add refund #2 \(ticket Northwind Systems: invoice NS-2291 charged twice \(#42\), "
+                     r"amount 1240.00, status 'proposed'\) "
                      r"\(rule: refund over limit\)", out)
     # The operator approves one and rejects the other with a reason.
-    assert f"approved #{held.group(1)}: Add refund #1 (ticket id 41, amount 900.00, status 'proposed')" in out
+    assert (f"approved #{held.group(1)}: Add refund #1 (ticket Refund request: Acme Corp invoice A-1009 (#41), "
+            "amount 900.00, status 'proposed')") in out
     assert re.search(r"undo with: sidecar undo [0-9a-f]{8} --action refund:ticket-41", out)
-    assert re.search(r"rejected #\d+: Add refund #2 \(ticket id 42, amount 1240.00, status 'proposed'\) "
+    assert re.search(r"rejected #\d+: Add refund #2 \(ticket Northwind Systems: invoice NS-2291 charged twice "
+                     r"\(#42\), amount 1240.00, status 'proposed'\) "
                      r"\(NS-2291 was already refunded by the card processor\)", out)
     final = out.split("(NS-2291 was already refunded by the card processor)\n")[1].split("\n==")[0]
     assert final.splitlines() == [
@@ -135,5 +142,5 @@ def test_demo_shows_why_the_bot_did_it():
     assert re.search(r"  Why: Ticket #43 asks to update the billing address; the new e-mail is in the message\n"
                      r"  Read: tickets #43\n  Read: \"message: please send invoices to ap@northwind-systems.example\"\n"
                      r"  Confidence: 0.41\n  model: gpt-4o-mini\n  #\d+  Set billing email of customers \"Northwind "
-                     r"Systems\" from 'invoices@northwind-systems.example' to 'ap@northwind-systems.example' "
+                     r"Systems\" \(#3\) from 'invoices@northwind-systems.example' to 'ap@northwind-systems.example' "
                      r"\(rule: model unsure\)", out)

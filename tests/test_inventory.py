@@ -281,3 +281,33 @@ def test_inventory_keeps_who_ever_wrote_a_table_without_reading_all_history(tabl
     assert tables.execute("SELECT count(*) FROM sidecar.statements WHERE run_id = %s", (old,)).fetchone()[0] == 0
     _, by_table = inventory(cli)
     assert by_table["public.tickets"]["automations_ever"] == ["old-bot"]
+
+
+def test_inventory_counts_each_statements_rows_once_and_keeps_the_count(tables, run_bot, cli):
+    """Issue 25: rows written in the window are added up from counts kept per statement
+    (sidecar.statement_rows), made from the images once; later calls count only new statements."""
+    track(tables, "tickets")
+    first = run_bot("UPDATE tickets SET status = 'resolved' WHERE id <= 3", "DELETE FROM tickets WHERE id = 5")
+    _, by_table = inventory(cli)
+    assert by_table["public.tickets"]["writers"] == {"ticket-bot": 4}
+    kept = tables.execute("SELECT s.op, c.rows FROM sidecar.statement_rows c JOIN sidecar.statements s USING (stmt_id) "
+                          "ORDER BY c.stmt_id").fetchall()
+    assert kept == [("U", 3), ("D", 1)]
+
+    # The kept count is what is reported: the images are not counted again.
+    tables.execute("UPDATE sidecar.statement_rows SET rows = 30 WHERE rows = 3")
+    run_bot("INSERT INTO tickets VALUES (6, 'new')", automation="intake-bot")
+    _, by_table = inventory(cli)
+    assert by_table["public.tickets"]["writers"] == {"ticket-bot": 31, "intake-bot": 1}
+
+    # Outside the window: neither reported nor counted.
+    tables.execute("UPDATE sidecar.statements SET at = at - interval '30 days' WHERE run_id = %s", (first,))
+    tables.execute("DELETE FROM sidecar.statement_rows")
+    _, by_table = inventory(cli)
+    assert by_table["public.tickets"]["writers"] == {"intake-bot": 1}
+    assert tables.execute("SELECT count(*) FROM sidecar.statement_rows").fetchone()[0] == 1
+    # A purge of every run: the counts of its statements go with the next call.
+    tables.execute("UPDATE sidecar.runs SET started_at = started_at - interval '100 days'")
+    assert cli("purge", "--before", "90d", "--yes").exit_code == 0
+    inventory(cli)
+    assert tables.execute("SELECT count(*) FROM sidecar.statement_rows").fetchone()[0] == 0

@@ -110,18 +110,51 @@ def test_each_event_is_posted_with_a_sentence_and_a_link(tickets, bot, webhook, 
     code, err = stop(proc)
     assert (code, sorted(bodies)) == (0, ["conflict", "failed", "held", "pause", "undo"]), err
     held = bodies["held"]
-    assert held["text"] == ("sidecar: ticket-bot's update of public.tickets {\"id\": 44} is held for review "
-                            "(rule 1: refunds need a person; action tx:" + held["text"].split("action tx:")[1])
+    assert held["text"] == ("sidecar: ticket-bot's change is held for review: Set status of tickets #44 from "
+                            "'open' to 'refunded' (rule 1: refunds need a person; action tx:"
+                            + held["text"].split("action tx:")[1])
+    assert held["sidecar"]["key"] == {"id": 44} and held["sidecar"]["table"] == "public.tickets"  # the raw payload
     assert held["text"].endswith("). http://console.test/queue")
     assert held["sidecar"]["run_id"] == str(run.run_id) and held["sidecar"]["url"] == "http://console.test/queue"
     assert bodies["pause"]["text"] == "sidecar: Paused ticket-bot: refunds look wrong. http://console.test/automations"
     assert bodies["undo"]["text"].startswith(f"sidecar: Undid run {str(run.run_id)[:8]}: restored 0 rows")
     assert bodies["conflict"]["text"].startswith(
-        f"sidecar: The undo of run {str(run.run_id)[:8]} skipped 1 conflicting row(s)")
+        f"sidecar: The undo of run {str(run.run_id)[:8]} skipped 1 conflicting row: it changed since the run.")
     # Text from the automation is shown, escaped, never taken as markup.
     assert "model said &lt;script&gt;" in bodies["failed"]["text"]
     assert bodies["failed"]["text"].startswith("sidecar: ticket-bot's run ")
     assert "stopped; 5 delivered, 0 not" in err
+
+
+def test_held_and_decided_changes_name_their_records(sc, bot, webhook, start_notify):
+    """A refund's ticket_id reads as the ticket it refers to, by its subject (issue 26), in the
+    held, the rejected and the approved notifications; the payload keeps the raw values."""
+    sc.execute("CREATE TABLE tickets (id int PRIMARY KEY, subject text NOT NULL)")
+    sc.execute("INSERT INTO tickets VALUES (41, 'Acme: invoice A-1009 charged twice'), (42, 'Globex: credit note')")
+    sc.execute("CREATE TABLE refunds (id serial PRIMARY KEY, ticket_id int REFERENCES tickets, amount numeric(10,2))")
+    track(sc, "refunds", display_name="refund")
+    rules.add_rule(sc, "refunds", when="NEW.amount > 500", reason="refund over limit")
+    proc = start_notify("--webhook", webhook.url, "--events", "held,approved,rejected")
+    with sidecar.Run(bot, "billing-bot") as run:
+        bot.execute("INSERT INTO refunds (ticket_id, amount) VALUES (41, 900), (42, 1240)")
+    first, second = [i for i, in sc.execute("SELECT pending_id FROM sidecar.pending ORDER BY pending_id")]
+    sc.execute("SELECT sidecar.reject(%s, 'refunded by phone')", (second,))
+    sc.execute("SELECT sidecar.approve(%s)", (first,))
+
+    bodies = webhook.wait_for(4)
+    code, err = stop(proc)
+    assert code == 0, err
+    texts = {b["sidecar"]["event"] + str(b["sidecar"].get("pending_id") or b["sidecar"]["pending_ids"]): b["text"]
+             for b in bodies}
+    assert texts[f"held{first}"].startswith(
+        "sidecar: billing-bot's change is held for review: Add refund #1 (ticket Acme: invoice A-1009 charged "
+        "twice (#41), amount 900.00) (rule 1: refund over limit; action ")
+    assert texts[f"rejected[{second}]"] == (
+        f"sidecar: Rejected held change {second} (Add refund #2 (ticket Globex: credit note (#42), amount 1240.00)): "
+        "refunded by phone.")
+    assert texts[f"approved[{first}]"].startswith(f"sidecar: Approved held change {first} (Add refund #1 (ticket Acme")
+    held = next(b for b in bodies if b["sidecar"]["event"] == "held")
+    assert held["sidecar"]["key"] == {"id": held["sidecar"]["key"]["id"]} and held["sidecar"]["run_id"] == str(run.run_id)
 
 
 def test_a_failing_webhook_is_retried_with_backoff(tickets, start_notify):

@@ -320,7 +320,7 @@ def test_a_child_row_added_by_a_person_keeps_the_runs_parent(support, cli, run_b
     # The preview says so too, rather than promising a delete that will not happen.
     preview = cli("undo", str(run_id), "--preview")
     assert "Total: 0 rows to restore, 1 conflict" in preview.stdout, preview.output
-    assert ('  conflict: customers "Fabrikam": added by the run, and rows changed since still refer to it; '
+    assert ('  conflict: customers "Fabrikam" (#9): added by the run, and rows changed since still refer to it; '
             "left as it is") in preview.stdout
     assert "remove" not in preview.stdout
 
@@ -329,7 +329,7 @@ def test_a_child_row_added_by_a_person_keeps_the_runs_parent(support, cli, run_b
     assert result.exit_code == 3, result.output
     assert support.execute("SELECT name FROM customers WHERE id = 9").fetchone()[0] == "Fabrikam"
     assert "  customers: 1 skipped (conflict)" in result.stdout
-    assert ('  conflict: customers "Fabrikam": added by the run, and rows changed since still refer to it; '
+    assert ('  conflict: customers "Fabrikam" (#9): added by the run, and rows changed since still refer to it; '
             "left as it is") in result.stdout
 
 
@@ -346,8 +346,8 @@ def test_a_preview_counts_the_references_the_undo_itself_takes_away(support, cli
 
     preview = cli("undo", str(run_id), "--preview")
     assert "Total: 3 rows to restore, 1 conflict" in preview.stdout, preview.output
-    assert 'remove customers "Fabrikam" (added by the run)' in preview.stdout
-    assert 'conflict: customers "Tailspin": added by the run, and rows changed since still refer to it' \
+    assert 'remove customers "Fabrikam" (#9) (added by the run)' in preview.stdout
+    assert 'conflict: customers "Tailspin" (#10): added by the run, and rows changed since still refer to it' \
         in preview.stdout
 
     result = cli("undo", str(run_id), "--yes")
@@ -416,7 +416,7 @@ def test_a_unique_value_a_person_took_since_is_a_conflict(users, cli, run_bot):
     preview = cli("undo", str(run_id), "--preview")
     assert "Total: 0 rows to restore, 3 conflicts" in preview.stdout, preview.output
     taken = "another row holds its old value of a unique key now, so it cannot be restored as it was"
-    for row in ("users #1", "users #3"):
+    for row in ('users "Ann" (#1)', "users #3"):  # named by its name column; #3 is gone, so by its key
         assert f"conflict: {row}: {taken}; left as it is" in preview.stdout
 
     result = cli("undo", str(run_id), "--yes")
@@ -501,7 +501,7 @@ def test_preview_lists_rows_and_conflicts_and_changes_nothing(support, cli, run_
     assert support.execute("SELECT undone_by FROM sidecar.runs WHERE run_id = %s", (run_id,)).fetchone()[0] is None
     out = result.stdout
     assert out.startswith(f"Preview: undo of run {run_id} (nothing is changed)")
-    assert "  remove customers \"Fabrikam\" (added by the run)" in out
+    assert "  remove customers \"Fabrikam\" (#9) (added by the run)" in out
     assert "  restore tickets #41: status 'resolved' -> 'open'" in out
     assert "  put back tickets #44 (deleted by the run)" in out
     assert "  conflict: tickets #42: changed since by someone outside any run" in out

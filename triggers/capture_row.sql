@@ -10,7 +10,7 @@
 -- table), behind a WHEN clause that skips untagged writes (capture tagged)
 -- and UPDATEs that changed nothing, without calling it. What a statement
 -- needs once (the run and action, the gate, the shape check, the statement
--- row) is done by the first row of the statement and kept in two
+-- row) is done by the first row of the statement and kept in
 -- transaction-local settings; every other row only writes its images.
 --
 -- Which statement a row belongs to: PostgreSQL fires a statement's AFTER
@@ -18,63 +18,69 @@
 -- counts the rows each statement changed in the transaction's own table
 -- statistics (pg_stat_get_xact_tuples_*), which grow with every statement
 -- that changes a row and never go back (a rolled-back savepoint's rows stay
--- counted). So (run, action, transaction, table, operation, that count)
--- names one statement: two statements never share a key, so no row's images
--- are ever grouped with a later change of the same row. A key that changes
--- within one statement only splits it into two statement rows, which
--- readers read as two statements of the same action. With track_counts
--- off the count stays 0: then every row gets its own statement row.
+-- counted). So (table, operation, that count) names one statement of the
+-- transaction, and the settings that keep it are the transaction's own: two
+-- statements never share a key, so no row's images are ever grouped with a
+-- later change of the same row. With track_counts off the count stays 0:
+-- then every row gets its own statement row.
+--
+-- Cost (issue 22): every expression of a PL/pgSQL function is set up anew
+-- in each transaction, and every query is one executor start, so the first
+-- row of a statement runs three expressions and one query (the gate and the
+-- statement row together) besides its images, and the first statement of a
+-- transaction one more query (run and action). bench/README.md has the
+-- figures.
 CREATE OR REPLACE FUNCTION @FUNC@() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $capture$
 DECLARE
-    v_run_text  text := coalesce(current_setting('sidecar.run_id', true), '');
-    v_count     bigint := CASE TG_OP WHEN 'UPDATE' THEN pg_stat_get_xact_tuples_updated(TG_RELID)
-                                     WHEN 'INSERT' THEN pg_stat_get_xact_tuples_inserted(TG_RELID)
-                                     ELSE pg_stat_get_xact_tuples_deleted(TG_RELID) END;
-    v_key       text := v_run_text || chr(1)
-                        || coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current())
-                        || chr(1) || TG_RELID || left(TG_OP, 1) || v_count;
-    v_stmt      bigint;
-    v_tag_for   text;
-    v_tag       sidecar.tag;
+    v_key   text;
+    v_stmt  bigint;
+    v_for   text;
+    v_tag   sidecar.tag;
+    v_set   text;
 BEGIN
-    IF v_count > 0 AND current_setting('sidecar._row_for', true) = v_key THEN
-        v_stmt := current_setting('sidecar._row_stmt')::bigint;
+    v_key := TG_RELID || left(TG_OP, 1) || CASE TG_OP WHEN 'UPDATE' THEN pg_stat_get_xact_tuples_updated(TG_RELID)
+                                                      WHEN 'INSERT' THEN pg_stat_get_xact_tuples_inserted(TG_RELID)
+                                                      ELSE pg_stat_get_xact_tuples_deleted(TG_RELID) END;
+    IF current_setting('sidecar._row_for', true) = v_key AND right(v_key, 2) NOT IN ('U0', 'I0', 'D0') THEN
+        v_stmt := current_setting('sidecar._row_stmt');
     ELSE
-        IF v_run_text <> '' THEN
-            -- The run and action, as the statement trigger keeps them.
-            v_tag_for := v_run_text || chr(1)
-                         || coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
-            IF current_setting('sidecar._tag_for', true) = v_tag_for THEN
-                v_tag := current_setting('sidecar._tag')::sidecar.tag;
-            ELSE
-                -- The usual first write of a transaction: a run id as
-                -- start_run() gives it, of a run that is running, and the
-                -- transaction as the action (its key is new: the txid). One
-                -- query reads the run and registers the action; anything
-                -- else (a run to register, undone or finished, a bad id, an
-                -- action key, an action a held write registered) goes
-                -- through sidecar._tag().
-                IF v_run_text ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                   AND coalesce(current_setting('sidecar.action', true), '') = '' THEN
-                    WITH r AS (
-                        SELECT r.automation, r.undo_of IS NOT NULL AS is_undo FROM sidecar.runs r
-                        WHERE r.run_id = v_run_text::uuid AND r.status = 'running' AND r.undone_by IS NULL),
-                    a AS (
-                        INSERT INTO sidecar.actions (run_id, key)
-                        SELECT v_run_text::uuid, 'tx:' || txid_current() FROM r
-                        ON CONFLICT ON CONSTRAINT actions_run_id_key_key DO NOTHING  -- made by a hold: _tag() reads it
-                        RETURNING action_id)
-                    SELECT a.action_id, r.is_undo, r.automation INTO v_tag FROM r, a;
-                END IF;
-                IF v_tag.action_id IS NULL THEN
-                    SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
-                END IF;
-                PERFORM set_config('sidecar._tag', v_tag::text, true), set_config('sidecar._tag_for', v_tag_for, true);
+        -- The run and action, as the statement trigger keeps them: the run
+        -- id, chr(1), the action key.
+        v_for := coalesce(current_setting('sidecar.run_id', true), '') || chr(1)
+                 || coalesce(current_setting('sidecar.action', true), '');
+        IF current_setting('sidecar._tag_for', true) = v_for THEN
+            v_tag := current_setting('sidecar._tag');
+        ELSIF starts_with(v_for, chr(1)) THEN
+            -- Untagged: never gated, no run or action.
+            IF @TAGGED_ONLY@ THEN
+                RETURN NULL;
             END IF;
-        ELSIF @TAGGED_ONLY@ THEN
-            RETURN NULL;
+            v_tag := (NULL, true, NULL);
+        ELSE
+            -- The usual first write of a transaction: a run id as
+            -- start_run() gives it, of a run that is running, and the
+            -- transaction as the action (its key is new: the txid). One
+            -- query reads the run and registers the action; anything else
+            -- (a run to register, undone or finished, a bad id, an action
+            -- key, an action a held write registered) goes through
+            -- sidecar._tag().
+            IF v_for ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\001$' THEN
+                WITH r AS (
+                    SELECT r.automation, r.undo_of IS NOT NULL AS is_undo FROM sidecar.runs r
+                    WHERE r.run_id = left(v_for, 36)::uuid AND r.status = 'running' AND r.undone_by IS NULL),
+                a AS (
+                    INSERT INTO sidecar.actions (run_id, key)
+                    SELECT left(v_for, 36)::uuid, 'tx:' || txid_current() FROM r
+                    ON CONFLICT ON CONSTRAINT actions_run_id_key_key DO NOTHING  -- made by a hold: _tag() reads it
+                    RETURNING action_id)
+                SELECT a.action_id, r.is_undo, r.automation INTO v_tag FROM r, a;
+            END IF;
+            IF v_tag.action_id IS NULL THEN
+                SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
+            END IF;
+            v_set := set_config('sidecar._tag', v_tag::text, true) || set_config('sidecar._tag_for', v_for, true);
         END IF;
         IF NOT @SHAPE_WATCHED@ THEN
             IF (SELECT coalesce(string_agg(a.attnum || ':' || a.atttypid || ':' || a.atttypmod || ':' || a.attname,
@@ -91,28 +97,34 @@ BEGIN
                 PERFORM sidecar._sync_shape(@TRACKED_ID@);
                 v_stmt := nextval('sidecar.stmt_seq');
                 INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-                VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), nullif(v_run_text, '')::uuid, v_tag.action_id,
-                        txid_current(), session_user, statement_timestamp());
+                VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,
+                        v_tag.action_id, txid_current(), session_user, statement_timestamp());
                 EXECUTE sidecar._capture_row_sql(@TRACKED_ID@, TG_OP) USING v_stmt, OLD, NEW;
                 RETURN NULL;
             END IF;
         END IF;
-        -- The statement's first row: the gate (undo runs and untagged
-        -- writes are never gated; one look at the tiny pauses table finds a
-        -- superset of the pauses that apply, which sidecar._gate() reads
-        -- exactly and raises on), then the statement row.
-        IF NOT coalesce(v_tag.is_undo, true) AND EXISTS (
-            SELECT FROM sidecar.pauses p WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])) THEN
-            PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
-        END IF;
-        v_stmt := nextval('sidecar.stmt_seq');
+        -- The statement's first row: the gate and the statement row in one
+        -- query. Undo runs and untagged writes are never gated; one look at
+        -- the tiny pauses table finds a superset of the pauses that apply,
+        -- and when it finds one no row is written here: sidecar._gate()
+        -- reads them exactly and raises, or the row is written after it.
         INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-        VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), nullif(v_run_text, '')::uuid, v_tag.action_id,
-                txid_current(), session_user, statement_timestamp());
-        PERFORM set_config('sidecar._row_for', v_key, true), set_config('sidecar._row_stmt', v_stmt::text, true);
+        SELECT nextval('sidecar.stmt_seq'), @TRACKED_ID@, left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,
+               v_tag.action_id, txid_current(), session_user, statement_timestamp()
+        WHERE coalesce(v_tag.is_undo, true) OR NOT EXISTS (
+            SELECT FROM sidecar.pauses p WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@']))
+        RETURNING stmt_id INTO v_stmt;
+        IF v_stmt IS NULL THEN
+            PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
+            v_stmt := nextval('sidecar.stmt_seq');
+            INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
+            VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,
+                    v_tag.action_id, txid_current(), session_user, statement_timestamp());
+        END IF;
+        v_set := set_config('sidecar._row_for', v_key, true) || set_config('sidecar._row_stmt', v_stmt::text, true);
     END IF;
 
-    -- Every other row of the statement: its images.
+    -- Every row of the statement: its images.
     IF TG_OP = 'UPDATE' THEN
         INSERT INTO @LOG@ (_stmt, _kind, @LOG_COLS@)
         VALUES (v_stmt, 'O', @OLD_COLS@), (v_stmt, 'N', @NEW_COLS@);

@@ -156,9 +156,12 @@ def _changes(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[int] 
         if cut is not None:
             # A row's images (before and after) rank together, so none is cut in two.
             rows = sql.SQL(
-                "(SELECT l.* FROM (SELECT l.ctid AS _sc_tid, dense_rank() OVER (PARTITION BY s.action_id "
-                "ORDER BY l._stmt, {pk}) AS _sc_rank FROM {rows} CROSS JOIN LATERAL ({statement}) s "
-                "WHERE l._stmt BETWEEN %s AND %s) r JOIN {rows} ON l.ctid = r._sc_tid "
+                # A row is found again by its partition and ctid (history is partitioned:
+                # a ctid alone names a row in each partition).
+                "(SELECT l.* FROM (SELECT l.tableoid AS _sc_part, l.ctid AS _sc_tid, dense_rank() OVER ("
+                "PARTITION BY s.action_id ORDER BY l._stmt, {pk}) AS _sc_rank FROM {rows} "
+                "CROSS JOIN LATERAL ({statement}) s WHERE l._stmt BETWEEN %s AND %s) r "
+                "JOIN {rows} ON l.tableoid = r._sc_part AND l.ctid = r._sc_tid "
                 "WHERE r._sc_rank <= {per_action}) l"
             ).format(pk=pk, rows=rows, statement=statement, per_action=sql.Literal(cut))
         query = sql.SQL(

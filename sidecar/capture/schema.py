@@ -8,6 +8,7 @@ import psycopg
 
 from .. import resources
 from ..errors import SidecarError
+from . import partitioning
 
 # Many sidecar processes may run against one database: installs take turns.
 _INSTALL_LOCK = 7_420_001
@@ -24,11 +25,12 @@ class InstallReport:
     warnings: list[str] = field(default_factory=list)  # what the installing role could not do, and what to ask for
     undo_functions: list[str] = field(default_factory=list)  # tables whose undo function this install made
     undo_missing: list[tuple[str, str]] = field(default_factory=list)  # (table, its owner): not this role's to make
+    partitioned: list[str] = field(default_factory=list)  # history tables converted to partitioned ones
 
     @property
     def changed(self) -> bool:
         return bool(self.migrations or self.functions or self.templates or self.shapes_watched or self.rerendered
-                    or self.undo_functions)
+                    or self.undo_functions or self.partitioned)
 
 
 def installed_version(conn: psycopg.Connection) -> int | None:
@@ -143,6 +145,17 @@ def install(conn: psycopg.Connection, *, dry_run: bool = False) -> InstallReport
             conn.execute(resources.privileges())
         finally:
             conn.remove_notice_handler(keep_warning)
+    if not dry_run:
+        # History tables from before migration 025 become partitioned ones, each in short
+        # transactions of its own so that capture writes on (sidecar/capture/partitioning.py).
+        conversion = partitioning.convert_history(conn)
+        report.partitioned = conversion.converted
+        for table, steps in conversion.left:
+            report.warnings.append(
+                f"sidecar: history table {table} is not partitioned yet (its lock was not granted in time). "
+                "Run sidecar install again at a quieter moment, or run these, one transaction each:"
+                + "".join(f"\n  {statement}" for statement in steps))
+        partitioning.partitions_ahead(conn)
     return report
 
 

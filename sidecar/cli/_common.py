@@ -11,6 +11,7 @@ import click
 import psycopg
 
 from .. import db
+from ..capture import partitioning
 from ..errors import SidecarError, UsageError
 
 EXIT_CONFLICTS = 3
@@ -63,7 +64,10 @@ def _database_error(exc: psycopg.Error) -> None:
 
 
 def connect(dsn):
-    return db.connect(dsn)
+    conn = db.connect(dsn)
+    # History partitions ahead of capture, when due (no cron to remember).
+    partitioning.keep_ahead(conn)
+    return conn
 
 
 def parse_since(value: str | None) -> datetime | None:

@@ -12,8 +12,9 @@ from types import ModuleType
 import click
 
 from .. import db
+from ..capture import labels
 from ..review import held
-from ..text import render
+from ..text import describe, render
 from ._common import dsn_option, handles_errors, json_option
 
 
@@ -28,8 +29,20 @@ def _short(run_id) -> str:
     return str(run_id)[:8]
 
 
-def queue_text(items: list[held.HeldChange]) -> str:
+def named(conn, items: list[held.HeldChange]) -> dict[int, str]:
+    """pending_id -> the held change as a sentence, its records named (capture.labels)."""
+    found = labels.lookup(conn, [(i.table, r) for i in items for r in (i.old_row, i.new_row)])
+    return {i.pending_id: describe.held_change(i, found) for i in items}
+
+
+def _line(item: held.HeldChange, names: dict[int, str]) -> str:
+    """item.text with the records named."""
+    return item.text.replace(item.change, names.get(item.pending_id, item.change), 1)
+
+
+def queue_text(items: list[held.HeldChange], names: dict[int, str] | None = None) -> str:
     """The queue grouped by run and action, each item one plain-language line."""
+    names = names or {}
     if not items:
         return "No held changes wait for review."
     lines = [f"{len(items)} held change{'s' if len(items) != 1 else ''} wait{'' if len(items) != 1 else 's'} "
@@ -43,7 +56,7 @@ def queue_text(items: list[held.HeldChange]) -> str:
         if items_held[0].context is not None:
             lines += [f"  {line}" for line in items_held[0].context.lines()]
         for item in items_held:
-            lines.append(f"  #{item.pending_id}  {item.text}")
+            lines.append(f"  #{item.pending_id}  {_line(item, names)}")
         if len(items_held) > 1:
             lines.append(f"  the whole action: sidecar approve --action {action} --run {_short(run_id)}"
                          f"  |  sidecar reject --action {action} --run {_short(run_id)} --reason TEXT")
@@ -147,10 +160,11 @@ def queue_cmd(dsn, include_decided, as_json):
     """Held changes waiting for review, in plain language."""
     with db.connect(dsn) as conn:
         items = held.queue(conn, include_decided=include_decided)
+        names = {} if as_json else named(conn, items)
     if as_json:
         click.echo(render.dumps({"queue": [_item_json(i) for i in items]}))
     else:
-        click.echo(queue_text(items))
+        click.echo(queue_text(items, names))
 
 def _decision_options(f):
     f = click.option("--run", "run_ref", metavar="RUN_ID",
@@ -173,6 +187,7 @@ def approve_cmd(dsn, pending_id, action, run_ref, why, as_json):
     """
     with db.connect(dsn) as conn:
         decision = held.approve(conn, pending_id, run=run_ref, action=action, why=why)
+        names = {} if as_json else named(conn, decision.items)
     if as_json:
         click.echo(render.dumps({
             "decision": decision.decision,
@@ -191,7 +206,7 @@ def approve_cmd(dsn, pending_id, action, run_ref, why, as_json):
     if as_json:
         return
     for item in decision.items:
-        click.echo(f"approved #{item.pending_id}: {item.change}")
+        click.echo(f"approved #{item.pending_id}: {names.get(item.pending_id, item.change)}")
     first = decision.items[0]
     click.echo(f"Applied as run {_short(first.run_id)} ({first.automation}), action {first.action}; "
                f"undo with: sidecar undo {_short(first.run_id)} --action {first.action}")
@@ -209,11 +224,12 @@ def reject_cmd(dsn, pending_id, action, run_ref, why, as_json):
     """
     with db.connect(dsn) as conn:
         decision = held.reject(conn, pending_id, run=run_ref, action=action, why=why)
+        names = {} if as_json else named(conn, decision.items)
     if as_json:
         click.echo(render.dumps({"decision": decision.decision, "items": [_item_json(i) for i in decision.items]}))
         return
     for item in decision.items:
-        click.echo(f"rejected #{item.pending_id}: {item.change} ({why})")
+        click.echo(f"rejected #{item.pending_id}: {names.get(item.pending_id, item.change)} ({why})")
 
 
 COMMANDS = (rule_group, queue_cmd, approve_cmd, reject_cmd)

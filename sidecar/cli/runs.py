@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..capture import context, history, labels
+from ..ops import named as named_events
 from ..ops import summary as run_summary
 from ..review import held as held_mod
 from ..steps import runs
@@ -43,9 +44,10 @@ def show(dsn, run_id, limit, actions_max, as_json):
         info = runs.get(conn, run_id)
         actions, more_actions = history.changes_by_action(conn, info.run_id, limit=limit,
                                                           actions=actions_max or None)
-        events = conn.execute(
-            "SELECT at, actor, summary FROM sidecar.events WHERE run_id = %s ORDER BY at", (info.run_id,)
+        raw_events = conn.execute(
+            "SELECT at, actor, summary, detail FROM sidecar.events WHERE run_id = %s ORDER BY at", (info.run_id,)
         ).fetchall()
+        events = named_events.events(conn, raw_events, 2, 3)
         held = held_mod.of_run(conn, info.run_id)
         if more_actions:
             contexts = context.of_actions(conn, info.run_id, [k for k, _, _ in actions])
@@ -60,7 +62,8 @@ def show(dsn, run_id, limit, actions_max, as_json):
                 actions = sorted(actions + [(k, [], 0) for k in contexts if k not in listed],
                                  key=lambda a: order.get(a[0], len(order)))
         summary = run_summary.summarize(conn, info)
-        named = labels.lookup(conn, [(c.table, i) for _, ch, _ in actions for c in ch for i in (c.before, c.after)])
+        named = labels.lookup(conn, [(c.table, i) for _, ch, _ in actions for c in ch for i in (c.before, c.after)]
+                              + [(h.table, i) for h in held for i in (h.old_row, h.new_row)])
     if as_json:
         click.echo(render.dumps({
             "run": render.run_json(info),
@@ -70,7 +73,8 @@ def show(dsn, run_id, limit, actions_max, as_json):
                                      for c in ch], "more": m} for k, ch, m in actions],
             "more_actions": more_actions,
             "held": [dict(render.to_jsonable(h), text=h.text) for h in held],
-            "events": [{"at": a, "actor": b, "summary": s} for a, b, s in events],
+            "events": [{"at": a, "actor": b, "summary": s, "text": t}
+                       for (a, b, s, _), (_, _, t) in zip(raw_events, events)],
         }))
     else:
         click.echo(render.show_run(info, actions, events, more_actions, contexts, summary, held, named))

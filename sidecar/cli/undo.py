@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..capture import labels
 from ..errors import UsageError
 from ..text import render
 from ..undo import restore
@@ -63,8 +64,12 @@ def undo(dsn, run_id, actions, rows, preview, as_sql, force, cascade, yes, reaso
                     for chunk in script(conn, planner):
                         click.echo(chunk, nl=False)
                     return
-                text = "".join(f"First, a later run that wrote the same rows:\n{render.undo_result(r, would=True)}\n"
-                               for r in first) + render.preview(planner, planned)
+                # Records named (capture.labels), looked up before the rollback, as the rows are now.
+                named = None if preview and as_json else labels.lookup(
+                    conn, render.preview_images(planner, planned) + [i for r in first for i in render.result_images(r)])
+                text = "".join(f"First, a later run that wrote the same rows:\n"
+                               f"{render.undo_result(r, would=True, labels=named)}\n"
+                               for r in first) + render.preview(planner, planned, labels=named)
             if preview:
                 click.echo(render.dumps({"preview": planned}) if as_json else text)
                 return
@@ -81,9 +86,10 @@ def undo(dsn, run_id, actions, rows, preview, as_sql, force, cascade, yes, reaso
         else:
             results = [restore.undo(conn, scope, force=force, reason=reason, lock_timeout=lock_timeout,
                                     progress=progress_line())]
+        named = None if as_json else labels.lookup(conn, [i for r in results for i in render.result_images(r)])
     if as_json:
         click.echo(render.dumps({"undo": results[-1], "cascade": results[:-1]}))
     else:
-        click.echo("\n".join(render.undo_result(r) for r in results))
+        click.echo("\n".join(render.undo_result(r, labels=named) for r in results))
     if any(sum(t.get("conflict", 0) for t in r.tables.values()) for r in results):
         sys.exit(EXIT_CONFLICTS)

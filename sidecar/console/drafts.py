@@ -85,8 +85,11 @@ DESCRIBE: dict[str, Describe] = {
     "resume": lambda f, p: (f"{_target(f)} was not resumed", f"Resume {_target(f)}"),
     "undo": lambda f, p: (f"{_run(p)} was not undone", f"Undo {_run(p)}"),
     "approve": lambda f, p: (f"held change #{p.get('pending_id')} was not approved"
-                             + (f" and {f['resume']} was not resumed" if f.get("resume") else ""),
-                             f"Approve #{p.get('pending_id')}"),
+                             + (f" and {f['resume']} was not resumed" if f.get("resume") else "")
+                             + (f" and writes to {f['resume_table'].removeprefix('public.')} were not resumed"
+                                if f.get("resume_table") else ""),
+                             ("Resume and approve #" if f.get("resume") or f.get("resume_table") else "Approve #")
+                             + str(p.get("pending_id"))),
     "reject": lambda f, p: (f"held change #{p.get('pending_id')} was not rejected", f"Reject #{p.get('pending_id')}"),
     "rerun": lambda f, p: (f"no rerun of {_run(p)} was opened", f"Rerun {_run(p)}"),
 }

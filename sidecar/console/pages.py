@@ -15,11 +15,12 @@ from ..capture import context
 from ..capture import labels as labels_mod
 from ..capture.history import Change
 from ..errors import UsageError
+from ..ops import named
 from ..ops import summary as run_summary
 from ..review import gate
 from ..steps import rerun as rerun_mod
 from ..steps import runs
-from ..text import describe
+from ..text import describe, render
 from ..text.describe import agree, plural, row_name
 from ..undo import restore
 from . import changes, queue
@@ -198,9 +199,9 @@ def run_page(p: Page):
     pager = Pager.of(p.request, total, more=more)
     shown = changes.page(p.conn, info.run_id, action_id=action_id, offset=pager.offset, limit=pager.per_page)
     labels = labels_mod.lookup(p.conn, [(c.table, i) for c in shown for i in (c.before, c.after)])
-    events = p.conn.execute(
-        "SELECT at, actor, kind, summary FROM sidecar.events WHERE run_id = %s ORDER BY at, event_id",
-        (info.run_id,)).fetchall()
+    events = named.events(p.conn, p.conn.execute(
+        "SELECT at, actor, kind, summary, detail FROM sidecar.events WHERE run_id = %s ORDER BY at, event_id",
+        (info.run_id,)).fetchall(), 3, 4)
     # The four questions, as `sidecar show` opens with them; what each action's automation said.
     story = run_summary.summarize(p.conn, info, shell=False)
     contexts = context.of_actions(p.conn, info.run_id, [a.key for a in action_rows] + [action_key])
@@ -279,7 +280,7 @@ def undo_preview(p: Page):
                              for c in before if before.get(c) != after.get(c)]
                 rows.append(PreviewRow(verb, label, diffs))
             planned.append((describe.table_name(t.table, t.display_name), rows, more))
-    named = labels_mod.lookup(p.conn, [(c.table, c.now or c.run_left) for c in result.conflicts])
+    named = labels_mod.lookup(p.conn, render.result_images(result))
     conflicts = [_conflict(c, named) for c in result.conflicts]
     to_restore = sum(sum(c.get(s, 0) for s in ("insert", "update", "delete")) for c in result.tables.values())
     already = sum(c.get("done", 0) for c in result.tables.values())
@@ -296,7 +297,8 @@ def _conflict(c: restore.Conflict, labels=None) -> dict:
     elif c.run_left is None:
         what = [("", "the row is back", None)]
     else:
-        what = [(k, c.run_left.get(k), v) for k, v in c.now.items() if k in c.run_left and c.run_left.get(k) != v]
+        what = [(k, _named(c.table, k, c.run_left.get(k), labels), _named(c.table, k, v, labels))
+                for k, v in c.now.items() if k in c.run_left and c.run_left.get(k) != v]
     who = f"run {str(c.changed_by_run)[:8]}" if c.changed_by_run else "someone outside any run"
     # A row left for a reason of its own (rows still refer to it, its old unique value is
     # taken...) was not changed since: the reason says why, not a later writer.
@@ -316,8 +318,9 @@ def undo_apply(p: Page):
         message += (f" Rejected {plural(result.held_rejected, 'held change')} of it that "
                     f"{agree(result.held_rejected, 'had', 'had')} not landed.")
     if result.conflict_count:
-        named = labels_mod.lookup(p.conn, [(c.table, c.now or c.run_left) for c in result.conflicts])
-        message += (f" Kept {plural(result.conflict_count, 'conflicting row')} as they are (changed since): "
+        named = labels_mod.lookup(p.conn, render.result_images(result))
+        message += (f" Kept {plural(result.conflict_count, 'conflicting row')} "
+                    f"{agree(result.conflict_count, 'as it is', 'as they are')} (changed since): "
                     + "; ".join(f"{x['label']} ({x['reason'] or 'changed by ' + x['who']})"
                                 for x in (_conflict(c, named) for c in result.conflicts)))
     return p.redirect(f"/runs/{scope.run_id}", message, "warn" if result.conflict_count else "ok")
@@ -325,10 +328,18 @@ def undo_apply(p: Page):
 
 # -- review queue ------------------------------------------------------------------
 
-def _paused_automations(p: Page) -> dict[str, str]:
-    """Paused automations -> the pause's target ('*' for every automation)."""
-    targets = {x.target for x in gate.pauses(p.conn) if x.scope == "automation"}
-    return {"*": "*"} if "*" in targets else {t: t for t in targets}
+def _blocking_pauses(p: Page):
+    """item -> the pauses that refuse its approval: its automation's, every automation's ('*')
+    and its table's. Approving writes as the automation's run, which each of them refuses
+    (sidecar._gate), so the queue says why and offers the button that would help."""
+    pauses = gate.pauses(p.conn)
+    automations = {x.target: x for x in pauses if x.scope == "automation"}
+    tables = {x.target: x for x in pauses if x.scope == "table"}
+
+    def of(item) -> list[gate.Pause]:
+        found = [x for x in (automations.get("*") or automations.get(item.automation),) if x]
+        return found + [x for x in (tables.get(item.table),) if x]
+    return of
 
 
 @page()
@@ -340,23 +351,17 @@ def queue_page(p: Page):
     pager = Pager.of(p.request, 0)
     held, pager.total = queue.items(p.conn, open_only=not show_all, offset=pager.offset, limit=pager.per_page)
     labels = labels_mod.lookup(p.conn, [(i.table, r) for i in held for r in (i.old_row, i.new_row)])
-    paused = _paused_automations(p)
+    blocked_by = _blocking_pauses(p)
+    refused = queue.still_refused(p.conn, [i for i in held if not blocked_by(i)]) if p.rights.approve else {}
     return p.render("queue.html", items=held, pager=pager, show_all=show_all, labels=labels,
                     columns=lambda item: _held_columns(item, labels),
-                    paused_by=lambda item: paused.get("*") or paused.get(item.automation),
+                    blocked_by=blocked_by, refused=refused,
                     change=lambda item: _held_change(item, labels))
 
 
 def _held_change(item, labels) -> str:
     """The held change's sentence, its row named and its foreign keys named."""
-    text = item.change
-    own = row_name(item.table, item.key, item.new_row or item.old_row, labels, item.label_column, item.display_name)
-    text = text.replace(item.label, own, 1)
-    for column, v in (item.new_row or {}).items():
-        found = labels.named(item.table, column, v)
-        if found:
-            text = text.replace(f"{column.replace('_', ' ')} {v}", found, 1)
-    return text
+    return describe.held_change(item, labels)
 
 
 def _pending_id(p: Page) -> int:
@@ -368,13 +373,16 @@ def _pending_id(p: Page) -> int:
 
 @page("approve", changes="approve", back="/queue")
 def approve(p: Page):
+    # "Resume and approve": approving writes as the automation's run, which a pause of the
+    # automation or of the table refuses; the button names what it resumes.
     resumed = ""
-    automation = p.field("resume")
-    if automation:  # "Resume and approve": approving writes as the automation's run, which a pause refuses
-        if not p.rights.pause:
-            raise UsageError(f"resuming {automation} needs the sidecar_pauser role; nothing was done")
-        resumed = gate.resume(p.conn, automation=automation)
-        resumed = resumed[0].upper() + resumed[1:] + ". "
+    automation, table = p.field("resume"), p.field("resume_table")
+    if (automation or table) and not p.rights.pause:
+        raise UsageError(f"resuming {automation or table} needs the sidecar_pauser role; nothing was done")
+    for target in ({"automation": automation}, {"table": table}):
+        if next(iter(target.values())):
+            done = gate.resume(p.conn, **target)
+            resumed += done[0].upper() + done[1:] + ". "
     kind, message = queue.approve(p.conn, _pending_id(p))
     return p.redirect("/queue", resumed + message, kind)
 
@@ -396,11 +404,11 @@ def events_page(p: Page):
     kinds = [k for k, in p.conn.execute("SELECT DISTINCT kind FROM sidecar.events ORDER BY 1")]
     total = p.conn.execute("SELECT count(*) FROM sidecar.events WHERE %s = '' OR kind = %s", (kind, kind)).fetchone()[0]
     pager = Pager.of(p.request, total)
-    rows = p.conn.execute(
-        "SELECT e.at, e.actor, e.kind, e.summary, e.run_id, r.automation FROM sidecar.events e "
+    rows = named.events(p.conn, p.conn.execute(
+        "SELECT e.at, e.actor, e.kind, e.summary, e.run_id, r.automation, e.detail FROM sidecar.events e "
         "LEFT JOIN sidecar.runs r ON r.run_id = e.run_id WHERE %s = '' OR e.kind = %s "
         "ORDER BY e.at DESC, e.event_id DESC OFFSET %s LIMIT %s",
-        (kind, kind, pager.offset, pager.per_page)).fetchall()
+        (kind, kind, pager.offset, pager.per_page)).fetchall(), 3, 6)
     return p.render("events.html", events=rows, pager=pager, kinds=kinds, kind=kind)
 
 

@@ -6,7 +6,10 @@ import uuid
 
 import psycopg
 
+from ..capture import labels as labels_mod
+from ..errors import SidecarError
 from ..review import held
+from ..text import describe
 
 OPEN = ("pending", "conflict")
 
@@ -33,15 +36,38 @@ def open_counts(conn: psycopg.Connection, run_ids: list[uuid.UUID]) -> dict[uuid
                              "AND status = ANY(%s) GROUP BY run_id", (run_ids, list(OPEN))).fetchall())
 
 
+def still_refused(conn: psycopg.Connection, items: list[held.HeldChange], limit: int = 20) -> dict[int, str]:
+    """pending_id -> why approving it now would be refused, for the held changes an approval
+    already found changed ('conflict'): found by approving each in a transaction that is rolled
+    back (nothing is written, logged or notified), so the answer is the approval's own. A
+    change whose row is back as it was is left out: its Approve button can succeed."""
+    found: dict[int, str] = {}
+    for item in [i for i in items if i.status == "conflict"][:limit]:
+        try:
+            with conn.transaction(force_rollback=True):
+                decision = held.approve(conn, item.pending_id)
+        except SidecarError:
+            continue  # a pause: the queue says so and offers to resume (blocked_by)
+        if decision.refused:
+            found[item.pending_id] = "; ".join(c.text for c in decision.conflicts)
+    return found
+
+
 def approve(conn: psycopg.Connection, pending_id: int) -> tuple[str, str]:
     """(kind, message) for the flash: approved, or refused because the row changed since."""
     decision = held.approve(conn, pending_id)
     if decision.refused:
         return "error", ("Not approved, nothing was applied: " + "; ".join(c.text for c in decision.conflicts)
-                         + ". It stays in the queue; reject it, or approve it again once you have checked.")
-    return "ok", "Approved: " + "; ".join(i.change for i in decision.items) + "."
+                         + ". It stays in the queue: reject it, or approve it once the row is back as it was.")
+    return "ok", "Approved: " + "; ".join(_named(conn, decision.items)) + "."
 
 
 def reject(conn: psycopg.Connection, pending_id: int, why: str) -> tuple[str, str]:
     decision = held.reject(conn, pending_id, why=why)
-    return "ok", "Rejected " + "; ".join(i.change for i in decision.items) + f" ({why})."
+    return "ok", "Rejected: " + "; ".join(_named(conn, decision.items)) + f" ({why})."
+
+
+def _named(conn: psycopg.Connection, items: list[held.HeldChange]) -> list[str]:
+    """The decided changes as sentences, their records named."""
+    labels = labels_mod.lookup(conn, [(i.table, r) for i in items for r in (i.old_row, i.new_row)])
+    return [describe.held_change(i, labels) for i in items]

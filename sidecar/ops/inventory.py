@@ -122,18 +122,9 @@ SELECT w.tracked_id, array(SELECT a FROM unnest(w.automations) a WHERE a <> ALL(
 FROM sidecar.table_writers_ever() w
 """
 
-# The lower bound on l._stmt lets the history table's index skip what is older than the window.
-_WRITERS = """
-SELECT r.automation, count(*)
-FROM sidecar.{log} l
-JOIN sidecar.statements s ON s.stmt_id = l._stmt
-JOIN sidecar.runs r ON r.run_id = s.run_id
-WHERE l._stmt >= (SELECT min(stmt_id) FROM sidecar.statements
-                  WHERE tracked_id = %(id)s AND at >= now() - make_interval(days => %(days)s))
-  AND s.tracked_id = %(id)s AND s.at >= now() - make_interval(days => %(days)s)
-  AND r.undo_of IS NULL AND r.automation <> ALL(%(skip)s) AND (l._kind = 'N' OR s.op = 'D')
-GROUP BY 1
-"""
+# Rows written in the window, from each statement's row count, counted once and kept
+# (sidecar.statement_rows, fn_inventory.sql): not a read of the window's images.
+_WRITERS = "SELECT tracked_id, automation, rows FROM sidecar.table_rows_written(%s, %s)"
 
 
 def _rules(conn: psycopg.Connection) -> dict[int, list[tuple]]:
@@ -182,13 +173,13 @@ def inventory(conn: psycopg.Connection, *, days: int = 7, scan_limit: int = 100_
     rules = _rules(conn)
     ever = dict(conn.execute(_EVER, (list(_NOT_AUTOMATIONS),)).fetchall())
     drills = _last_drills(conn)
+    written: dict[int, dict[str, int]] = {}
+    for tracked_id, automation, rows in conn.execute(_WRITERS, (days, list(_NOT_AUTOMATIONS))).fetchall():
+        written.setdefault(tracked_id, {})[automation] = rows
     tables: list[TableEntry] = []
     warnings: list[InventoryWarning] = []
     for tracked_id, name, owner, risk, kind, capture, log_table, triggers in conn.execute(_TABLES).fetchall():
-        writers = dict(conn.execute(
-            sql.SQL(_WRITERS).format(log=sql.Identifier(log_table)),
-            {"id": tracked_id, "days": days, "skip": list(_NOT_AUTOMATIONS)},
-        ).fetchall())
+        writers = written.get(tracked_id, {})
         table_rules = rules.get(tracked_id, [])
         entry = TableEntry(name, owner, risk, kind, capture, _capture_state(triggers),
                            [_rule_text(r) for r in table_rules], writers, list(ever.get(tracked_id, [])),

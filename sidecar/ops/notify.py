@@ -29,6 +29,8 @@ import psycopg
 
 from .. import db
 from ..errors import SidecarError, UsageError
+from ..text.describe import plural
+from . import named as named_mod
 
 EVENTS = ("held", "pause", "resume", "undo", "conflict", "failed", "approved", "rejected", "rerun")
 DEFAULT_EVENTS = ("held", "pause", "undo", "conflict", "failed")
@@ -62,9 +64,26 @@ def _short(run: Any) -> str:
     return _escape(str(run or "")[:8])
 
 
-def _sentence(p: dict[str, Any], automation: str | None) -> tuple[str, str]:
+def _held(p: dict[str, Any], named: dict[int, tuple[str, str]]) -> str:
+    """The held changes of an approved, rejected or conflict payload: `held change 2 (Add refund #2
+    (ticket "..." (#42), amount 1240.00))` with its records named, else their ids."""
+    ids = p.get("pending_ids") or []
+    if (not isinstance(ids, list) or not ids or len(ids) > 3
+            or not all(isinstance(i, int) and i in named for i in ids)):
+        if isinstance(ids, list) and all(isinstance(i, int) for i in ids):
+            return ("held change " if len(ids) == 1 else "held changes ") + ", ".join(map(str, ids))
+        return f"held changes {_escape(ids)}"
+    return "; ".join(f"held change {_escape(i)} ({_escape(named[i][0])})" for i in ids)
+
+
+def _sentence(p: dict[str, Any], automation: str | None,
+              named: dict[int, tuple[str, str]]) -> tuple[str, str]:
     """(sentence, console path) for one payload."""
     event, who = p.get("event"), _escape(automation or "an automation")
+    if event == "held" and p.get("pending_id") in named:
+        return (f"{who}'s change is held for review: {_escape(named[p['pending_id']][0])} "
+                f"(rule {_escape(p.get('rule_id'))}: {_escape(p.get('reason'))}; "
+                f"action {_escape(p.get('action'))}).", "/queue")
     if event == "held":
         what = f"{_OPS.get(p.get('op'), 'change of')} {_escape(p.get('table'))} {_escape(p.get('key'))}"
         return (f"{who}'s {what} is held for review (rule {_escape(p.get('rule_id'))}: "
@@ -78,14 +97,18 @@ def _sentence(p: dict[str, Any], automation: str | None) -> tuple[str, str]:
     if event == "undo":
         return f"{_escape(p.get('summary') or 'Undid run ' + str(p.get('run')))}.", f"/runs/{p.get('undo_run')}"
     if event == "conflict" and p.get("undo_run"):
-        return (f"The undo of run {_short(p.get('run'))} skipped {_escape(p.get('rows'))} conflicting row(s): "
-                "they changed since the run. A person decides about them.", f"/runs/{p.get('undo_run')}")
+        rows = p.get("rows")
+        rows = plural(rows, "conflicting row") if isinstance(rows, int) else f"{_escape(rows)} conflicting rows"
+        one = p.get("rows") == 1
+        return (f"The undo of run {_short(p.get('run'))} skipped {rows}: "
+                + ("it changed since the run. A person decides about it." if one else
+                   "they changed since the run. A person decides about them."), f"/runs/{p.get('undo_run')}")
     if event == "conflict":
-        return (f"Approval of held change(s) {_escape(p.get('pending_ids'))} refused: the row changed since it "
+        return (f"Approval of {_held(p, named)} refused: the row changed since it "
                 "was held; nothing was applied.", "/queue")
     if event in ("approved", "rejected"):
         why = f": {_escape(p['why'])}" if p.get("why") else ""
-        return f"{event.capitalize()} held change(s) {_escape(p.get('pending_ids'))}{why}.", "/queue"
+        return f"{event.capitalize()} {_held(p, named)}{why}.", "/queue"
     if event == "failed":
         return (f"{who}'s run {_short(p.get('run'))} failed: {_escape(p.get('error') or 'no error text')}.",
                 f"/runs/{p.get('run')}")
@@ -94,9 +117,11 @@ def _sentence(p: dict[str, Any], automation: str | None) -> tuple[str, str]:
     return f"sidecar event {_escape(event)}.", "/events"
 
 
-def message(payload: dict[str, Any], *, automation: str | None = None, console_url: str | None = None) -> dict:
-    """The JSON document posted for one payload."""
-    sentence, path = _sentence(payload, automation)
+def message(payload: dict[str, Any], *, automation: str | None = None, console_url: str | None = None,
+            named: dict[int, tuple[str, str]] | None = None) -> dict:
+    """The JSON document posted for one payload; named (ops.named.held_changes) names the held
+    changes it is about, their foreign keys as records. The payload stays as it was under `sidecar`."""
+    sentence, path = _sentence(payload, automation, named or {})
     url = f"{console_url}{path}" if console_url else None
     return {"text": f"sidecar: {sentence}" + (f" {url}" if url else ""),
             "sidecar": {**payload, "automation": automation, "url": url}}
@@ -181,8 +206,10 @@ class Notifier:
             payload = {"event": "unknown", "payload": text}
         if payload.get("event") not in self.events:
             return
+        ids = payload.get("pending_ids") if isinstance(payload.get("pending_ids"), list) else []
+        ids = ([payload["pending_id"]] if isinstance(payload.get("pending_id"), int) else []) + ids[:3]
         self._queue.put(message(payload, automation=self._automation(conn, payload),
-                                console_url=self.console_url))
+                                console_url=self.console_url, named=named_mod.held_changes(conn, ids)))
 
     def _automation(self, conn: psycopg.Connection, payload: dict) -> str | None:
         if payload.get("automation"):

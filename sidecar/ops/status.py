@@ -20,6 +20,7 @@ from ..review import gate, held
 from ..steps import runs
 from ..text import describe, render
 from ..text.describe import plural
+from . import named
 
 HELD_SHOWN = 3  # held changes listed per paused automation; `sidecar queue` has them all
 
@@ -169,7 +170,8 @@ def gather(conn: psycopg.Connection) -> StatusReport:
         "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
         "WHERE c.relnamespace = 'sidecar'::regnamespace AND c.relkind = 'r'"
     ).fetchone()[0]
-    events = conn.execute("SELECT at, actor, summary FROM sidecar.events ORDER BY at DESC LIMIT 10").fetchall()
+    events = named.events(conn, conn.execute(
+        "SELECT at, actor, summary, detail FROM sidecar.events ORDER BY at DESC LIMIT 10").fetchall(), 2, 3)
     rendered, triggers_on = conn.execute(
         "SELECT coalesce(bool_or(shape_watched), false), sidecar._shapes_watched() FROM sidecar.tracked WHERE active"
     ).fetchone()

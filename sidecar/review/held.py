@@ -40,11 +40,6 @@ def _column(name: str) -> str:
     return name.replace("_", " ")
 
 
-def _fields(image: dict[str, Any], skip: list[str]) -> str:
-    shown = [f"{_column(k)} {_value(v)}" for k, v in image.items() if k not in skip and v is not None]
-    return ", ".join(shown[:6]) + (", …" if len(shown) > 6 else "")
-
-
 @dataclass
 class HeldChange:
     """One row an automation wanted to write, held by a rule."""
@@ -82,19 +77,9 @@ class HeldChange:
 
     @property
     def change(self) -> str:
-        """`Set refund amount of invoices #17 from 0 to 900`."""
-        pk = list(self.key)
-        if self.op == "I":
-            return f"Add {self.label} ({_fields(self.new_row or {}, pk)})"
-        if self.op == "D":
-            return f"Delete {self.label} (was {_fields(self.old_row or {}, pk)})"
-        parts = [f"{_column(c)} from {_value(self.old_row.get(c))} to {_value(self.new_row.get(c))}"
-                 for c in self.changed_columns]
-        if not parts:
-            return f"Rewrite {self.label} unchanged"
-        parts[0] = parts[0].replace(" from ", f" of {self.label} from ", 1)
-        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-        return "Set " + listed
+        """`Set refund amount of invoices #17 from 0 to 900` (describe.held_change; with a page's
+        labels it names the records)."""
+        return describe.held_change(self)
 
     @property
     def text(self) -> str:

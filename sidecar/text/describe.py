@@ -114,7 +114,9 @@ def as_time(v: Any) -> datetime | None:
 
 
 def when(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    """2026-12-01 06:38 UTC; with its seconds when it has any, so two times a minute apart read apart."""
+    t = t.astimezone(timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC" if t.second or t.microsecond else "%Y-%m-%d %H:%M UTC")
 
 
 def human(v: Any, limit: int = MAX_VALUE) -> str:
@@ -165,3 +167,43 @@ def named_sentence(change, labels=None) -> str:
 def agree(n: int, singular: str, plural_form: str) -> str:
     """The verb that goes with n: agree(1, 'waits', 'wait')."""
     return singular if n == 1 else plural_form
+
+
+# -- held changes ---------------------------------------------------------------------
+
+def _held_value(v: Any) -> str:
+    return str(v) if isinstance(v, Decimal) else human(v)
+
+
+def _held_fields(item, image: dict[str, Any], labels=None) -> str:
+    shown = [named_value(item.table, k, v, labels) if labels is not None and labels.named(item.table, k, v)
+             else f"{k.replace('_', ' ')} {_held_value(v)}"
+             for k, v in image.items() if k not in item.key and v is not None]
+    return ", ".join(shown[:6]) + (", …" if len(shown) > 6 else "")
+
+
+def held_change(item, labels=None) -> str:
+    """A held change (review.held.HeldChange) as a sentence: `Set refund amount of invoices #17
+    from 0 to 900`; with a page's labels, records named: `Add refund #1 (ticket "Acme: invoice
+    charged twice" (#41), amount 900.00)`."""
+    image = item.new_row or item.old_row
+    if labels is None:
+        label = row_label(item.table, item.key, image, item.label_column, item.display_name)
+    else:
+        label = row_name(item.table, item.key, image, labels, item.label_column, item.display_name)
+
+    def shown(c: str, v: Any) -> str:
+        named = labels.named(item.table, c, v) if labels is not None else None
+        return named or _held_value(v)
+
+    if item.op == "I":
+        return f"Add {label} ({_held_fields(item, item.new_row or {}, labels)})"
+    if item.op == "D":
+        return f"Delete {label} (was {_held_fields(item, item.old_row or {}, labels)})"
+    parts = [f"{c.replace('_', ' ')} from {shown(c, item.old_row.get(c))} to {shown(c, item.new_row.get(c))}"
+             for c in changed_columns(item.old_row, item.new_row)]
+    if not parts:
+        return f"Rewrite {label} unchanged"
+    parts[0] = parts[0].replace(" from ", f" of {label} from ", 1)
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return "Set " + listed

@@ -134,7 +134,8 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
         lines.append("")
         lines.append("Held for review")
         for h in held:
-            lines.append(f"  [{h.pending_id}] {h.status:<9} action {h.action}: {h.text}")
+            text = h.text if labels is None else h.text.replace(h.change, describe.held_change(h, labels), 1)
+            lines.append(f"  [{h.pending_id}] {h.status:<9} action {h.action}: {text}")
     if events:
         lines.append("")
         lines.append("Events")
@@ -143,10 +144,22 @@ def show_run(info, actions: list[tuple[int, str, list]], events: list, more_acti
     return "\n".join(lines)
 
 
-def conflict_lines(conflicts, total: int, forced: bool = False) -> list[str]:
+def _row(table, key, image, label_column, display_name, labels) -> str:
+    """A row by its label and key; with labels (capture.labels), by the page's label columns too."""
+    if labels is None:
+        return row_label(table, key, image, label_column, display_name)
+    return describe.row_name(table, key, image, labels, label_column, display_name)
+
+
+def _val(table: str, column: str, v, labels) -> str:
+    """A value; with labels, a foreign key as the record it names, times as times."""
+    return describe.value(v) if labels is None else describe.named_value(table, column, v, labels)
+
+
+def conflict_lines(conflicts, total: int, forced: bool = False, labels=None) -> list[str]:
     lines = []
     for c in conflicts:
-        label = row_label(c.table, c.key, c.now or c.run_left, c.label_column, c.display_name)
+        label = _row(c.table, c.key, c.now or c.run_left, c.label_column, c.display_name, labels)
         if c.reason:
             lines.append(f"  conflict: {label}: {c.reason}; left as it is")
             continue
@@ -155,7 +168,7 @@ def conflict_lines(conflicts, total: int, forced: bool = False) -> list[str]:
         elif c.run_left is None:
             now = "the row is back"
         else:
-            diffs = [f"{k} {describe.value(c.run_left.get(k))} is now {describe.value(v)}"
+            diffs = [f"{k} {_val(c.table, k, c.run_left.get(k), labels)} is now {_val(c.table, k, v, labels)}"
                      for k, v in c.now.items() if k in c.run_left and c.run_left.get(k) != v]
             now = ", ".join(diffs) or "changed"
         who = f"run {str(c.changed_by_run)[:8]}" if c.changed_by_run else "someone outside any run"
@@ -166,7 +179,8 @@ def conflict_lines(conflicts, total: int, forced: bool = False) -> list[str]:
     return lines
 
 
-def undo_result(result, *, would: bool = False) -> str:
+def undo_result(result, *, would: bool = False, labels=None) -> str:
+    """What an undo did (or would do); with labels (capture.labels), records named."""
     verb = "Would undo" if would or not result.applied else "Undid"
     scope = "run" if result.scope == "run" else f"{result.scope} of run"
     lines = [f"{verb} {scope} {result.run_id}"
@@ -181,7 +195,7 @@ def undo_result(result, *, would: bool = False) -> str:
         if counts.get("conflict"):
             parts.append(f"{counts['conflict']:,} skipped (conflict)")
         lines.append(f"  {describe.table_name(table)}: " + (", ".join(p for p in parts if p) or "nothing to do"))
-    lines += conflict_lines(result.conflicts, result.conflict_count, result.forced)
+    lines += conflict_lines(result.conflicts, result.conflict_count, result.forced, labels)
     for note in result.notes:
         lines.append(f"  note: {note}")
     if not result.tables:
@@ -192,8 +206,9 @@ def undo_result(result, *, would: bool = False) -> str:
     return "\n".join(lines)
 
 
-def preview(planner, result, per_table: int = 50) -> str:
-    """Each row to restore, in plain language, and each conflict, with totals."""
+def preview(planner, result, per_table: int = 50, labels=None) -> str:
+    """Each row to restore, in plain language, and each conflict, with totals; with labels
+    (capture.labels, of preview_images), records named."""
     lines = [f"Preview: undo of {'run' if result.scope == 'run' else result.scope + ' of run'} {result.run_id} "
              "(nothing is changed)"]
     for plan in planner.ordered():
@@ -204,9 +219,9 @@ def preview(planner, result, per_table: int = 50) -> str:
             if not n:
                 continue
             for key, before, after in planner.steps(plan, step, limit=per_table):
-                label = row_label(info.table, key, before or after, info.label_column, info.display_name)
+                label = _row(info.table, key, before or after, info.label_column, info.display_name, labels)
                 if step == "update":
-                    diffs = [f"{c} {describe.value(after.get(c))} -> {describe.value(before.get(c))}"
+                    diffs = [f"{c} {_val(info.table, c, after.get(c), labels)} -> {_val(info.table, c, before.get(c), labels)}"
                              for c in before if before.get(c) != after.get(c)]
                     lines.append(f"  {verb} {label}: " + ", ".join(diffs))
                 elif step == "insert":
@@ -216,9 +231,9 @@ def preview(planner, result, per_table: int = 50) -> str:
             if n > per_table:
                 lines.append(f"  … and {plural(n - per_table, 'more row')} to {verb}")
         # Each table's conflicts under its own heading.
-        lines += conflict_lines([c for c in result.conflicts if c.table == info.table], 0, result.forced)
+        lines += conflict_lines([c for c in result.conflicts if c.table == info.table], 0, result.forced, labels)
     listed = {info.table for info in (p.info for p in planner.ordered())}
-    lines += conflict_lines([c for c in result.conflicts if c.table not in listed], 0, result.forced)
+    lines += conflict_lines([c for c in result.conflicts if c.table not in listed], 0, result.forced, labels)
     if result.conflict_count > len(result.conflicts):
         lines.append(f"  … and {plural(result.conflict_count - len(result.conflicts), 'more conflict')}")
     for note in result.notes:
@@ -230,3 +245,19 @@ def preview(planner, result, per_table: int = 50) -> str:
         lines.append(f"The undo also rejects {plural(result.held_rejected, 'held change')} of it still waiting "
                      "for review (sidecar queue lists them).")
     return "\n".join(lines)
+
+
+def preview_images(planner, result, per_table: int = 50) -> list[tuple[str, dict | None]]:
+    """The (table, row image) pairs preview() shows, for capture.labels.lookup."""
+    images = []
+    for plan in planner.ordered():
+        for step in ("update", "insert", "delete"):
+            if plan.counts.get(step, 0):
+                for _, before, after in planner.steps(plan, step, limit=per_table):
+                    images += [(plan.info.table, before), (plan.info.table, after)]
+    return images + result_images(result)
+
+
+def result_images(result) -> list[tuple[str, dict | None]]:
+    """The (table, row image) pairs of an undo's conflicts, for capture.labels.lookup."""
+    return [(c.table, i) for c in result.conflicts for i in (c.now, c.run_left)]

@@ -371,6 +371,17 @@ BEGIN
                   HINT = 'Set it to the uuid returned by sidecar.start_run(), or RESET sidecar.run_id.';
     END IF;
     run_id := v_run_text::uuid;
+    -- History partitions ahead of the statement sequence (fn_partitions.sql),
+    -- only when a single empty partition is left: making them here holds the
+    -- DEFAULT partition's lock until this writer commits, which readers of
+    -- history that cannot prune it wait for. start_run() and every command
+    -- make them a partition earlier, so this is the fallback. (Read by key and
+    -- by function: a sequential scan with enable_seqscan off costs enough for
+    -- the planner to JIT-compile the query, 100 ms in every transaction.)
+    IF (SELECT pg_sequence_last_value('sidecar.stmt_seq'::regclass) - p.width >= p.refill_at
+        FROM sidecar.partitioning p WHERE p.one) THEN
+        PERFORM sidecar._partitions_ahead();
+    END IF;
     v_key := coalesce(nullif(current_setting('sidecar.action', true), ''), 'tx:' || txid_current());
     SELECT r.automation, r.undo_of IS NOT NULL, a.action_id, r.status, r.undone_by
       INTO automation, is_undo, action_id, v_status, v_undone_by
@@ -450,7 +461,9 @@ $_drop_triggers$;
 -- capture mode. For a table that captures only tagged writes, the WHEN
 -- clause skips the function call altogether for untagged writes; in row
 -- mode it also skips UPDATEs of a row that left it as it was (the statement
--- trigger leaves those in history, and readers skip them).
+-- trigger leaves those in history, and readers skip them): OLD *<> NEW
+-- compares the two rows' stored bytes, with no conversion to text, and is
+-- true whenever their text differs.
 CREATE OR REPLACE FUNCTION sidecar._create_triggers(p_tracked_id int)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $_create_triggers$
@@ -479,7 +492,7 @@ BEGIN
         EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
         EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s FOR EACH ROW '
-                       'WHEN (%s OLD::text IS DISTINCT FROM NEW::text) EXECUTE FUNCTION %s()', r_tracked.relid,
+                       'WHEN (%s OLD *<> NEW) EXECUTE FUNCTION %s()', r_tracked.relid,
                        CASE WHEN r_tracked.capture = 'tagged' THEN v_tagged || ' AND' ELSE '' END, v_func);
         EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
@@ -559,7 +572,12 @@ BEGIN
         RETURNING tracked_id INTO v_id;
         v_log := left((SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = p_table), 48) || '_log_' || v_id;
         UPDATE sidecar.tracked SET log_table = v_log WHERE tracked_id = v_id;
-        EXECUTE format('CREATE TABLE sidecar.%I (_stmt bigint NOT NULL, _kind "char" NOT NULL)', v_log);
+        -- Partitioned by statement-id range like sidecar.statements (fn_partitions.sql),
+        -- once that is (an install from before migration 025 converts both).
+        EXECUTE format('CREATE TABLE sidecar.%I (_stmt bigint NOT NULL, _kind "char" NOT NULL) %s', v_log,
+                       CASE WHEN (SELECT c.relkind FROM pg_catalog.pg_class c
+                                  WHERE c.oid = 'sidecar.statements'::regclass) = 'p'
+                            THEN 'PARTITION BY RANGE (_stmt)' ELSE '' END);
         -- History is appended in statement order: a BRIN index finds a run's
         -- rows at almost no cost to the write. Each block range is summarized
         -- as soon as it is full: a range not summarized yet is read by every
@@ -567,6 +585,9 @@ BEGIN
         -- ranges until the next VACUUM.
         EXECUTE format('CREATE INDEX %I ON sidecar.%I USING brin (_stmt) WITH (autosummarize = on)',
                        v_log || '_stmt', v_log);
+        IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = format('sidecar.%I', v_log)::regclass) = 'p' THEN
+            PERFORM sidecar._partition_new_history(format('sidecar.%I', v_log)::regclass);
+        END IF;
         EXECUTE format('COMMENT ON TABLE sidecar.%I IS %L', v_log,
                        format('sidecar history of %s: row images by statement (_kind O = before, N = after)', p_table));
         -- privileges.sql grants the operator roles SELECT on the tables that

@@ -181,3 +181,56 @@ BEGIN
         GROUP BY x.tracked_id;
 END
 $table_writers_ever$;
+
+-- Rows each automation wrote to each tracked table in the last p_days days
+-- (undo runs and the automations in p_skip left out), for `sidecar
+-- inventory`. A statement's rows (its after-images, or a delete's
+-- before-images) are counted once, the first time a call sees it, and kept
+-- in sidecar.statement_rows (migration 026): a call reads the window's
+-- statements (BRIN on statements.at) and their kept counts, and images only
+-- of statements not counted yet, so its cost follows the window's statements
+-- and what was captured since the last call, not its images or all history.
+-- A statement still being written is not visible, so it is never counted
+-- short: it is counted by the first call after its transaction commits.
+CREATE OR REPLACE FUNCTION sidecar.table_rows_written(p_days int, p_skip text[] DEFAULT '{}')
+RETURNS TABLE (tracked_id int, automation text, rows bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $table_rows_written$
+DECLARE
+    v_since  timestamptz := now() - make_interval(days => p_days);
+    v_oldest bigint;
+    r_table  record;
+BEGIN
+    -- Counts of purged statements (below the oldest one kept) go.
+    SELECT min(s.stmt_id) INTO v_oldest FROM sidecar.statements s;
+    DELETE FROM sidecar.statement_rows c WHERE v_oldest IS NULL OR c.stmt_id < v_oldest;
+    FOR r_table IN
+        SELECT s.tracked_id, t.log_table, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi
+        FROM sidecar.statements s JOIN sidecar.tracked t ON t.tracked_id = s.tracked_id
+        WHERE s.at >= v_since AND NOT EXISTS (SELECT FROM sidecar.statement_rows c WHERE c.stmt_id = s.stmt_id)
+        GROUP BY s.tracked_id, t.log_table
+    LOOP
+        -- The range's images counted per statement, then each statement looked up once.
+        EXECUTE format(
+            'INSERT INTO sidecar.statement_rows (stmt_id, rows) '
+            'SELECT s.stmt_id, CASE WHEN s.op = %L THEN g.o ELSE g.n END '
+            'FROM (SELECT l._stmt, count(*) FILTER (WHERE l._kind = %L) AS n, '
+            '             count(*) FILTER (WHERE l._kind = %L) AS o '
+            '      FROM sidecar.%I l WHERE l._stmt BETWEEN $1 AND $2 GROUP BY l._stmt) g '
+            'JOIN sidecar.statements s ON s.stmt_id = g._stmt '
+            'WHERE s.tracked_id = $3 AND s.at >= $4 '
+            'ON CONFLICT (stmt_id) DO NOTHING',
+            'D', 'N', 'O', r_table.log_table)
+            USING r_table.lo, r_table.hi, r_table.tracked_id, v_since;
+    END LOOP;
+    RETURN QUERY
+        SELECT s.tracked_id, r.automation, sum(c.rows)::bigint
+        FROM sidecar.statements s
+        JOIN sidecar.statement_rows c ON c.stmt_id = s.stmt_id
+        JOIN sidecar.runs r ON r.run_id = s.run_id
+        WHERE s.at >= v_since AND r.undo_of IS NULL AND r.automation <> ALL (p_skip)
+        GROUP BY s.tracked_id, r.automation;
+END
+$table_rows_written$;
+
+REVOKE EXECUTE ON FUNCTION sidecar.table_rows_written(int, text[]) FROM PUBLIC;

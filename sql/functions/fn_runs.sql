@@ -33,6 +33,16 @@ BEGIN
               HINT = 'Pass NULL for a run without a key, or a key such as ''nightly-2026-12-03''.';
     END IF;
     PERFORM sidecar._gate(p_automation, NULL, 'No run was started.');
+    -- History partitions ahead of the statement sequence (fn_partitions.sql),
+    -- when due and start_run is its transaction's first statement (so the
+    -- DEFAULT partition's lock that making them takes is not held through a
+    -- run's long transaction); else only when a single empty one is left.
+    IF (SELECT pg_sequence_last_value('sidecar.stmt_seq'::regclass)
+               - (CASE WHEN statement_timestamp() = transaction_timestamp() THEN 0 ELSE p.width END)
+               >= p.refill_at
+        FROM sidecar.partitioning p WHERE p.one) THEN
+        PERFORM sidecar._partitions_ahead();
+    END IF;
     IF p_key IS NOT NULL THEN
         -- Two starts with one key at once: the second waits, then joins the first's lineage.
         PERFORM pg_advisory_xact_lock(hashtext('sidecar.run_key'), hashtext(p_automation || '/' || p_key));

@@ -72,7 +72,10 @@ BEGIN
         SELECT rolname FROM pg_catalog.pg_roles
         WHERE rolname IN ('sidecar_viewer', 'sidecar_pauser', 'sidecar_undoer', 'sidecar_approver', 'sidecar_rerunner')
     LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION sidecar.run_counts(uuid), sidecar.run_rows(uuid, bigint), sidecar._shapes_watched(), sidecar.table_writers_ever(), sidecar._history_from(int, bigint, bigint) TO %I', v_role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION sidecar.run_counts(uuid), sidecar.run_rows(uuid, bigint), sidecar._shapes_watched(), sidecar.table_writers_ever(), '
+                       'sidecar.table_rows_written(int, text[]), sidecar._history_from(int, bigint, bigint) TO %I', v_role);
+        -- Every command makes history partitions ahead when due (fn_partitions.sql).
+        EXECUTE format('GRANT EXECUTE ON FUNCTION sidecar._partitions_ahead() TO %I', v_role);
     END LOOP;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'sidecar_pauser') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA sidecar TO sidecar_pauser;
