@@ -11,7 +11,6 @@ import json
 import pytest
 
 import sidecar.undo.plan
-
 from tests.fix_sidecar import snapshot, track, undo
 
 MODES = ["statement", "row"]
