@@ -27,7 +27,9 @@ def install_v0_1(conn):
                      ((V0_1 / "capture.sql").read_text(),))
 
 
-def test_upgrade_keeps_history_and_undo_works(conn, make_conn):
+def _old_install_with_a_run(conn, make_conn):
+    """sidecar 0.1 tracking tickets, and a finished run of a bot on it: (tickets before the run,
+    the bot's open session, the run id)."""
     install_v0_1(conn)
     conn.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
     conn.execute("INSERT INTO tickets SELECT g, 'open' FROM generate_series(1, 3) g")
@@ -37,6 +39,11 @@ def test_upgrade_keeps_history_and_undo_works(conn, make_conn):
     old_run = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
     bot.execute("UPDATE tickets SET status = 'resolved' WHERE id <= 2")
     bot.execute("SELECT sidecar.finish_run()")
+    return before, bot, old_run
+
+
+def test_upgrade_keeps_history_and_undo_works(conn, make_conn):
+    before, bot, old_run = _old_install_with_a_run(conn, make_conn)
 
     report = sidecar.capture.schema.install(conn)
     assert report.migrations and "001_schema.sql" not in report.migrations
@@ -69,15 +76,7 @@ def test_upgrade_keeps_history_and_undo_works(conn, make_conn):
 def test_upgrade_that_cannot_lock_history_says_what_to_run(conn, make_conn, monkeypatch):
     """A writer holding history's lock through the conversion: the upgrade leaves the table as it
     was (capture goes on), and its warning holds the SQL that finishes the job by hand."""
-    install_v0_1(conn)
-    conn.execute("CREATE TABLE tickets (id int PRIMARY KEY, status text)")
-    conn.execute("INSERT INTO tickets SELECT g, 'open' FROM generate_series(1, 3) g")
-    conn.execute("SELECT sidecar.track('tickets')")
-    before = snapshot(conn, "tickets")
-    bot = make_conn()
-    old_run = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
-    bot.execute("UPDATE tickets SET status = 'resolved' WHERE id <= 2")
-    bot.execute("SELECT sidecar.finish_run()")
+    before, bot, old_run = _old_install_with_a_run(conn, make_conn)
 
     # Once install's own transaction is done, a long transaction of another automation writes
     # history and does not commit before the conversion wants its instant of lock.

@@ -26,7 +26,7 @@ def held_changes(conn: psycopg.Connection, pending_ids: list[int]) -> dict[int, 
         return {}
     try:
         with conn.transaction():
-            items = held._items(conn, ids)
+            items = held.by_ids(conn, ids)
             labels = labels_mod.lookup(conn, [(i.table, r) for i in items for r in (i.old_row, i.new_row)])
     except psycopg.Error:
         return {}

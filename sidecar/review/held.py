@@ -187,7 +187,8 @@ def get(conn: psycopg.Connection, pending_id: int) -> HeldChange:
     return _with_context(conn, [_to_item(row)])[0]
 
 
-def _items(conn: psycopg.Connection, ids: list[int]) -> list[HeldChange]:
+def by_ids(conn: psycopg.Connection, ids: list[int]) -> list[HeldChange]:
+    """The held changes with these ids, in id order (ids not in the queue left out)."""
     rows = conn.execute(_SELECT + " WHERE p.pending_id = ANY(%s) ORDER BY p.pending_id", (ids,)).fetchall()
     return [_to_item(r) for r in rows]
 
@@ -238,11 +239,11 @@ def approve(conn: psycopg.Connection, pending_id: int | None = None, *, run: str
     result = _decide(conn, "approve", pending_id, run, action, why)
     if result["conflicts"]:
         ids = [c["pending_id"] for c in result["conflicts"]]
-        items = {i.pending_id: i for i in _items(conn, ids)}
+        items = {i.pending_id: i for i in by_ids(conn, ids)}
         conflicts = [Conflict(items[c["pending_id"]], c["kind"], c.get("now") or {}, c.get("detail"))
                      for c in result["conflicts"]]
         return Decision("refused", list(items.values()), conflicts)
-    return Decision("approved", _items(conn, result["applied"]))
+    return Decision("approved", by_ids(conn, result["applied"]))
 
 
 def reject(conn: psycopg.Connection, pending_id: int | None = None, *, run: str | None = None,
@@ -251,4 +252,4 @@ def reject(conn: psycopg.Connection, pending_id: int | None = None, *, run: str 
     if not why or not why.strip():
         raise UsageError("a rejection needs --reason, so that the automation's owner knows why")
     result = _decide(conn, "reject", pending_id, run, action, why)
-    return Decision("rejected", _items(conn, result["rejected"]))
+    return Decision("rejected", by_ids(conn, result["rejected"]))
