@@ -24,11 +24,13 @@ def _row_level(conn) -> dict[str, bool]:
 
 
 def _statements(conn, run_id):
+    conn.execute("SELECT sidecar._settle()")  # row mode writes statement rows when history is read
     return conn.execute("SELECT op::text, count(*) FROM sidecar.statements s WHERE run_id = %s "
                         "GROUP BY stmt_id, op ORDER BY stmt_id", (run_id,)).fetchall()
 
 
 def _images(conn, run_id):
+    conn.execute("SELECT sidecar._settle()")
     log = conn.execute("SELECT log_table FROM sidecar.tracked WHERE relid = 'tickets'::regclass").fetchone()[0]
     return conn.execute(sql.SQL(
         "SELECT s.op::text, l._kind::text, l.id, l.status, l.n FROM sidecar.{} l "
@@ -97,6 +99,7 @@ def test_row_mode_rolled_back_savepoint_leaves_nothing_and_later_rows_land(ticke
 def test_row_mode_untagged_writes_cost_no_history(tickets):
     tickets.execute("UPDATE tickets SET n = 5")
     tickets.execute("DELETE FROM tickets WHERE id = 5")
+    tickets.execute("SELECT sidecar._settle()")
     assert tickets.execute("SELECT count(*) FROM sidecar.statements").fetchone()[0] == 0
 
 
@@ -105,6 +108,7 @@ def test_row_mode_capture_all_records_untagged_writes(sc):
     track(sc, "notes", capture="all", capture_mode="row")
     sc.execute("INSERT INTO notes VALUES (1, 'a'), (2, 'b')")
     sc.execute("UPDATE notes SET body = 'c'")
+    sc.execute("SELECT sidecar._settle()")
     assert sc.execute("SELECT op::text, run_id FROM sidecar.statements ORDER BY stmt_id").fetchall() == [
         ("I", None), ("U", None)]
 
@@ -140,3 +144,4 @@ def test_row_mode_pause_that_only_looks_like_it_applies_lets_the_write_land(tick
     assert _statements(sc, run_id) == [("U", 1), ("U", 1)]
     assert [(kind, i, n) for _, kind, i, _, n in _images(sc, run_id)] == [
         ("O", 1, 0), ("N", 1, 9), ("O", 2, 0), ("N", 2, 9), ("O", 3, 0), ("N", 3, 8)]
+

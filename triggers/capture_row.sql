@@ -39,6 +39,7 @@ DECLARE
     v_for   text;
     v_tag   sidecar.tag;
     v_set   text;
+    v_seen  bigint;
 BEGIN
     v_key := TG_RELID || left(TG_OP, 1) || CASE TG_OP WHEN 'UPDATE' THEN pg_stat_get_xact_tuples_updated(TG_RELID)
                                                       WHEN 'INSERT' THEN pg_stat_get_xact_tuples_inserted(TG_RELID)
@@ -46,41 +47,32 @@ BEGIN
     IF current_setting('sidecar._row_for', true) = v_key AND right(v_key, 2) NOT IN ('U0', 'I0', 'D0') THEN
         v_stmt := current_setting('sidecar._row_stmt');
     ELSE
-        -- The run and action, as the statement trigger keeps them: the run
-        -- id, chr(1), the action key.
+        -- The statement's first row. The run and action as the statement
+        -- trigger keeps them: the run id, chr(1), the action key.
         v_for := coalesce(current_setting('sidecar.run_id', true), '') || chr(1)
                  || coalesce(current_setting('sidecar.action', true), '');
-        IF current_setting('sidecar._tag_for', true) = v_for THEN
-            v_tag := current_setting('sidecar._tag');
-        ELSIF starts_with(v_for, chr(1)) THEN
+        IF starts_with(v_for, chr(1)) THEN
             -- Untagged: never gated, no run or action.
             IF @TAGGED_ONLY@ THEN
                 RETURN NULL;
             END IF;
-            v_tag := (NULL, true, NULL);
-        ELSE
-            -- The usual first write of a transaction: a run id as
-            -- start_run() gives it, of a run that is running, and the
-            -- transaction as the action (its key is new: the txid). One
-            -- query reads the run and registers the action; anything else
-            -- (a run to register, undone or finished, a bad id, an action
-            -- key, an action a held write registered) goes through
-            -- sidecar._tag().
-            IF v_for ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\001$' THEN
-                WITH r AS (
-                    SELECT r.automation, r.undo_of IS NOT NULL AS is_undo FROM sidecar.runs r
-                    WHERE r.run_id = left(v_for, 36)::uuid AND r.status = 'running' AND r.undone_by IS NULL),
-                a AS (
-                    INSERT INTO sidecar.actions (run_id, key)
-                    SELECT left(v_for, 36)::uuid, 'tx:' || txid_current() FROM r
-                    ON CONFLICT ON CONSTRAINT actions_run_id_key_key DO NOTHING  -- made by a hold: _tag() reads it
-                    RETURNING action_id)
-                SELECT a.action_id, r.is_undo, r.automation INTO v_tag FROM r, a;
+        ELSIF current_setting('sidecar._gate_ok', true) IS DISTINCT FROM
+              v_for || chr(1) || pg_sequence_last_value('sidecar.gate_seq'::regclass) THEN
+            -- The gate, asked in full: first in this session for this run and
+            -- action, or since something moved sidecar.gate_seq (a pause, an
+            -- undo). sidecar._tag() registers the run and the action and
+            -- refuses an undone run; sidecar._gate() raises if a pause
+            -- applies. The answer is kept for the session unless a table is
+            -- paused (it may be another table's turn next).
+            v_seen := coalesce(pg_sequence_last_value('sidecar.gate_seq'::regclass), 0);
+            PERFORM pg_advisory_lock_shared(hashtext('sidecar.gate_seq')), pg_advisory_unlock_shared(hashtext('sidecar.gate_seq'));
+            SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
+            IF NOT v_tag.is_undo THEN
+                PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
             END IF;
-            IF v_tag.action_id IS NULL THEN
-                SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
+            IF v_tag.is_undo OR NOT EXISTS (SELECT FROM sidecar.pauses p WHERE p.scope = 'table') THEN
+                v_set := set_config('sidecar._gate_ok', v_for || chr(1) || v_seen, false);
             END IF;
-            v_set := set_config('sidecar._tag', v_tag::text, true) || set_config('sidecar._tag_for', v_for, true);
         END IF;
         IF NOT @SHAPE_WATCHED@ THEN
             IF (SELECT coalesce(string_agg(a.attnum || ':' || a.atttypid || ':' || a.atttypmod || ':' || a.attname,
@@ -91,37 +83,37 @@ BEGIN
                 -- The table changed shape since this function was rendered:
                 -- history first, then this row with SQL for the new shape
                 -- (the next rows call the function rendered anew).
-                IF NOT coalesce(v_tag.is_undo, true) THEN
-                    PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
-                END IF;
                 PERFORM sidecar._sync_shape(@TRACKED_ID@);
                 v_stmt := nextval('sidecar.stmt_seq');
-                INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-                VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,
-                        v_tag.action_id, txid_current(), session_user, statement_timestamp());
-                EXECUTE sidecar._capture_row_sql(@TRACKED_ID@, TG_OP) USING v_stmt, OLD, NEW;
+                EXECUTE sidecar._capture_row_sql(@TRACKED_ID@, TG_OP) USING v_stmt, OLD, NEW,
+                    (left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,
+                     nullif(split_part(v_for, chr(1), 2), ''), txid_current(), session_user,
+                     statement_timestamp())::sidecar.stmt_head;
                 RETURN NULL;
             END IF;
         END IF;
-        -- The statement's first row: the gate and the statement row in one
-        -- query. Undo runs and untagged writes are never gated; one look at
-        -- the tiny pauses table finds a superset of the pauses that apply,
-        -- and when it finds one no row is written here: sidecar._gate()
-        -- reads them exactly and raises, or the row is written after it.
-        INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-        SELECT nextval('sidecar.stmt_seq'), @TRACKED_ID@, left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,
-               v_tag.action_id, txid_current(), session_user, statement_timestamp()
-        WHERE coalesce(v_tag.is_undo, true) OR NOT EXISTS (
-            SELECT FROM sidecar.pauses p WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@']))
-        RETURNING stmt_id INTO v_stmt;
-        IF v_stmt IS NULL THEN
-            PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
-            v_stmt := nextval('sidecar.stmt_seq');
-            INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at)
-            VALUES (v_stmt, @TRACKED_ID@, left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,
-                    v_tag.action_id, txid_current(), session_user, statement_timestamp());
-        END IF;
+        -- Its head (sidecar._settle() makes the statement row from it), and
+        -- the statement id for the statement's other rows.
+        v_stmt := nextval('sidecar.stmt_seq');
         v_set := set_config('sidecar._row_for', v_key, true) || set_config('sidecar._row_stmt', v_stmt::text, true);
+        IF TG_OP = 'UPDATE' THEN
+            INSERT INTO @LOG@ (_stmt, _kind, _head, @LOG_COLS@)
+            VALUES (v_stmt, 'O', ('U', nullif(split_part(v_for, chr(1), 1), '')::uuid,
+                                  nullif(split_part(v_for, chr(1), 2), ''), txid_current(), session_user,
+                                  statement_timestamp())::sidecar.stmt_head, @OLD_COLS@),
+                   (v_stmt, 'N', NULL, @NEW_COLS@);
+        ELSIF TG_OP = 'INSERT' THEN
+            INSERT INTO @LOG@ (_stmt, _kind, _head, @LOG_COLS@)
+            VALUES (v_stmt, 'N', ('I', nullif(split_part(v_for, chr(1), 1), '')::uuid,
+                                  nullif(split_part(v_for, chr(1), 2), ''), txid_current(), session_user,
+                                  statement_timestamp())::sidecar.stmt_head, @NEW_COLS@);
+        ELSE
+            INSERT INTO @LOG@ (_stmt, _kind, _head, @LOG_COLS@)
+            VALUES (v_stmt, 'O', ('D', nullif(split_part(v_for, chr(1), 1), '')::uuid,
+                                  nullif(split_part(v_for, chr(1), 2), ''), txid_current(), session_user,
+                                  statement_timestamp())::sidecar.stmt_head, @OLD_COLS@);
+        END IF;
+        RETURN NULL;
     END IF;
 
     -- Every row of the statement: its images.

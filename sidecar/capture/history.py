@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from ..text import describe
+from . import settle
 
 
 @dataclass
@@ -57,6 +58,7 @@ def tables_of_run(conn: psycopg.Connection, run_id: uuid.UUID, action_ids: list[
                   first: int | None = None) -> list[TableInfo]:
     """The tables the run (or some of its actions) wrote, each with the range of its statements;
     with first, of the first statements only (a run left running for days has millions)."""
+    settle.keep_settled(conn)
     statements = "sidecar.statements s WHERE " + _IN_SCOPE
     if first is not None:
         statements = "(SELECT s.* FROM " + statements + " ORDER BY s.stmt_id LIMIT %s) s"
@@ -114,7 +116,7 @@ def _clean(image: dict[str, Any] | None) -> dict[str, Any] | None:
     """A history row as {column: value}: bookkeeping dropped, retired columns under their old name."""
     if image is None:
         return None
-    out = {k: v for k, v in image.items() if k not in ("_stmt", "_kind") and "~" not in k}
+    out = {k: v for k, v in image.items() if k not in ("_stmt", "_kind", "_head") and "~" not in k}
     for k, v in image.items():
         # A retired column (dropped or retyped since) holds what was captured
         # before the change; the current column is empty for those statements.
@@ -135,6 +137,8 @@ def changes(
     only the first rows of each action and table are read (the database picks them; a no-op row
     among them makes one change fewer). tables: what tables_of_run() gives for the same run and
     actions, when the caller has it already."""
+    if tables is None:
+        settle.keep_settled(conn)
     return islice(_changes(conn, run_id, action_ids, stmt_id, per_action, tables), limit)
 
 
@@ -218,7 +222,7 @@ def change_counts(conn: psycopg.Connection, run_id: uuid.UUID, *, action_ids: li
         # One change per image of an INSERT or DELETE, and per row of an
         # UPDATE unless its two images are the same (a no-op row); a row an
         # UPDATE moved to another key has one image under each key.
-        changed = sql.SQL("HAVING s.op <> 'U' OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - '_kind') > 1"
+        changed = sql.SQL("HAVING s.op <> 'U' OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - '_kind' - '_head') > 1"
                           if exact else "")
         for action_id, n in conn.execute(
             sql.SQL(
@@ -261,6 +265,7 @@ def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> RowCounts:
     and of a big running run until it finishes (then complete is false once
     the run has written since: the counts are those at counted_at).
     """
+    settle.keep_settled(conn)
     counts, complete, counted_at = conn.execute("SELECT * FROM sidecar.run_rows(%s, %s)",
                                                   (run_id, RECOUNT_MAX)).fetchone()
     return RowCounts({table: n for table, n in sorted(counts.items())}, complete, counted_at)

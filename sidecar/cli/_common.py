@@ -11,7 +11,7 @@ import click
 import psycopg
 
 from .. import db
-from ..capture import partitioning
+from ..capture import partitioning, settle
 from ..errors import SidecarError, UsageError
 
 EXIT_CONFLICTS = 3
@@ -67,6 +67,8 @@ def connect(dsn):
     conn = db.connect(dsn)
     # History partitions ahead of capture, when due (no cron to remember).
     partitioning.keep_ahead(conn)
+    # Row-mode statements written from their heads, before anything reads history.
+    settle.keep_settled(conn)
     return conn
 
 

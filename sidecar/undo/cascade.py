@@ -77,7 +77,7 @@ def _later_writers_of_table(conn: psycopg.Connection, run_id: uuid.UUID, info: T
             "CREATE TEMP TABLE _sc_mine ON COMMIT DROP AS "
             "SELECT DISTINCT ON ({keys}) {keys}, jsonb_build_array({keys})::text AS _k, "
             "min(l._stmt) OVER (PARTITION BY {keys}) AS _first, l._stmt AS _last, s.txid AS _txid, "
-            "CASE WHEN l._kind = 'N' THEN to_jsonb(l) - '_stmt' - '_kind' END AS _left "
+            "CASE WHEN l._kind = 'N' THEN to_jsonb(l) - '_stmt' - '_kind' - '_head' END AS _left "
             "FROM sidecar.{log} l JOIN _sc_rs s ON s.stmt_id = l._stmt "
             "WHERE l._stmt BETWEEN %s AND %s ORDER BY {keys}, l._stmt DESC, l._kind"
         ).format(keys=keys("l"), log=log),
@@ -111,7 +111,7 @@ def _later_writers_of_table(conn: psycopg.Connection, run_id: uuid.UUID, info: T
         conn.execute("ANALYZE _sc_chase")
         floor = conn.execute("SELECT min(_last) FROM _sc_chase").fetchone()[0]
         query = sql.SQL(
-            "SELECT m._k, l._stmt, l._kind, to_jsonb(l) - '_stmt' - '_kind', s.run_id "
+            "SELECT m._k, l._stmt, l._kind, to_jsonb(l) - '_stmt' - '_kind' - '_head', s.run_id "
             "FROM sidecar.{log} l JOIN _sc_chase m ON {same} "
             "JOIN sidecar.statements s ON s.stmt_id = l._stmt "
             "WHERE l._stmt > %s AND l._stmt <= %s AND (l._stmt - m._last) > 0 "

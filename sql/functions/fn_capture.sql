@@ -72,10 +72,10 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
 
-    -- History names its own columns _stmt and _kind, next to the table's.
+    -- History names its own columns _stmt, _kind and _head, next to the table's.
     SELECT a.attname INTO v_reserved FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = r_tracked.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-      AND a.attname IN ('_stmt', '_kind')
+      AND a.attname IN ('_stmt', '_kind', '_head')
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'sidecar: table % has a column named %, a name sidecar''s history keeps for its own use',
@@ -231,7 +231,8 @@ END
 $_render_capture$;
 
 -- The INSERT a row capture function runs for one row when its table's shape
--- changed since it was rendered ($1 the statement id, $2 OLD, $3 NEW).
+-- changed since it was rendered ($1 the statement id, $2 OLD, $3 NEW, $4 the
+-- statement's head, migration 027).
 CREATE OR REPLACE FUNCTION sidecar._capture_row_sql(p_tracked_id int, p_op text)
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $_capture_row_sql$
@@ -249,11 +250,11 @@ BEGIN
     FROM sidecar.columns c
     JOIN pg_catalog.pg_attribute a ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
     WHERE c.tracked_id = p_tracked_id AND NOT c.retired;
-    RETURN format('INSERT INTO sidecar.%I (_stmt, _kind, %s) ', r_tracked.log_table, v_log_cols)
+    RETURN format('INSERT INTO sidecar.%I (_stmt, _kind, _head, %s) ', r_tracked.log_table, v_log_cols)
         || CASE p_op
-           WHEN 'INSERT' THEN format('VALUES ($1, %L, %s)', 'N', v_new)
-           WHEN 'DELETE' THEN format('VALUES ($1, %L, %s)', 'O', v_old)
-           ELSE format('VALUES ($1, %L, %s), ($1, %L, %s)', 'O', v_old, 'N', v_new)
+           WHEN 'INSERT' THEN format('VALUES ($1, %L, $4, %s)', 'N', v_new)
+           WHEN 'DELETE' THEN format('VALUES ($1, %L, $4, %s)', 'O', v_old)
+           ELSE format('VALUES ($1, %L, $4, %s), ($1, %L, NULL, %s)', 'O', v_old, 'N', v_new)
            END;
 END
 $_capture_row_sql$;
@@ -574,7 +575,7 @@ BEGIN
         UPDATE sidecar.tracked SET log_table = v_log WHERE tracked_id = v_id;
         -- Partitioned by statement-id range like sidecar.statements (fn_partitions.sql),
         -- once that is (an install from before migration 025 converts both).
-        EXECUTE format('CREATE TABLE sidecar.%I (_stmt bigint NOT NULL, _kind "char" NOT NULL) %s', v_log,
+        EXECUTE format('CREATE TABLE sidecar.%I (_stmt bigint NOT NULL, _kind "char" NOT NULL, _head sidecar.stmt_head) %s', v_log,
                        CASE WHEN (SELECT c.relkind FROM pg_catalog.pg_class c
                                   WHERE c.oid = 'sidecar.statements'::regclass) = 'p'
                             THEN 'PARTITION BY RANGE (_stmt)' ELSE '' END);

@@ -84,9 +84,9 @@ BEGIN
             'WHERE s.stmt_id = l._stmt AND s.run_id = $3 OFFSET 0) s '
             'WHERE l._stmt BETWEEN $1 AND $2 '
             'GROUP BY %1$s, l._stmt, s.op '
-            'HAVING s.op <> %3$L OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - %4$L) > 1) changed',
+            'HAVING s.op <> %3$L OR count(*) = 1 OR count(DISTINCT to_jsonb(l) - %4$L::text[]) > 1) changed',
             -- (an undo's statements may point at the images of what they reversed: fn_history.sql)
-            v_pk, sidecar._history_from(r_table.tracked_id, r_table.lo, r_table.hi), 'U', '_kind')
+            v_pk, sidecar._history_from(r_table.tracked_id, r_table.lo, r_table.hi), 'U', '{_kind,_head}')
             INTO v_n USING r_table.lo, r_table.hi, p_run;
         IF v_n > 0 THEN
             v_counts := v_counts || jsonb_build_object(sidecar._qualname(r_table.relid), v_n);

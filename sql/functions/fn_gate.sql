@@ -9,6 +9,16 @@
 DROP FUNCTION IF EXISTS sidecar._pause(text, text, text);
 DROP FUNCTION IF EXISTS sidecar._resume(text, text);
 
+-- Tell row-mode sessions that kept a gate answer (triggers/capture_row.sql)
+-- to ask again: move sidecar.gate_seq, holding a lock that a session asking
+-- again waits for, so that it reads the pause (or undo) once committed.
+CREATE OR REPLACE FUNCTION sidecar._gate_moved()
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_gate_moved$
+    SELECT pg_advisory_xact_lock(hashtext('sidecar.gate_seq'));
+    SELECT nextval('sidecar.gate_seq');
+$_gate_moved$;
+
 CREATE OR REPLACE FUNCTION sidecar._pause(p_scope text, p_target text, p_reason text,
                                           p_label text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -17,6 +27,7 @@ BEGIN
     IF coalesce(btrim(p_reason), '') = '' THEN
         RAISE EXCEPTION 'sidecar: a pause needs a reason, so that people know why' USING ERRCODE = 'SC006';
     END IF;
+    PERFORM sidecar._gate_moved();
     INSERT INTO sidecar.pauses (scope, target, reason) VALUES (p_scope, p_target, p_reason)
     ON CONFLICT (scope, target) DO UPDATE
         SET reason = EXCLUDED.reason, paused_at = now(), paused_by = session_user;

@@ -30,8 +30,8 @@ BEGIN
     SELECT string_agg(format('h.%I', a.attname), ', ' ORDER BY a.attnum) INTO v_cols
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = to_regclass(format('sidecar.%I', v_log)) AND a.attnum > 0 AND NOT a.attisdropped
-      AND a.attname NOT IN ('_stmt', '_kind');
-    RETURN format('(SELECT h.* FROM sidecar.%1$I h WHERE h._stmt BETWEEN %2$s AND %3$s '
+      AND a.attname NOT IN ('_stmt', '_kind', '_head');
+    RETURN format('(SELECT h._stmt, h._kind, %4$s FROM sidecar.%1$I h WHERE h._stmt BETWEEN %2$s AND %3$s '
                   'UNION ALL '
                   'SELECT p.stmt_id, (CASE WHEN p.images_swapped THEN translate(h._kind::text, ''ON'', ''NO'') '
                   'ELSE h._kind::text END)::"char", %4$s '

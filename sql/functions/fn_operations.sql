@@ -53,6 +53,7 @@ BEGIN
     UPDATE sidecar.runs SET status = 'succeeded', finished_at = clock_timestamp() WHERE run_id = p_undo;
     IF r_undo.meta ->> 'scope' = 'run' THEN
         UPDATE sidecar.runs SET undone_by = p_undo WHERE run_id = r_undo.undo_of;
+        PERFORM sidecar._gate_moved();  -- the undone run's next write is refused
     END IF;
     PERFORM sidecar._log_event('undo', r_undo.undo_of, p_summary, p_detail || jsonb_build_object('undo_run', p_undo));
     PERFORM pg_notify('sidecar', jsonb_build_object('event', 'undo', 'run', r_undo.undo_of, 'undo_run', p_undo,

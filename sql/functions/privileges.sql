@@ -58,6 +58,9 @@ GRANT EXECUTE ON FUNCTION
     sidecar.set_context(text, jsonb, float8, jsonb),
     sidecar._qualname(regclass)
 TO PUBLIC;
+-- Writes statement rows of row-mode history from its heads, nothing else
+-- (fn_settle.sql): any reader may need it, and it reveals nothing.
+GRANT EXECUTE ON FUNCTION sidecar._settle() TO PUBLIC;
 
 -- The rest is granted per role, where the role exists.
 DO $grants$
