@@ -318,10 +318,23 @@ def dsn(pg_server: Server, _template_db: str, request: pytest.FixtureRequest) ->
     _drop_database(pg_server, name)
 
 
+class Reader(psycopg.Connection):
+    """A test's connection reads history as sidecar's own readers do: before a query that names
+    sidecar.statements or sidecar.actions, row-mode statements are settled (sidecar._settle(),
+    migration 027), as every sidecar command and library reader does before it reads."""
+
+    def execute(self, query, params=None, **kwargs):  # type: ignore[override]
+        text = query if isinstance(query, str) else query.as_string(self) if isinstance(query, sql.Composable) else ""
+        if "sidecar.statements" in text or "sidecar.actions" in text:
+            if super().execute("SELECT to_regprocedure('sidecar._settle()') IS NOT NULL").fetchone()[0]:
+                super().execute("SELECT sidecar._settle()")
+        return super().execute(query, params, **kwargs)
+
+
 @pytest.fixture
 def conn(dsn: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to the test's database."""
-    with psycopg.connect(dsn, autocommit=True) as connection:
+    with Reader.connect(dsn, autocommit=True) as connection:
         yield connection
 
 
@@ -332,7 +345,7 @@ def make_conn(dsn: str) -> Iterator[Callable[..., psycopg.Connection]]:
 
     def make(**kwargs: object) -> psycopg.Connection:
         kwargs.setdefault("autocommit", True)
-        connection = psycopg.connect(dsn, **kwargs)
+        connection = Reader.connect(dsn, **kwargs)
         opened.append(connection)
         return connection
 

@@ -21,12 +21,13 @@ from psycopg import sql
 import sidecar.capture.schema
 import sidecar.steps.runs
 from sidecar.cli import cli as sidecar_cli
+from tests.fix_db import Reader
 
 
 @pytest.fixture
 def sc(dsn: str) -> Iterator[psycopg.Connection]:
     """A connection (autocommit) to a fresh database with sidecar installed."""
-    with psycopg.connect(dsn, autocommit=True) as connection:
+    with Reader.connect(dsn, autocommit=True) as connection:
         sidecar.capture.schema.install(connection)
         yield connection
 

@@ -67,7 +67,8 @@ BEGIN
             v_seen := coalesce(pg_sequence_last_value('sidecar.gate_seq'::regclass), 0);
             PERFORM pg_advisory_lock_shared(hashtext('sidecar.gate_seq')), pg_advisory_unlock_shared(hashtext('sidecar.gate_seq'));
             SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
-            IF NOT v_tag.is_undo THEN
+            IF NOT v_tag.is_undo AND EXISTS (
+                SELECT FROM sidecar.pauses p WHERE p.target = ANY (ARRAY[v_tag.automation, '*', '@TRACKED_ID@'])) THEN
                 PERFORM sidecar._gate(v_tag.automation, @TRACKED_ID@, 'Nothing of this statement was written.');
             END IF;
             IF v_tag.is_undo OR NOT EXISTS (SELECT FROM sidecar.pauses p WHERE p.scope = 'table') THEN

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ..capture import settle
 from ..errors import SidecarError, UsageError
 from ..text.describe import plural
 from .apply import apply
@@ -141,6 +142,7 @@ def undo(conn: psycopg.Connection, scope: Scope, *, force: bool = False, reason:
     The undo is itself a run (undo_of the original), so it can be undone.
     Conflicting rows are skipped and listed unless force is set.
     """
+    settle.keep_settled(conn)  # committed before the undo's transaction, which may be long
     with conn.transaction(), _settings_restored(conn):
         _session_settings(conn)
         meta = _scope_meta(scope) | {"reason": reason, "force": force}

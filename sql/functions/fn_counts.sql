@@ -30,6 +30,7 @@ DECLARE
     v_last    bigint;
     r_kept    record;
 BEGIN
+    PERFORM sidecar._settle();  -- row-mode statements (fn_settle.sql)
     SELECT status INTO v_status FROM sidecar.runs WHERE run_id = p_run;
     SELECT c.counts, c.statements, c.last_stmt, c.counted_at INTO r_kept
     FROM sidecar.run_counts c WHERE c.run_id = p_run;

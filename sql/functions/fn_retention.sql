@@ -28,6 +28,7 @@ BEGIN
        AND EXISTS (SELECT FROM sidecar.pending WHERE run_id = p_run AND status = 'pending') THEN
         RETURN NULL;
     END IF;
+    PERFORM sidecar._settle();  -- row-mode statements (fn_settle.sql): the run's and those pointing at it
     FOR r_table IN
         SELECT t.log_table, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi
         FROM sidecar.statements s JOIN sidecar.tracked t USING (tracked_id)
