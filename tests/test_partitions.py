@@ -42,7 +42,9 @@ def in_default(sc, table: str) -> int:
 def counters(sc):
     sc.execute("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
     sc.execute("INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10) g")
-    track(sc, "counters")
+    # Statement mode: its capture makes partitions when due. A row-mode session looks when it
+    # first writes for a run (test_row_mode_runs_make_partitions_ahead_at_their_start).
+    track(sc, "counters", capture_mode="statement")
     return sc
 
 

@@ -6,11 +6,9 @@
 --   @OLD_COLS@   OLD.<column>, ... in the order of @LOG_COLS@
 --   @NEW_COLS@   NEW.<column>, ...
 --
--- It fires once per written row (AFTER ... FOR EACH ROW, no transition
+-- It fires once per changed row (AFTER ... FOR EACH ROW, no transition
 -- table), behind a WHEN clause that skips untagged writes (capture tagged)
--- without calling it. An UPDATE that changed nothing is captured, as in
--- statement mode, and readers leave it out (comparing OLD with NEW in the
--- WHEN clause cost more than the images it saved).
+-- and UPDATEs that changed nothing, without calling it.
 --
 -- What it writes (migration 027): row images only. The first image of each
 -- statement carries the statement's head (sidecar.stmt_head: op, run,
@@ -57,9 +55,12 @@ BEGIN
     IF current_setting('sidecar._row_for', true) = v_key THEN
         NULL;  -- another row of the statement: its images under the statement's id
     ELSE
-        -- The statement's first row. The gate, asked in full only when this
-        -- session has no answer for its run and action, or something moved
-        -- sidecar.gate_seq (a pause, an undo) since it got one.
+        -- The statement's first row: a statement id, kept with the
+        -- statement's key for its other rows. Then the gate, asked in full
+        -- only when this session has no answer for its run, or something
+        -- moved sidecar.gate_seq (a pause, an undo) since it got one.
+        v_set := set_config('sidecar._row_for', v_key, true)
+                 || set_config('sidecar._row_stmt', nextval('sidecar.stmt_seq')::text, true);
         IF current_setting('sidecar._gate_ok', true) IS DISTINCT FROM
            current_setting('sidecar.run_id', true) || pg_sequence_last_value('sidecar.gate_seq'::regclass) THEN
             v_for := concat(current_setting('sidecar.run_id', true), chr(1), current_setting('sidecar.action', true));
@@ -69,8 +70,11 @@ BEGIN
                     RETURN NULL;
                 END IF;
             ELSE
-                -- sidecar._tag() registers the run and the action and refuses
-                -- an undone run; sidecar._gate() raises if a pause applies
+                -- sidecar._tag() registers the run and the action, refuses an
+                -- undone run and makes history partitions ahead when due
+                -- (start_run() and every command make them too: a session
+                -- that writes on under one run does not look again);
+                -- sidecar._gate() raises if a pause applies
                 -- (after waiting for a pause or undo being committed:
                 -- sidecar._gate_moved()). The answer is kept for the session,
                 -- unless a table is paused (another table may be next).
@@ -96,7 +100,8 @@ BEGIN
                     -- history first, then this row with SQL for the new shape
                     -- (the next rows call the function rendered anew).
                     PERFORM sidecar._sync_shape(@TRACKED_ID@);
-                    EXECUTE sidecar._capture_row_sql(@TRACKED_ID@, TG_OP) USING nextval('sidecar.stmt_seq'), OLD, NEW,
+                    EXECUTE sidecar._capture_row_sql(@TRACKED_ID@, TG_OP)
+                    USING current_setting('sidecar._row_stmt')::bigint, OLD, NEW,
                         (left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,
                          nullif(split_part(v_for, chr(1), 2), ''), txid_current(), session_user,
                          statement_timestamp())::sidecar.stmt_head;
@@ -104,23 +109,35 @@ BEGIN
                 END IF;
             END IF;
         END IF;
-        -- A statement id, kept for the statement's other rows; v_set set
-        -- marks this row as the one that carries the statement's head.
-        v_set := set_config('sidecar._row_for', v_key, true)
-                 || set_config('sidecar._row_stmt', nextval('sidecar.stmt_seq')::text, true);
     END IF;
 
-    -- The images; the first carries the head when this is the statement's first row.
+    -- The images. A statement's first row (v_set set) gives its first image
+    -- the statement's head, from which sidecar._settle() makes its row.
     IF TG_OP = 'UPDATE' THEN
         INSERT INTO @LOG@ (_stmt, _kind, _head, @LOG_COLS@)
-        VALUES (current_setting('sidecar._row_stmt')::bigint, 'O', CASE WHEN v_set IS NOT NULL THEN (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid, nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user, statement_timestamp())::sidecar.stmt_head END, @OLD_COLS@),
+        VALUES (current_setting('sidecar._row_stmt')::bigint, 'O',
+                CASE WHEN v_set IS NOT NULL THEN
+                     (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid,
+                      nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user,
+                      statement_timestamp())::sidecar.stmt_head END,
+                @OLD_COLS@),
                (current_setting('sidecar._row_stmt')::bigint, 'N', NULL, @NEW_COLS@);
     ELSIF TG_OP = 'INSERT' THEN
         INSERT INTO @LOG@ (_stmt, _kind, _head, @LOG_COLS@)
-        VALUES (current_setting('sidecar._row_stmt')::bigint, 'N', CASE WHEN v_set IS NOT NULL THEN (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid, nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user, statement_timestamp())::sidecar.stmt_head END, @NEW_COLS@);
+        VALUES (current_setting('sidecar._row_stmt')::bigint, 'N',
+                CASE WHEN v_set IS NOT NULL THEN
+                     (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid,
+                      nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user,
+                      statement_timestamp())::sidecar.stmt_head END,
+                @NEW_COLS@);
     ELSE
         INSERT INTO @LOG@ (_stmt, _kind, _head, @LOG_COLS@)
-        VALUES (current_setting('sidecar._row_stmt')::bigint, 'O', CASE WHEN v_set IS NOT NULL THEN (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid, nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user, statement_timestamp())::sidecar.stmt_head END, @OLD_COLS@);
+        VALUES (current_setting('sidecar._row_stmt')::bigint, 'O',
+                CASE WHEN v_set IS NOT NULL THEN
+                     (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid,
+                      nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user,
+                      statement_timestamp())::sidecar.stmt_head END,
+                @OLD_COLS@);
     END IF;
     RETURN NULL;
 END

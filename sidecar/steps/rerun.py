@@ -17,6 +17,7 @@ from datetime import datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ..capture import settle
 from ..errors import SidecarError, UsageError
 from ..text.describe import plural, row_label
 from . import runs as runs_mod
@@ -49,6 +50,7 @@ def step_states(conn: psycopg.Connection, run_id: uuid.UUID, *, stopped: bool = 
     could not record its failure: the first planned step not done is the one
     it was on.
     """
+    settle.keep_settled(conn)
     rows = conn.execute(
         """
         WITH lineage AS (

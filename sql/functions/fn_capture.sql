@@ -492,8 +492,9 @@ BEGIN
     IF r_tracked.capture_mode = 'row' THEN
         EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
-        EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s FOR EACH ROW %s'
-                       'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
+        EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s FOR EACH ROW '
+                       'WHEN (%s OLD *<> NEW) EXECUTE FUNCTION %s()', r_tracked.relid,
+                       CASE WHEN r_tracked.capture = 'tagged' THEN v_tagged || ' AND' ELSE '' END, v_func);
         EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
     ELSE
