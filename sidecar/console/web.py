@@ -25,6 +25,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from ..capture import settle
 from ..errors import SidecarError
 from ..text import describe
 from .auth import Rights, Session, Sessions, SignInError, rights_of
@@ -222,6 +223,7 @@ def _serve(handler, needs, request: Request, session: Session, form, draft: Draf
     console: Console = request.app.state.console
     try:
         with console.sessions.connection(session) as conn:
+            settle.keep_settled(conn)  # row-mode statements before any page reads history
             rights = rights_of(conn)
             ctx = Page(console, request, session, conn, rights, form)
             if needs and not getattr(rights, needs):

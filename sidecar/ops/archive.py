@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ..capture import settle
 from ..capture.history import TableInfo, history_from
 from ..errors import SidecarError, UsageError
 from ..text.describe import plural
@@ -113,6 +114,7 @@ def _sha256(path: Path) -> str:
 def archive(conn: psycopg.Connection, before: datetime, to: str | Path, *, automation: str | None = None,
             progress: Callable[[int, int], None] | None = None) -> ArchiveReport:
     """Write each finished, unpurged run started before `before` to `to`; change nothing in the database."""
+    settle.keep_settled(conn)  # row-mode statements first (capture/settle.py)
     directory = Path(to)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"--to {directory} is a file; name a directory (it is created if missing)")

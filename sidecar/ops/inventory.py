@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..capture import settle
 from ..capture.tracking import untracked_followers
 from ..text.describe import plural
 
@@ -170,6 +171,7 @@ def _last_drills(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
 
 def inventory(conn: psycopg.Connection, *, days: int = 7, scan_limit: int = 100_000) -> InventoryReport:
     """Every tracked table with its inventory entry, writers and warnings (see the module doc)."""
+    settle.keep_settled(conn)  # row-mode statements first (capture/settle.py)
     rules = _rules(conn)
     ever = dict(conn.execute(_EVER, (list(_NOT_AUTOMATIONS),)).fetchall())
     drills = _last_drills(conn)

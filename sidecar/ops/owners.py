@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from ..capture import settle
 from .inventory import _NOT_AUTOMATIONS
 
 # duty -> the group role that grants it, and the object whose privilege it needs.
@@ -152,6 +153,7 @@ def owners(conn: psycopg.Connection, *, automation: str | None = None,
 
     extra_tables are counted among the automation's tables (the drill names the table it drills).
     """
+    settle.keep_settled(conn)  # row-mode statements first (capture/settle.py)
     roles = role_states(conn)
     people = conn.execute(
         "SELECT r.rolname, r.rolsuper, r.oid = (SELECT nspowner FROM pg_namespace WHERE nspname = 'sidecar') "

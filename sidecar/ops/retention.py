@@ -10,6 +10,7 @@ from datetime import datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ..capture import settle
 from ..text.describe import plural
 
 
@@ -43,6 +44,7 @@ def purge(conn: psycopg.Connection, before: datetime, *, automation: str | None 
     Runs still running, with held items, or being undone are kept. Each run is
     purged in its own transaction, so an interrupted purge is simply run again.
     """
+    settle.keep_settled(conn)  # row-mode statements first (capture/settle.py)
     report = PurgeReport(before, automation)
     _drop_partitions(conn, report)
     candidates = conn.execute(

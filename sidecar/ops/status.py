@@ -14,7 +14,7 @@ from datetime import datetime
 
 import psycopg
 
-from ..capture import history, schema, tracking
+from ..capture import history, schema, settle, tracking
 from ..errors import SidecarError
 from ..review import gate, held
 from ..steps import runs
@@ -142,6 +142,7 @@ class StatusReport:
 
 
 def gather(conn: psycopg.Connection) -> StatusReport:
+    settle.keep_settled(conn)  # row-mode statements first (capture/settle.py)
     version = schema.installed_version(conn)
     if version is None:
         raise SidecarError("sidecar is not installed in this database; run: sidecar install")

@@ -9,6 +9,7 @@ from datetime import datetime
 
 import psycopg
 
+from ..capture import settle
 from ..steps.rerun import step_states
 from ..steps.runs import RunInfo
 from ..text import describe
@@ -60,6 +61,7 @@ def summarize(conn: psycopg.Connection, info: RunInfo, *, shell: bool = True) ->
     """Plain-language answers, each a few lines, read from runs, actions, steps, the queue and events.
 
     shell=False: "what happens next" names no command (the console offers the buttons instead)."""
+    settle.keep_settled(conn)  # row-mode statements first (capture/settle.py)
     s = Summary(started_at=info.started_at)
     s.started.append(f"{info.automation}, started by {info.started_by}")
     # The run's own metadata (prompt, model, job...), the usual keys first, in words.

@@ -28,6 +28,7 @@ DECLARE
     v_n      bigint;
     v_xmin   bigint := txid_snapshot_xmin(txid_current_snapshot());  -- before any scan below
     v_xmax   bigint;
+    v_heads  text;
 BEGIN
     SELECT * INTO STRICT r_mark FROM sidecar.settled;
     IF v_last < r_mark.below THEN
@@ -36,18 +37,28 @@ BEGIN
     IF current_setting('transaction_read_only') = 'on' THEN
         RETURN 0;  -- a hot standby or a read-only transaction: settled by the next writer's reader
     END IF;
+    -- The actions first, in the order their first statements were
+    -- written, starting when they did (as capture would have made them).
+    SELECT string_agg(format('SELECT h._stmt, h._head FROM sidecar.%I h WHERE h._stmt >= $1 '
+                             'AND (h._head).op IS NOT NULL AND (h._head).run_id IS NOT NULL', t.log_table),
+                      ' UNION ALL ' ORDER BY t.tracked_id)
+      INTO v_heads
+    FROM sidecar.tracked t WHERE to_regclass(format('sidecar.%I', t.log_table)) IS NOT NULL;
+    IF v_heads IS NULL THEN
+        RETURN 0;
+    END IF;
+    EXECUTE format(
+        'INSERT INTO sidecar.actions (run_id, key, started_at) '
+        'SELECT (h._head).run_id, coalesce((h._head).action, %L || (h._head).txid), min((h._head).at) '
+        'FROM (%s) h WHERE NOT EXISTS (SELECT FROM sidecar.statements s WHERE s.stmt_id = h._stmt) '
+        'GROUP BY 1, 2 ORDER BY min(h._stmt) '
+        'ON CONFLICT ON CONSTRAINT actions_run_id_key_key DO NOTHING', 'tx:', v_heads)
+    USING r_mark.below;
     FOR r_log IN
         SELECT t.tracked_id, t.log_table FROM sidecar.tracked t
         WHERE to_regclass(format('sidecar.%I', t.log_table)) IS NOT NULL
         ORDER BY t.tracked_id
     LOOP
-        EXECUTE format(
-            'INSERT INTO sidecar.actions (run_id, key) '
-            'SELECT DISTINCT (h._head).run_id, coalesce((h._head).action, %L || (h._head).txid) '
-            'FROM sidecar.%I h WHERE h._stmt >= $1 AND (h._head).op IS NOT NULL AND (h._head).run_id IS NOT NULL '
-            '  AND NOT EXISTS (SELECT FROM sidecar.statements s WHERE s.stmt_id = h._stmt) '
-            'ON CONFLICT ON CONSTRAINT actions_run_id_key_key DO NOTHING', 'tx:', r_log.log_table)
-        USING r_mark.below;
         EXECUTE format(
             'INSERT INTO sidecar.statements (stmt_id, tracked_id, op, run_id, action_id, txid, db_user, at) '
             'SELECT h._stmt, $2, (h._head).op, (h._head).run_id, a.action_id, (h._head).txid, '

@@ -172,6 +172,11 @@ BEGIN
               HINT = 'Call sidecar.begin_step(key) in the same transaction first.';
     END IF;
     SELECT lineage INTO v_lineage FROM sidecar.runs WHERE run_id = v_run;
+    -- Row-mode capture leaves the step's action to be made from its
+    -- statements' heads (fn_settle.sql): made now, in this transaction.
+    IF NOT EXISTS (SELECT FROM sidecar.actions a WHERE a.run_id = v_run AND a.key = v_key) THEN
+        PERFORM sidecar._settle();
+    END IF;
     -- The primary key (lineage, key) is the last guard: a second completion
     -- of one step fails, and its writes with it.
     INSERT INTO sidecar.steps (lineage, key, run_id, action_id)
