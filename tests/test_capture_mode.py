@@ -145,3 +145,72 @@ def test_row_mode_pause_that_only_looks_like_it_applies_lets_the_write_land(tick
     assert [(kind, i, n) for _, kind, i, _, n in _images(sc, run_id)] == [
         ("O", 1, 0), ("N", 1, 9), ("O", 2, 0), ("N", 2, 9), ("O", 3, 0), ("N", 3, 8)]
 
+
+
+# -- statement rows made from heads when history is read (migration 027) ---------------------
+
+
+def _plain(dsn):
+    """A connection that does not settle by itself (tests/fix_db.Reader does)."""
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def test_row_mode_writes_only_images_and_readers_make_the_statements(tickets, bot, dsn):
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    with bot.transaction():
+        bot.execute("UPDATE tickets SET status = 'done' WHERE id <= 2")
+        bot.execute("SET LOCAL sidecar.action = 'close:3'")
+        bot.execute("DELETE FROM tickets WHERE id = 3")
+    bot.execute("INSERT INTO tickets VALUES (6, 'new', 0)")
+    with _plain(dsn) as raw:
+        assert raw.execute("SELECT count(*) FROM sidecar.statements").fetchone()[0] == 0
+        assert raw.execute("SELECT sidecar._settle()").fetchone()[0] == 3
+        assert raw.execute("SELECT sidecar._settle()").fetchone()[0] == 0
+        rows = raw.execute(
+            "SELECT s.op::text, a.key, s.at = a.started_at, s.db_user = session_user FROM sidecar.statements s "
+            "JOIN sidecar.actions a USING (action_id) WHERE s.run_id = %s ORDER BY s.stmt_id", (run_id,)).fetchall()
+    assert [(op, key.split(":")[0] if key.startswith("tx:") else key) for op, key, *_ in rows] == [
+        ("U", "tx"), ("D", "close:3"), ("I", "tx")]
+    assert rows[0][1] != rows[2][1] and all(r[2] and r[3] for r in rows[1:])
+
+
+def test_row_mode_a_transaction_open_across_settles_is_settled_once_it_commits(tickets, bot, make_conn, dsn):
+    """Statement ids are drawn in one order and committed in another: what a transaction still
+    open wrote is settled by a later read, however many reads came in between."""
+    slow = make_conn(autocommit=False, application_name="ticket-bot")
+    run_id = slow.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    slow.commit()
+    slow.execute("UPDATE tickets SET n = 1 WHERE id = 1")  # the lower statement id, left open
+    bot.execute("SELECT sidecar.start_run('ticket-bot')")
+    with _plain(dsn) as raw:
+        for id_ in (2, 3, 4):
+            bot.execute("UPDATE tickets SET n = 2 WHERE id = %s", (id_,))
+            raw.execute("SELECT sidecar._settle()")
+        assert raw.execute("SELECT count(*) FROM sidecar.statements").fetchone()[0] == 3
+        slow.commit()
+        assert raw.execute("SELECT sidecar._settle()").fetchone()[0] == 1
+        assert raw.execute("SELECT count(*) FROM sidecar.statements WHERE run_id = %s", (run_id,)).fetchone()[0] == 1
+
+
+def test_row_mode_a_pause_stops_a_session_that_has_written_already(tickets, bot, sc):
+    """A session keeps its gate answer only until something moves sidecar.gate_seq."""
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET n = 1 WHERE id = 1")
+    sc.execute("SELECT sidecar.pause('ticket-bot', 'wrong refunds')")
+    with pytest.raises(psycopg.Error) as err:
+        bot.execute("UPDATE tickets SET n = 2 WHERE id = 2")
+    assert err.value.diag.sqlstate == "SC001" and "wrong refunds" in str(err.value)
+    assert sc.execute("SELECT n FROM tickets WHERE id = 2").fetchone()[0] == 0
+    sc.execute("SELECT sidecar.resume('ticket-bot')")
+    bot.execute("UPDATE tickets SET n = 3 WHERE id = 3")
+    assert [n for _, n in _statements(sc, run_id)] == [1, 1]
+
+
+def test_row_mode_a_run_undone_meanwhile_refuses_its_sessions_next_write(tickets, bot, cli, sc):
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET n = 1 WHERE id = 1")
+    assert cli("undo", str(run_id), "--yes").exit_code == 0
+    with pytest.raises(psycopg.Error) as err:
+        bot.execute("UPDATE tickets SET n = 2 WHERE id = 2")
+    assert err.value.diag.sqlstate == "SC009"
+    assert sc.execute("SELECT n FROM tickets ORDER BY id").fetchall() == [(0,)] * 5
