@@ -108,7 +108,7 @@ def history(conn, table: str, run_id) -> list[tuple]:
     """(kind, row) of every image the run's statements captured for `table`, by kind and id."""
     log = conn.execute("SELECT log_table FROM sidecar.tracked WHERE relid = %s::regclass", (table,)).fetchone()[0]
     return conn.execute(sql.SQL(
-        "SELECT l._kind::text, to_jsonb(l) - '_stmt' - '_kind' FROM {} l "
+        "SELECT l._kind::text, to_jsonb(l) - '_stmt' - '_kind' - '_head' FROM {} l "
         "JOIN sidecar.statements s ON s.stmt_id = l._stmt WHERE s.run_id = %s ORDER BY 1, l.id").format(
         sql.Identifier("sidecar", log)), (run_id,)).fetchall()
 
