@@ -1,8 +1,9 @@
 """Capture: the shadow schema and what it records.
 
 Installing and upgrading the schema (schema), choosing the tables whose writes are
-captured (tracking), and reading captured history back (history). The capture
-triggers themselves are SQL: triggers/capture.sql, rendered per table in the database.
+captured (tracking), and reading captured history back (history), after settling
+row-mode statements (settle). The capture triggers themselves are SQL:
+triggers/capture.sql and triggers/capture_row.sql, rendered per table in the database.
 """
 
 from .history import (
