@@ -326,7 +326,7 @@ class Reader(psycopg.Connection):
     def execute(self, query, params=None, **kwargs):  # type: ignore[override]
         text = query if isinstance(query, str) else query.as_string(self) if isinstance(query, sql.Composable) else ""
         if "sidecar.statements" in text or "sidecar.actions" in text:
-            if super().execute("SELECT to_regprocedure('sidecar._settle()') IS NOT NULL").fetchone()[0]:
+            if super().execute("SELECT to_regprocedure('sidecar._settle(int)') IS NOT NULL").fetchone()[0]:
                 super().execute("SELECT sidecar._settle()")
         return super().execute(query, params, **kwargs)
 

@@ -214,3 +214,14 @@ def test_row_mode_a_run_undone_meanwhile_refuses_its_sessions_next_write(tickets
         bot.execute("UPDATE tickets SET n = 2 WHERE id = 2")
     assert err.value.diag.sqlstate == "SC009"
     assert sc.execute("SELECT n FROM tickets ORDER BY id").fetchall() == [(0,)] * 5
+
+
+def test_a_table_leaving_row_mode_takes_its_statements_along(tickets, bot, dsn):
+    """Only row-mode tables are read for heads: a table switched to statement mode is settled
+    as it switches, so none of its row-mode statements is left behind."""
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET n = 1 WHERE id <= 2")
+    with _plain(dsn) as raw:
+        raw.execute("SELECT sidecar.track('tickets', 'tagged', NULL, NULL, 'statement')")
+        assert raw.execute("SELECT op::text FROM sidecar.statements WHERE run_id = %s",
+                           (run_id,)).fetchall() == [("U",)]

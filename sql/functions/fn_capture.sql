@@ -530,6 +530,7 @@ DECLARE
     v_log      name;
     v_role     name;
     v_mode     text;
+    v_was      text;
 BEGIN
     SELECT c.relkind INTO v_relkind FROM pg_catalog.pg_class c WHERE c.oid = p_table;
     IF v_relkind NOT IN ('r', 'p') THEN
@@ -605,6 +606,7 @@ BEGIN
                                    jsonb_build_object('table', p_table::text, 'capture', p_capture,
                                                       'capture_mode', v_mode));
     ELSE
+        v_was := (SELECT t.capture_mode FROM sidecar.tracked t WHERE t.tracked_id = v_id);
         UPDATE sidecar.tracked
         SET capture = p_capture, capture_mode = v_mode, pk_columns = v_pk, active = true,
             label_column = coalesce(p_label_column, label_column),
@@ -616,6 +618,12 @@ BEGIN
     PERFORM sidecar._render_capture(v_id);
 
     PERFORM sidecar._create_triggers(v_id);
+    IF v_was = 'row' AND v_mode <> 'row' THEN
+        -- Heads are read from row-mode tables only (fn_settle.sql): this one's
+        -- are settled as it leaves row mode. Its row triggers are gone, and
+        -- their last writers finished (dropping a trigger waits for them).
+        PERFORM sidecar._settle(v_id);
+    END IF;
     -- The hold trigger (fn_review.sql) comes back with the table's rules.
     PERFORM sidecar._render_hold(v_id);
     -- The table's undo function (fn_undo.sql): undoers restore it with its owner's rights.

@@ -9,6 +9,10 @@
 -- A head is told by its op: `_head IS NOT NULL` is false for a composite
 -- with any NULL field (a head without an action key).
 --
+-- Only tables in row mode have heads: a table leaving row mode is settled
+-- as it leaves (sidecar.track() passes it as p_leaving: its writers have
+-- finished by then, since replacing the triggers waits for them).
+--
 -- Which heads to look at: those with a statement id at or above
 -- sidecar.settled.below; a head's statement row is made once (a statement
 -- row that exists is left alone, so two settles at once are harmless). The
@@ -17,7 +21,8 @@
 -- trigger draws a statement id, so once the oldest open transaction is past
 -- every transaction that was open when the sequence stood at N, no head
 -- below N can appear any more.
-CREATE OR REPLACE FUNCTION sidecar._settle()
+DROP FUNCTION IF EXISTS sidecar._settle();  -- before p_leaving
+CREATE OR REPLACE FUNCTION sidecar._settle(p_leaving int DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_settle$
 DECLARE
@@ -43,7 +48,9 @@ BEGIN
                              'AND (h._head).op IS NOT NULL AND (h._head).run_id IS NOT NULL', t.log_table),
                       ' UNION ALL ' ORDER BY t.tracked_id)
       INTO v_heads
-    FROM sidecar.tracked t WHERE to_regclass(format('sidecar.%I', t.log_table)) IS NOT NULL;
+    FROM sidecar.tracked t
+    WHERE (t.capture_mode = 'row' OR t.tracked_id = p_leaving)
+      AND to_regclass(format('sidecar.%I', t.log_table)) IS NOT NULL;
     IF v_heads IS NULL THEN
         RETURN 0;
     END IF;
@@ -56,7 +63,8 @@ BEGIN
     USING r_mark.below;
     FOR r_log IN
         SELECT t.tracked_id, t.log_table FROM sidecar.tracked t
-        WHERE to_regclass(format('sidecar.%I', t.log_table)) IS NOT NULL
+        WHERE (t.capture_mode = 'row' OR t.tracked_id = p_leaving)
+          AND to_regclass(format('sidecar.%I', t.log_table)) IS NOT NULL
         ORDER BY t.tracked_id
     LOOP
         EXECUTE format(

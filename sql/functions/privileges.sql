@@ -60,7 +60,7 @@ GRANT EXECUTE ON FUNCTION
 TO PUBLIC;
 -- Writes statement rows of row-mode history from its heads, nothing else
 -- (fn_settle.sql): any reader may need it, and it reveals nothing.
-GRANT EXECUTE ON FUNCTION sidecar._settle() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION sidecar._settle(int) TO PUBLIC;
 
 -- The rest is granted per role, where the role exists.
 DO $grants$
