@@ -100,6 +100,9 @@ BEGIN
                     -- history first, then this row with SQL for the new shape
                     -- (the next rows call the function rendered anew).
                     PERFORM sidecar._sync_shape(@TRACKED_ID@);
+                    -- A statement id after the columns it retired (readers
+                    -- tell which images hold a retired column by these ids).
+                    v_set := set_config('sidecar._row_stmt', nextval('sidecar.stmt_seq')::text, true);
                     EXECUTE sidecar._capture_row_sql(@TRACKED_ID@, TG_OP)
                     USING current_setting('sidecar._row_stmt')::bigint, OLD, NEW,
                         (left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,

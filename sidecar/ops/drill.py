@@ -41,7 +41,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from ..capture import schema, tracking
+from ..capture import schema, settle, tracking
 from ..errors import SidecarError, UsageError
 from ..review import gate
 from ..steps import rerun as rerun_mod
@@ -244,6 +244,7 @@ class _Drill(ScratchCopy):
                 for key in deleted:
                     self._put_back(key)
             did.append(f"put {' and '.join(map(self._label, deleted))} back")
+        settle.keep_settled(self.conn)  # a row-mode copy's statements are made when read
         ops = dict(self.conn.execute(
             "SELECT op, count(*) FROM sidecar.statements WHERE run_id = %s AND tracked_id = %s GROUP BY op",
             (run.run_id, self.tracked_id),
