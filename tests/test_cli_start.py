@@ -3,10 +3,15 @@ agents' tool, the demo or the other commands (issue 22: the whole CLI is timed).
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import subprocess
 import sys
 
+import click
+
+import sidecar.cli
 from tests.fix_sidecar import snapshot, track
 
 # Run the real `sidecar` entry point in a fresh interpreter and list, once it has
@@ -54,3 +59,16 @@ def test_the_help_still_lists_every_command():
     assert proc.returncode == 0, proc.stderr
     for command in ("undo", "serve", "mcp", "demo", "archive", "rule", "drill", "notify"):
         assert f"  {command} " in proc.stdout
+
+
+def test_every_command_of_the_cli_modules_is_reachable():
+    """A command added to a module of sidecar/cli but not to sidecar.cli.COMMANDS would never run."""
+    defined = set()
+    for info in [m for m in pkgutil.iter_modules(sidecar.cli.__path__) if not m.name.startswith("_")]:
+        module = importlib.import_module(f"sidecar.cli.{info.name}")
+        commands = {name: v for name, v in vars(module).items()
+                    if isinstance(v, click.Command) and getattr(v.callback, "__module__", "") == module.__name__}
+        # A group's subcommands are reached through the group.
+        inner = {id(c) for g in commands.values() if isinstance(g, click.Group) for c in g.commands.values()}
+        defined |= {(info.name, name) for name, c in commands.items() if id(c) not in inner}
+    assert defined - set(sidecar.cli.COMMANDS.values()) == set()
