@@ -48,6 +48,3 @@ def restore(dsn, file, as_json):
     with connect(dsn) as conn:
         report = archive_mod.restore(conn, file)
     click.echo(render.dumps({"restore": report}) if as_json else report.text())
-
-
-COMMANDS = (archive,)

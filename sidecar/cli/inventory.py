@@ -84,6 +84,3 @@ def drill_cmd(dsn, table, automation, sample_rows, as_json):
         click.echo(report.text())
     if not report.passed:
         sys.exit(1)
-
-
-COMMANDS = (inventory_cmd, owners_cmd, drill_cmd)

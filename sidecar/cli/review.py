@@ -230,6 +230,3 @@ def reject_cmd(dsn, pending_id, action, run_ref, why, as_json):
         return
     for item in decision.items:
         click.echo(f"rejected #{item.pending_id}: {names.get(item.pending_id, item.change)} ({why})")
-
-
-COMMANDS = (rule_group, queue_cmd, approve_cmd, reject_cmd)

@@ -5,7 +5,6 @@ per-table ones are made by the table's undo function (sidecar.undo_<id>,
 sql/functions/fn_undo.sql), which runs with the table owner's rights and
 reads the images from the history itself: this module says what to do, in
 which order, and reads the results; the operator needs sidecar_undoer only.
-  _sc_stmts         the statements in scope (run, actions, rows)
   _sc_first_<id>    per row key, the scope's first image (kind O: the row as it
                     was before; kind N: the row did not exist before)
   _sc_last_<id>     per row key, the scope's last image (what the run left)
@@ -84,7 +83,6 @@ class Planner:
     # -- scope -------------------------------------------------------------
     def _select_statements(self) -> None:
         conn, scope = self.conn, self.scope
-        conn.execute("DROP TABLE IF EXISTS _sc_stmts")
         action_ids = None
         if scope.actions:
             found = conn.execute(
@@ -99,31 +97,25 @@ class Planner:
                 )
             action_ids = [a for _, a in found]
         self.action_ids = action_ids
-        conn.execute(
-            "CREATE TEMP TABLE _sc_stmts ON COMMIT DROP AS "
-            "SELECT s.stmt_id, s.tracked_id, s.op FROM sidecar.statements s WHERE " + _IN_SCOPE,
-            (scope.run_id, action_ids, action_ids),
-        )
-        # Keyed: the images are read by statement id, and a run's newest
-        # history lies past the history table's statistics, where the planner
-        # expects one row; unkeyed, that made a nested loop over this table
-        # per image (24 s per table to undo 10,000 pgbench transactions).
-        conn.execute("ALTER TABLE _sc_stmts ADD PRIMARY KEY (stmt_id)")
-        conn.execute("ANALYZE _sc_stmts")
         # Columns renamed, dropped or retyped since the table's last captured
         # write: sync its history first, or images and table would not line up.
-        conn.execute("SELECT sidecar._sync_shape(tracked_id) FROM (SELECT DISTINCT tracked_id FROM _sc_stmts) s")
+        # (The statements in scope are read by run, index statements_run; each
+        # table's undo function reads its own for the images.)
+        scope_args = (scope.run_id, action_ids, action_ids)
+        conn.execute("SELECT sidecar._sync_shape(tracked_id) FROM (SELECT DISTINCT s.tracked_id "
+                     "FROM sidecar.statements s WHERE " + _IN_SCOPE + ") s", scope_args)
         rows = conn.execute(
             """
             SELECT t.tracked_id, sidecar._qualname(t.relid), t.log_table, t.pk_columns::text[], t.label_column,
                    t.display_name, s.lo, s.hi,
                    EXISTS (SELECT FROM pg_class c WHERE c.oid = t.relid) AS present, s.single_op, t.active
-            FROM (SELECT tracked_id, min(stmt_id) AS lo, max(stmt_id) AS hi,
-                         CASE WHEN count(*) = 1 THEN min(op::text) END AS single_op
-                  FROM _sc_stmts GROUP BY tracked_id) s  -- grouped first: one name per table
+            FROM (SELECT s.tracked_id, min(s.stmt_id) AS lo, max(s.stmt_id) AS hi,
+                         CASE WHEN count(*) = 1 THEN min(s.op::text) END AS single_op
+                  FROM sidecar.statements s WHERE """ + _IN_SCOPE + """
+                  GROUP BY s.tracked_id) s  -- grouped first: one name per table
             JOIN sidecar.tracked t USING (tracked_id)
             ORDER BY 2
-            """
+            """, scope_args
         ).fetchall()
         for r in rows:
             if not r[8]:

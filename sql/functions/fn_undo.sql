@@ -123,20 +123,25 @@ BEGIN
     IF p_args ? 'action_ids' AND jsonb_typeof(p_args -> 'action_ids') = 'array' THEN
         v_actions := ARRAY(SELECT a::bigint FROM jsonb_array_elements_text(p_args -> 'action_ids') a);
     END IF;
-    IF NOT p_general THEN
+    SELECT min(s.stmt_id), max(s.stmt_id), CASE WHEN count(*) = 1 THEN min(s.op::text) END INTO v_lo, v_hi, v_single
+    FROM sidecar.statements s
+    WHERE s.run_id = p_run AND s.tracked_id = p_tracked_id AND (v_actions IS NULL OR s.action_id = ANY(v_actions));
+    IF p_general THEN
+        v_single := NULL;
+    END IF;
+    IF v_single IS NULL THEN
+        -- More than one statement (or an UPDATE that changed keys): the images
+        -- are read through the statements in scope, keyed and analyzed, since a
+        -- run's newest history lies past the history table's statistics, where
+        -- the planner expects one row (a nested loop per image otherwise). One
+        -- statement is read by its id alone and needs no such table.
         EXECUTE format('DROP TABLE IF EXISTS %s', v_stmts);
         EXECUTE format('CREATE TEMP TABLE %s ON COMMIT DROP AS '
                        'SELECT s.stmt_id, s.op FROM sidecar.statements s '
                        'WHERE s.run_id = $1 AND s.tracked_id = $2 AND ($3::bigint[] IS NULL OR s.action_id = ANY($3))',
                        v_stmts) USING p_run, p_tracked_id, v_actions;
-        -- Keyed and analyzed: the images are read by statement id (undo.plan says why).
         EXECUTE format('ALTER TABLE %s ADD PRIMARY KEY (stmt_id)', v_stmts);
         EXECUTE format('ANALYZE %s', v_stmts);
-    END IF;
-    EXECUTE format('SELECT min(stmt_id), max(stmt_id), CASE WHEN count(*) = 1 THEN min(op::text) END FROM %s', v_stmts)
-        INTO v_lo, v_hi, v_single;
-    IF p_general THEN
-        v_single := NULL;
     END IF;
     -- Columns the history holds for every statement in scope, still on the table.
     SELECT array_agg(a.attname::text) INTO v_valid
@@ -586,6 +591,7 @@ DECLARE
     v_all    boolean;
     v_n      bigint;
     v_planned bigint;
+    v_mine   bigint;
     v_mirror boolean;
 BEGIN
     SELECT t.relid, t.relid::regclass AS tab, t.pk_columns::text[] AS pk INTO STRICT r_t
@@ -612,7 +618,14 @@ BEGIN
         IF v_sets IS NULL THEN
             RETURN 0;
         END IF;
-        EXECUTE format($q$SELECT NOT EXISTS (SELECT FROM %s WHERE step <> 'update')$q$, v_plan) INTO v_all;
+        IF p_pointer THEN
+            -- One pass over the plan for the mirror's check below and for this.
+            EXECUTE format('SELECT count(*), count(*) FILTER (WHERE step = $1 AND NOT forced), '
+                           'count(*) FILTER (WHERE step <> $1) = 0 FROM %s', v_plan)
+                INTO v_planned, v_mine, v_all USING p_step;
+        ELSE
+            EXECUTE format($q$SELECT NOT EXISTS (SELECT FROM %s WHERE step <> 'update')$q$, v_plan) INTO v_all;
+        END IF;
         IF v_all THEN
             -- Every row of the plan is restored (the usual big undo): the plan
             -- has nothing to add to the join of images and table.
@@ -634,8 +647,11 @@ BEGIN
     IF p_pointer THEN
         -- A mirror: one statement in scope, every row of it, all in this step
         -- (its op's inverse), none forced over a conflict.
-        EXECUTE format('SELECT count(*), count(*) = count(*) FILTER (WHERE step = $1 AND NOT forced) FROM %s', v_plan)
-            INTO v_planned, v_mirror USING p_step;
+        IF v_planned IS NULL THEN  -- not counted above (an update step counts it)
+            EXECUTE format('SELECT count(*), count(*) FILTER (WHERE step = $1 AND NOT forced) FROM %s', v_plan)
+                INTO v_planned, v_mine USING p_step;
+        END IF;
+        v_mirror := v_planned = v_mine;
         IF r_meta.single_op IS NULL OR r_meta.lo IS DISTINCT FROM r_meta.hi
            OR jsonb_typeof(r_meta.args -> 'rows') = 'array' OR NOT v_mirror OR v_planned = 0
            OR p_step <> (CASE r_meta.single_op WHEN 'U' THEN 'update' WHEN 'I' THEN 'delete' ELSE 'insert' END) THEN
