@@ -5,6 +5,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import sidecar.capture.schema
 from tests.fix_sidecar import snapshot, track, undo
 
 
@@ -225,3 +226,23 @@ def test_a_table_leaving_row_mode_takes_its_statements_along(tickets, bot, dsn):
         raw.execute("SELECT sidecar.track('tickets', 'tagged', NULL, NULL, 'statement')")
         assert raw.execute("SELECT op::text FROM sidecar.statements WHERE run_id = %s",
                            (run_id,)).fetchall() == [("U",)]
+
+
+def test_row_mode_a_column_added_while_a_session_writes_on_is_captured(tickets, bot):
+    """Without the event triggers that re-render capture on ALTER TABLE, every statement checks
+    the table's shape, also in a session that kept its gate answer."""
+    tickets.execute("ALTER EVENT TRIGGER sidecar_watch_alter DISABLE")
+    tickets.execute("ALTER EVENT TRIGGER sidecar_watch_drop DISABLE")
+    sidecar.capture.schema.install(tickets)
+    assert tickets.execute("SELECT bool_or(shape_watched) FROM sidecar.tracked").fetchone()[0] is False
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    bot.execute("UPDATE tickets SET n = 1 WHERE id = 1")
+    tickets.execute("ALTER TABLE tickets ADD COLUMN priority int")
+    bot.execute("UPDATE tickets SET priority = 2 WHERE id IN (2, 3)")
+    bot.execute("UPDATE tickets SET priority = 3 WHERE id = 4")
+    assert [op for op, _ in _statements(tickets, run_id)] == ["U", "U", "U"]
+    log = tickets.execute("SELECT log_table FROM sidecar.tracked").fetchone()[0]
+    assert tickets.execute(sql.SQL(
+        "SELECT l._kind::text, l.id, l.priority FROM sidecar.{} l JOIN sidecar.statements s ON s.stmt_id = l._stmt "
+        "WHERE s.run_id = %s ORDER BY l._stmt, l.id, l._kind DESC").format(sql.Identifier(log)), (run_id,)
+    ).fetchall()[2:] == [("O", 2, None), ("N", 2, 2), ("O", 3, None), ("N", 3, 2), ("O", 4, None), ("N", 4, 3)]

@@ -90,26 +90,28 @@ BEGIN
                     v_set := set_config('sidecar._gate_ok', split_part(v_for, chr(1), 1) || v_seen, false);
                 END IF;
             END IF;
-            IF NOT @SHAPE_WATCHED@ THEN
-                IF (SELECT coalesce(string_agg(a.attnum || ':' || a.atttypid || ':' || a.atttypmod || ':' || a.attname,
-                                               ',' ORDER BY a.attnum), '')
-                    FROM pg_catalog.pg_attribute a
-                    WHERE a.attrelid = @RELID@ AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
-                   IS DISTINCT FROM @SHAPE@ THEN
-                    -- The table changed shape since this function was rendered:
-                    -- history first, then this row with SQL for the new shape
-                    -- (the next rows call the function rendered anew).
-                    PERFORM sidecar._sync_shape(@TRACKED_ID@);
-                    -- A statement id after the columns it retired (readers
-                    -- tell which images hold a retired column by these ids).
-                    v_set := set_config('sidecar._row_stmt', nextval('sidecar.stmt_seq')::text, true);
-                    EXECUTE sidecar._capture_row_sql(@TRACKED_ID@, TG_OP)
-                    USING current_setting('sidecar._row_stmt')::bigint, OLD, NEW,
-                        (left(TG_OP, 1), nullif(split_part(v_for, chr(1), 1), '')::uuid,
-                         nullif(split_part(v_for, chr(1), 2), ''), txid_current(), session_user,
-                         statement_timestamp())::sidecar.stmt_head;
-                    RETURN NULL;
-                END IF;
+        END IF;
+        -- Where no event trigger re-renders this function on ALTER TABLE
+        -- (sidecar._shapes_watched()), every statement checks the shape.
+        IF NOT @SHAPE_WATCHED@ THEN
+            IF (SELECT coalesce(string_agg(a.attnum || ':' || a.atttypid || ':' || a.atttypmod || ':' || a.attname,
+                                           ',' ORDER BY a.attnum), '')
+                FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = @RELID@ AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
+               IS DISTINCT FROM @SHAPE@ THEN
+                -- The table changed shape since this function was rendered:
+                -- history first, then this row with SQL for the new shape
+                -- (the next rows call the function rendered anew).
+                PERFORM sidecar._sync_shape(@TRACKED_ID@);
+                -- A statement id after the columns it retired (readers
+                -- tell which images hold a retired column by these ids).
+                v_set := set_config('sidecar._row_stmt', nextval('sidecar.stmt_seq')::text, true);
+                EXECUTE sidecar._capture_row_sql(@TRACKED_ID@, TG_OP)
+                USING current_setting('sidecar._row_stmt')::bigint, OLD, NEW,
+                    (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid,
+                     nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user,
+                     statement_timestamp())::sidecar.stmt_head;
+                RETURN NULL;
             END IF;
         END IF;
     END IF;
