@@ -41,5 +41,3 @@ def test_changes_and_action_counts_of_inserts_updates_and_deletes(sc, run_bot, m
     deletes = changes.action_id_of(sc, run, rows[1].key)
     assert changes.count(sc, run, deletes) == (1, False)
     assert [(c.op, c.key["id"]) for c in changes.page(sc, run, action_id=deletes)] == [("D", 3)]
-
-
