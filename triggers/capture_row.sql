@@ -5,6 +5,8 @@
 --                the partition in TG_RELID)
 --   @OLD_COLS@   OLD.<column>, ... in the order of @LOG_COLS@
 --   @NEW_COLS@   NEW.<column>, ...
+--   @HEAD@       the statement's head (sidecar.stmt_head) when v_set is set
+--                (the statement's first row), else NULL
 --
 -- It fires once per changed row (AFTER ... FOR EACH ROW, no transition
 -- table), behind a WHEN clause that skips untagged writes (capture tagged)
@@ -107,10 +109,7 @@ BEGIN
                 -- tell which images hold a retired column by these ids).
                 v_set := set_config('sidecar._row_stmt', nextval('sidecar.stmt_seq')::text, true);
                 EXECUTE sidecar._capture_row_sql(@TRACKED_ID@, TG_OP)
-                USING current_setting('sidecar._row_stmt')::bigint, OLD, NEW,
-                    (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid,
-                     nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user,
-                     statement_timestamp())::sidecar.stmt_head;
+                USING current_setting('sidecar._row_stmt')::bigint, OLD, NEW, @HEAD@;
                 RETURN NULL;
             END IF;
         END IF;
@@ -121,27 +120,18 @@ BEGIN
     IF TG_OP = 'UPDATE' THEN
         INSERT INTO @LOG@ (_stmt, _kind, _head, @LOG_COLS@)
         VALUES (current_setting('sidecar._row_stmt')::bigint, 'O',
-                CASE WHEN v_set IS NOT NULL THEN
-                     (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid,
-                      nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user,
-                      statement_timestamp())::sidecar.stmt_head END,
+                @HEAD@,
                 @OLD_COLS@),
                (current_setting('sidecar._row_stmt')::bigint, 'N', NULL, @NEW_COLS@);
     ELSIF TG_OP = 'INSERT' THEN
         INSERT INTO @LOG@ (_stmt, _kind, _head, @LOG_COLS@)
         VALUES (current_setting('sidecar._row_stmt')::bigint, 'N',
-                CASE WHEN v_set IS NOT NULL THEN
-                     (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid,
-                      nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user,
-                      statement_timestamp())::sidecar.stmt_head END,
+                @HEAD@,
                 @NEW_COLS@);
     ELSE
         INSERT INTO @LOG@ (_stmt, _kind, _head, @LOG_COLS@)
         VALUES (current_setting('sidecar._row_stmt')::bigint, 'O',
-                CASE WHEN v_set IS NOT NULL THEN
-                     (left(TG_OP, 1), nullif(current_setting('sidecar.run_id', true), '')::uuid,
-                      nullif(current_setting('sidecar.action', true), ''), txid_current(), session_user,
-                      statement_timestamp())::sidecar.stmt_head END,
+                @HEAD@,
                 @OLD_COLS@);
     END IF;
     RETURN NULL;

@@ -263,9 +263,9 @@ def row_counts(conn: psycopg.Connection, run_id: uuid.UUID) -> RowCounts:
     left out as in changes(): `UPDATE t SET v = v` changed no row. Counted in
     the database (sidecar.run_rows), which keeps the count of a finished run,
     and of a big running run until it finishes (then complete is false once
-    the run has written since: the counts are those at counted_at).
+    the run has written since: the counts are those at counted_at). sidecar.run_rows settles
+    row-mode statements itself.
     """
-    settle.keep_settled(conn)
     counts, complete, counted_at = conn.execute("SELECT * FROM sidecar.run_rows(%s, %s)",
                                                   (run_id, RECOUNT_MAX)).fetchone()
     return RowCounts({table: n for table, n in sorted(counts.items())}, complete, counted_at)

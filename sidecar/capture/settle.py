@@ -14,7 +14,10 @@ import psycopg
 def settle(conn: psycopg.Connection) -> int:
     """Write the statement rows of row-mode history captured since the last call; returns how
     many. Cheap when there is nothing new (one row read). In a connection in autocommit mode it
-    commits at once, so that other readers do not wait for this one's transaction."""
+    commits at once, so that other readers do not wait for this one's transaction; inside the
+    caller's transaction it runs in a savepoint, so that a failure leaves that transaction usable."""
+    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return conn.execute("SELECT sidecar._settle()").fetchone()[0]
     with conn.transaction():
         return conn.execute("SELECT sidecar._settle()").fetchone()[0]
 

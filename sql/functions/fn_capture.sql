@@ -220,6 +220,12 @@ BEGIN
     v_body := replace(v_body, '@SRC_COLS@', v_src_cols);
     v_body := replace(v_body, '@OLD_COLS@', v_old_cols);
     v_body := replace(v_body, '@NEW_COLS@', v_new_cols);
+    -- One line: the template's header names the token in a comment.
+    v_body := replace(v_body, '@HEAD@',
+        'CASE WHEN v_set IS NOT NULL THEN (left(TG_OP, 1), '
+        || 'nullif(current_setting(''sidecar.run_id'', true), '''')::uuid, '
+        || 'nullif(current_setting(''sidecar.action'', true), ''''), txid_current(), session_user, '
+        || 'statement_timestamp())::sidecar.stmt_head END');
     v_body := replace(v_body, '@SHAPE@', format('%L', r_tracked.shape));
     v_body := replace(v_body, '@TAGGED_ONLY@', (r_tracked.capture = 'tagged')::text);
     v_watched := sidecar._shapes_watched();
