@@ -81,6 +81,13 @@ def track(conn: psycopg.Connection, *tables: str, **options: object) -> None:
         sidecar.capture.tracking.track(conn, table, **options)
 
 
+def mode_words(conn: psycopg.Connection, table: str) -> str:
+    """What `sidecar track` says of the capture mode ``table`` is tracked in (read from
+    sidecar.tracked): ", row triggers" in row mode, nothing in statement mode."""
+    mode = conn.execute("SELECT capture_mode FROM sidecar.tracked WHERE relid = %s::regclass", (table,)).fetchone()[0]
+    return ", row triggers" if mode == "row" else ""
+
+
 def undo(conn: psycopg.Connection, run_id: uuid.UUID | str, *, actions=None, rows=None, force=False, reason=None):
     import sidecar.undo.restore
 

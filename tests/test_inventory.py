@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from sidecar.ops.inventory import write_target
-from tests.fix_sidecar import track
+from tests.fix_sidecar import mode_words, track
 
 
 @pytest.fixture
@@ -68,8 +68,8 @@ def test_an_untracked_table_a_cascade_reaches_is_warned(tables, cli, run_bot):
 def test_track_records_owner_risk_and_kind(tables, cli):
     result = cli("track", "billing_notes", "--owner", "billing-team", "--risk", "high", "--kind", "final")
     assert result.exit_code == 0, result.output
-    assert "tracking public.billing_notes (capture tagged, key id; owner billing-team, risk high, kind final)" \
-        in result.output
+    assert (f"tracking public.billing_notes (capture tagged{mode_words(tables, 'billing_notes')}, key id; "
+            "owner billing-team, risk high, kind final)") in result.output
     # Tracking again without the options keeps the entry; one option changes only itself.
     assert cli("track", "billing_notes", "--label-column", "note").exit_code == 0
     assert cli("track", "billing_notes", "--risk", "medium").exit_code == 0

@@ -4,6 +4,7 @@ import pytest
 
 import sidecar.capture.tracking
 from sidecar.errors import UsageError
+from tests.fix_sidecar import mode_words
 
 
 def _triggers(conn, table: str) -> list[str]:
@@ -17,7 +18,7 @@ def test_track_installs_capture_triggers(sc, cli):
     result = cli("track", "tickets")
 
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "tracking public.tickets (capture tagged, key id)"
+    assert result.stdout.strip() == f"tracking public.tickets (capture tagged{mode_words(sc, 'tickets')}, key id)"
     assert _triggers(sc, "tickets") == [
         "sidecar_capture_delete", "sidecar_capture_insert", "sidecar_capture_update", "sidecar_refuse_truncate"]
     assert [t.table for t in sidecar.capture.tracking.list_tracked(sc)] == ["public.tickets"]
@@ -44,8 +45,9 @@ def test_track_schema_qualified_and_mixed_case_names(sc, cli, run_bot):
     result = cli("track", "billing.notes", '"Sales Dept"."Order Items"')
 
     assert result.exit_code == 0, result.output
-    assert "tracking billing.notes (capture tagged, key id)" in result.stdout
-    assert 'tracking "Sales Dept"."Order Items" (capture tagged, key Order Id, Line)' in result.stdout
+    assert f"tracking billing.notes (capture tagged{mode_words(sc, 'billing.notes')}, key id)" in result.stdout
+    items = '"Sales Dept"."Order Items"'
+    assert f"tracking {items} (capture tagged{mode_words(sc, items)}, key Order Id, Line)" in result.stdout
     run_id = run_bot('UPDATE "Sales Dept"."Order Items" SET qty = 6', "INSERT INTO billing.notes VALUES (1, 'x')")
     shown = cli("show", str(run_id))
     assert '"Sales Dept"."Order Items" (Order Id 1, Line 1): qty 5 -> 6' in shown.stdout
