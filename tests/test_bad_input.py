@@ -109,11 +109,47 @@ def test_partitioned_table_capture_covers_every_partition_and_undo_lands_right(s
                      "UPDATE events SET region = 'us' WHERE id = 1")  # moves the row across partitions
     counts = sc.execute("SELECT op, count(*) FROM sidecar.statements WHERE run_id = %s GROUP BY op ORDER BY op",
                         (run_id,)).fetchall()
-    assert counts == [("D", 1), ("I", 1), ("U", 2)]
+    if sc.execute("SELECT capture_mode FROM sidecar.tracked").fetchone()[0] == "statement":
+        assert counts == [("D", 1), ("I", 1), ("U", 2)]
+    else:
+        # Row triggers see the row moved across partitions as a DELETE from one partition and an
+        # INSERT into the other (PostgreSQL fires no UPDATE row trigger for it): two statements.
+        assert counts == [("D", 2), ("I", 2), ("U", 1)]
+    # The UPDATE of rows in both partitions is one statement with every row's images.
+    first = sc.execute("SELECT min(stmt_id) FROM sidecar.statements WHERE run_id = %s", (run_id,)).fetchone()[0]
+    log = sc.execute("SELECT log_table FROM sidecar.tracked").fetchone()[0]
+    images = sc.execute(sql.SQL("SELECT _kind, count(*) FROM sidecar.{} WHERE _stmt = %s GROUP BY 1 ORDER BY 1")
+                        .format(sql.Identifier(log)), (first,)).fetchall()
+    assert images == [("N", 3), ("O", 3)]
     undo(sc, run_id)
     assert snapshot(sc, "events", "id") == before
     assert sc.execute("SELECT id FROM events_eu ORDER BY id").fetchall() == [(1,), (3,)]
     assert sc.execute("SELECT id FROM events_us ORDER BY id").fetchall() == [(2,)]
+
+
+def test_statements_on_a_partitioned_table_in_one_transaction_stay_apart(sc, run_bot):
+    """Row mode tells a statement by its partitions' row counts: one statement's rows in every
+    partition are one statement, and the next one, in any partition, is another."""
+    sc.execute("CREATE TABLE events (id int, region text, note text, PRIMARY KEY (id, region)) "
+               "PARTITION BY LIST (region)")
+    sc.execute("CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu')")
+    sc.execute("CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us')")
+    sc.execute("INSERT INTO events VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'eu', 'c')")
+    track(sc, "events")
+    # One transaction (one simple query): both partitions, then each alone, then both again.
+    run_id = run_bot("UPDATE events SET note = 'w'; UPDATE events SET note = 'x' WHERE region = 'us'; "
+                     "UPDATE events SET note = 'y' WHERE region = 'eu'; UPDATE events_us SET note = 'z'; "
+                     "UPDATE events SET note = 'v'")
+    log = sc.execute("SELECT log_table FROM sidecar.tracked").fetchone()[0]
+    rows = sc.execute(sql.SQL("SELECT s.op, count(*) FILTER (WHERE l._kind = 'N') FROM sidecar.statements s "
+                              "JOIN sidecar.{} l ON l._stmt = s.stmt_id WHERE s.run_id = %s "
+                              "GROUP BY s.stmt_id, s.op ORDER BY s.stmt_id").format(sql.Identifier(log)),
+                      (run_id,)).fetchall()
+    if sc.execute("SELECT capture_mode FROM sidecar.tracked").fetchone()[0] == "statement":
+        # Statement triggers on the partitioned table do not fire for a write on a partition.
+        assert rows == [("U", 3), ("U", 1), ("U", 2), ("U", 3)]
+    else:
+        assert rows == [("U", 3), ("U", 1), ("U", 2), ("U", 1), ("U", 3)]
 
 
 def test_row_level_security_table(sc, dsn, run_bot):

@@ -7,6 +7,10 @@
 --   @NEW_COLS@   NEW.<column>, ...
 --   @HEAD@       the statement's head (sidecar.stmt_head) when v_set is set
 --                (the statement's first row), else NULL
+--   @ROW_KEY@, @ROW_SAME@, @ROW_FOR@  a row's statement key, whether it is
+--                the statement's kept key, and the key kept at the
+--                statement's first row (below: for a plain table the key
+--                itself, for a partitioned one every partition's key)
 --
 -- It fires once per changed row (AFTER ... FOR EACH ROW, no transition
 -- table), behind a WHEN clause that skips untagged writes (capture tagged)
@@ -28,6 +32,17 @@
 -- statements never share a key, so no row's images are ever grouped with a
 -- later change of the same row. With track_counts off the count stays 0:
 -- then every row is a statement of its own.
+--
+-- A partitioned table: its row triggers are its partitions' (TG_RELID is
+-- the partition), and each partition counts its own rows, so a statement's
+-- rows in two partitions have two keys. At the statement's first row every
+-- leaf partition's key (pg_partition_tree) is kept, '|<partition><op>
+-- <count>|...' (one query a statement, only on partitioned tables); a row
+-- is of the statement while its partition's key is among them, since any
+-- later statement that changes a partition makes its count grow. A row
+-- moved to another partition by an UPDATE is, to row triggers, a DELETE
+-- from one partition and an INSERT into the other: two statements of
+-- their own (PostgreSQL fires no UPDATE row trigger for it).
 --
 -- The gate: a session keeps, for the session, that it found no pause for
 -- its run (sidecar._gate_ok: the run id and the value of sidecar.gate_seq
@@ -51,17 +66,15 @@ DECLARE
     v_seen  bigint;
 BEGIN
     -- NULL (a new statement per row) when the count stays 0 (track_counts off).
-    v_key := TG_RELID || left(TG_OP, 1) || nullif(CASE TG_OP WHEN 'UPDATE' THEN pg_stat_get_xact_tuples_updated(TG_RELID)
-                                                             WHEN 'INSERT' THEN pg_stat_get_xact_tuples_inserted(TG_RELID)
-                                                             ELSE pg_stat_get_xact_tuples_deleted(TG_RELID) END, 0);
-    IF current_setting('sidecar._row_for', true) = v_key THEN
+    v_key := @ROW_KEY@;
+    IF @ROW_SAME@ THEN
         NULL;  -- another row of the statement: its images under the statement's id
     ELSE
         -- The statement's first row: a statement id, kept with the
         -- statement's key for its other rows. Then the gate, asked in full
         -- only when this session has no answer for its run, or something
         -- moved sidecar.gate_seq (a pause, an undo) since it got one.
-        v_set := set_config('sidecar._row_for', v_key, true)
+        v_set := set_config('sidecar._row_for', @ROW_FOR@, true)
                  || set_config('sidecar._row_stmt', nextval('sidecar.stmt_seq')::text, true);
         IF current_setting('sidecar._gate_ok', true) IS DISTINCT FROM
            current_setting('sidecar.run_id', true) || pg_sequence_last_value('sidecar.gate_seq'::regclass) THEN

@@ -200,6 +200,7 @@ DECLARE
     v_old_cols text;
     v_new_cols text;
     v_watched  boolean;
+    v_count    text;
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
     SELECT body INTO STRICT v_body FROM sidecar.templates
@@ -212,6 +213,25 @@ BEGIN
     JOIN pg_catalog.pg_attribute a ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
     WHERE c.tracked_id = p_tracked_id AND NOT c.retired;
 
+    -- The statement key (triggers/capture_row.sql): the row's table, operation
+    -- and the table's count of rows that operation changed in the transaction.
+    v_count := 'CASE TG_OP WHEN ''UPDATE'' THEN pg_stat_get_xact_tuples_updated(%1$s) '
+               'WHEN ''INSERT'' THEN pg_stat_get_xact_tuples_inserted(%1$s) '
+               'ELSE pg_stat_get_xact_tuples_deleted(%1$s) END';
+    IF (SELECT c.relkind = 'p' FROM pg_catalog.pg_class c WHERE c.oid = r_tracked.relid) THEN
+        v_body := replace(v_body, '@ROW_KEY@',
+            '''|'' || TG_RELID || left(TG_OP, 1) || nullif(' || format(v_count, 'TG_RELID') || ', 0) || ''|''');
+        v_body := replace(v_body, '@ROW_SAME@', 'strpos(current_setting(''sidecar._row_for'', true), v_key) > 0');
+        v_body := replace(v_body, '@ROW_FOR@',
+            '(SELECT ''|'' || string_agg(p.relid::oid || left(TG_OP, 1) || ' || format(v_count, 'p.relid')
+            || ', ''|'') || ''|'' FROM pg_catalog.pg_partition_tree(' || r_tracked.relid::oid
+            || ') p WHERE p.isleaf)');
+    ELSE
+        v_body := replace(v_body, '@ROW_KEY@',
+            'TG_RELID || left(TG_OP, 1) || nullif(' || format(v_count, 'TG_RELID') || ', 0)');
+        v_body := replace(v_body, '@ROW_SAME@', 'current_setting(''sidecar._row_for'', true) = v_key');
+        v_body := replace(v_body, '@ROW_FOR@', 'v_key');
+    END IF;
     v_body := replace(v_body, '@FUNC@', format('sidecar.%I', 'capture_' || p_tracked_id));
     v_body := replace(v_body, '@TRACKED_ID@', p_tracked_id::text);
     v_body := replace(v_body, '@RELID@', r_tracked.relid::oid::text);
