@@ -222,7 +222,7 @@ BEGIN
     v_body := replace(v_body, '@NEW_COLS@', v_new_cols);
     -- One line: the template's header names the token in a comment.
     v_body := replace(v_body, '@HEAD@',
-        'CASE WHEN v_set IS NOT NULL THEN (left(TG_OP, 1), '
+        'CASE WHEN v_first THEN (left(TG_OP, 1), '
         || 'nullif(current_setting(''sidecar.run_id'', true), '''')::uuid, '
         || 'nullif(current_setting(''sidecar.action'', true), ''''), txid_current(), session_user, '
         || 'statement_timestamp())::sidecar.stmt_head END');
@@ -466,11 +466,10 @@ $_drop_triggers$;
 
 -- (Re)create a tracked table's capture and TRUNCATE triggers, for its
 -- capture mode. For a table that captures only tagged writes, the WHEN
--- clause skips the function call altogether for untagged writes; in row
--- mode it also skips UPDATEs of a row that left it as it was (the statement
--- trigger leaves those in history, and readers skip them): OLD *<> NEW
--- compares the two rows' stored bytes, with no conversion to text, and is
--- true whenever their text differs.
+-- clause skips the function call altogether for untagged writes. UPDATEs
+-- that left a row as it was are captured in either mode, and readers skip
+-- them: PostgreSQL parses a WHEN clause again for every statement, and in
+-- row mode OLD *<> NEW there cost more than writing the two images.
 CREATE OR REPLACE FUNCTION sidecar._create_triggers(p_tracked_id int)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $_create_triggers$
@@ -498,9 +497,8 @@ BEGIN
     IF r_tracked.capture_mode = 'row' THEN
         EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
-        EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s FOR EACH ROW '
-                       'WHEN (%s OLD *<> NEW) EXECUTE FUNCTION %s()', r_tracked.relid,
-                       CASE WHEN r_tracked.capture = 'tagged' THEN v_tagged || ' AND' ELSE '' END, v_func);
+        EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s FOR EACH ROW %s'
+                       'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
         EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
     ELSE
