@@ -10,9 +10,9 @@
 --
 -- It fires once per changed row (AFTER ... FOR EACH ROW, no transition
 -- table), behind a WHEN clause that skips untagged writes (capture tagged)
--- without calling it. An UPDATE that left a row as it was is captured, as
--- in statement mode, and readers skip it: a WHEN clause is parsed again for
--- every statement, and OLD *<> NEW cost more than the pair of images.
+-- without calling it. A row an UPDATE left as it was is not captured: the
+-- function looks (OLD *= NEW compares the stored bytes), since PostgreSQL
+-- parses a WHEN clause again for every statement and that costs more.
 --
 -- What it writes (migration 027): row images only. The first image of each
 -- statement carries the statement's head (sidecar.stmt_head: op, run,
@@ -56,6 +56,9 @@ DECLARE
 BEGIN
     -- NULL (a new statement per row) when the count stays 0 (track_counts off).
     IF TG_OP = 'UPDATE' THEN
+        IF OLD *= NEW THEN
+            RETURN NULL;  -- the row is as it was
+        END IF;
         v_key := 'U' || nullif(pg_stat_get_xact_tuples_updated(TG_RELID), 0) || '/';
     ELSIF TG_OP = 'INSERT' THEN
         v_key := 'I' || nullif(pg_stat_get_xact_tuples_inserted(TG_RELID), 0) || '/';

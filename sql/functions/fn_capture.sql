@@ -466,10 +466,10 @@ $_drop_triggers$;
 
 -- (Re)create a tracked table's capture and TRUNCATE triggers, for its
 -- capture mode. For a table that captures only tagged writes, the WHEN
--- clause skips the function call altogether for untagged writes. UPDATEs
--- that left a row as it was are captured in either mode, and readers skip
--- them: PostgreSQL parses a WHEN clause again for every statement, and in
--- row mode OLD *<> NEW there cost more than writing the two images.
+-- clause skips the function call altogether for untagged writes. A row
+-- that an UPDATE left as it was is left out by the row-mode function itself
+-- (a WHEN clause is parsed again for every statement: OLD *<> NEW there cost
+-- more); the statement trigger captures it, and readers skip it.
 CREATE OR REPLACE FUNCTION sidecar._create_triggers(p_tracked_id int)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $_create_triggers$
