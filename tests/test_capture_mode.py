@@ -84,6 +84,23 @@ def test_row_mode_statements_sharing_a_timestamp_stay_apart_and_undo_exactly(tic
     assert snapshot(tickets, "tickets") == before
 
 
+def test_row_mode_without_table_statistics_keeps_each_row_apart_and_undoes_exactly(tickets, bot):
+    """With track_counts off the statement key has no count: every row is its own statement,
+    never grouped with a later change of the same row."""
+    before = snapshot(tickets, "tickets")
+    bot.execute("SET track_counts = off")
+    run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
+    with bot.transaction():
+        bot.execute("UPDATE tickets SET n = 1 WHERE id IN (1, 2)")
+        bot.execute("UPDATE tickets SET n = 2 WHERE id = 1")
+    bot.execute("SELECT sidecar.finish_run()")
+    assert [(kind, i, n) for _, kind, i, _, n in _images(tickets, run_id)] == [
+        ("O", 1, 0), ("N", 1, 1), ("O", 2, 0), ("N", 2, 1), ("O", 1, 1), ("N", 1, 2)]
+    assert len(_statements(tickets, run_id)) == 3
+    undo(tickets, run_id)
+    assert snapshot(tickets, "tickets") == before
+
+
 def test_row_mode_rolled_back_savepoint_leaves_nothing_and_later_rows_land(tickets, bot):
     run_id = bot.execute("SELECT sidecar.start_run('ticket-bot')").fetchone()[0]
     with bot.transaction():

@@ -200,7 +200,6 @@ DECLARE
     v_old_cols text;
     v_new_cols text;
     v_watched  boolean;
-    v_count    text;
 BEGIN
     SELECT * INTO STRICT r_tracked FROM sidecar.tracked WHERE tracked_id = p_tracked_id;
     SELECT body INTO STRICT v_body FROM sidecar.templates
@@ -213,24 +212,25 @@ BEGIN
     JOIN pg_catalog.pg_attribute a ON a.attrelid = r_tracked.relid AND a.attnum = c.attnum
     WHERE c.tracked_id = p_tracked_id AND NOT c.retired;
 
-    -- The statement key (triggers/capture_row.sql): the row's table, operation
-    -- and the table's count of rows that operation changed in the transaction.
-    v_count := 'CASE TG_OP WHEN ''UPDATE'' THEN pg_stat_get_xact_tuples_updated(%1$s) '
-               'WHEN ''INSERT'' THEN pg_stat_get_xact_tuples_inserted(%1$s) '
-               'ELSE pg_stat_get_xact_tuples_deleted(%1$s) END';
+    -- The statement key (triggers/capture_row.sql): on a partitioned table
+    -- the partition's key, and every leaf partition's key kept at a
+    -- statement's first row.
     IF (SELECT c.relkind = 'p' FROM pg_catalog.pg_class c WHERE c.oid = r_tracked.relid) THEN
-        v_body := replace(v_body, '@ROW_KEY@',
-            '''|'' || TG_RELID || left(TG_OP, 1) || nullif(' || format(v_count, 'TG_RELID') || ', 0) || ''|''');
-        v_body := replace(v_body, '@ROW_SAME@', 'strpos(current_setting(''sidecar._row_for'', true), v_key) > 0');
-        v_body := replace(v_body, '@ROW_FOR@',
-            '(SELECT ''|'' || string_agg(p.relid::oid || left(TG_OP, 1) || ' || format(v_count, 'p.relid')
-            || ', ''|'') || ''|'' FROM pg_catalog.pg_partition_tree(' || r_tracked.relid::oid
-            || ') p WHERE p.isleaf)');
+        v_body := replace(v_body, '@KEY_OPEN@', $k$'|' || TG_RELID || $k$);
+        v_body := replace(v_body, '@KEY_CLOSE@', $k$'|'$k$);
+        v_body := replace(v_body, '@ROW_SAME@',
+            $k$strpos(split_part(current_setting('sidecar._row@TRACKED_ID@', true), '/', 1), v_key) > 0$k$);
+        v_body := replace(v_body, '@ROW_KEPT@',
+            $k$(SELECT '|' || string_agg(p.relid::oid || left(TG_OP, 1) || CASE TG_OP $k$
+            || $k$WHEN 'UPDATE' THEN pg_stat_get_xact_tuples_updated(p.relid) $k$
+            || $k$WHEN 'INSERT' THEN pg_stat_get_xact_tuples_inserted(p.relid) $k$
+            || $k$ELSE pg_stat_get_xact_tuples_deleted(p.relid) END, '|') || '|/' $k$
+            || format('FROM pg_catalog.pg_partition_tree(%s) p WHERE p.isleaf)', r_tracked.relid::oid));
     ELSE
-        v_body := replace(v_body, '@ROW_KEY@',
-            'TG_RELID || left(TG_OP, 1) || nullif(' || format(v_count, 'TG_RELID') || ', 0)');
-        v_body := replace(v_body, '@ROW_SAME@', 'current_setting(''sidecar._row_for'', true) = v_key');
-        v_body := replace(v_body, '@ROW_FOR@', 'v_key');
+        v_body := replace(v_body, '@KEY_OPEN@', '');
+        v_body := replace(v_body, '@KEY_CLOSE@', $k$'/'$k$);
+        v_body := replace(v_body, '@ROW_SAME@', $k$starts_with(current_setting('sidecar._row@TRACKED_ID@', true), v_key)$k$);
+        v_body := replace(v_body, '@ROW_KEPT@', $k$coalesce(v_key, '/')$k$);
     END IF;
     v_body := replace(v_body, '@FUNC@', format('sidecar.%I', 'capture_' || p_tracked_id));
     v_body := replace(v_body, '@TRACKED_ID@', p_tracked_id::text);
@@ -242,7 +242,7 @@ BEGIN
     v_body := replace(v_body, '@NEW_COLS@', v_new_cols);
     -- One line: the template's header names the token in a comment.
     v_body := replace(v_body, '@HEAD@',
-        'CASE WHEN v_set IS NOT NULL THEN (left(TG_OP, 1), '
+        'CASE WHEN v_first THEN (left(TG_OP, 1), '
         || 'nullif(current_setting(''sidecar.run_id'', true), '''')::uuid, '
         || 'nullif(current_setting(''sidecar.action'', true), ''''), txid_current(), session_user, '
         || 'statement_timestamp())::sidecar.stmt_head END');
@@ -486,11 +486,10 @@ $_drop_triggers$;
 
 -- (Re)create a tracked table's capture and TRUNCATE triggers, for its
 -- capture mode. For a table that captures only tagged writes, the WHEN
--- clause skips the function call altogether for untagged writes; in row
--- mode it also skips UPDATEs of a row that left it as it was (the statement
--- trigger leaves those in history, and readers skip them): OLD *<> NEW
--- compares the two rows' stored bytes, with no conversion to text, and is
--- true whenever their text differs.
+-- clause skips the function call altogether for untagged writes. A row
+-- that an UPDATE left as it was is left out by the row-mode function itself
+-- (a WHEN clause is parsed again for every statement: OLD *<> NEW there cost
+-- more); the statement trigger captures it, and readers skip it.
 CREATE OR REPLACE FUNCTION sidecar._create_triggers(p_tracked_id int)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $_create_triggers$
@@ -518,9 +517,8 @@ BEGIN
     IF r_tracked.capture_mode = 'row' THEN
         EXECUTE format('CREATE TRIGGER sidecar_capture_insert AFTER INSERT ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
-        EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s FOR EACH ROW '
-                       'WHEN (%s OLD *<> NEW) EXECUTE FUNCTION %s()', r_tracked.relid,
-                       CASE WHEN r_tracked.capture = 'tagged' THEN v_tagged || ' AND' ELSE '' END, v_func);
+        EXECUTE format('CREATE TRIGGER sidecar_capture_update AFTER UPDATE ON %s FOR EACH ROW %s'
+                       'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
         EXECUTE format('CREATE TRIGGER sidecar_capture_delete AFTER DELETE ON %s FOR EACH ROW %s'
                        'EXECUTE FUNCTION %s()', r_tracked.relid, v_when, v_func);
     ELSE

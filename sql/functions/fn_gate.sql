@@ -94,3 +94,30 @@ AS $resume_table$
     SELECT sidecar._resume('table', t.tracked_id::text, sidecar._qualname(p_table))
     FROM sidecar.tracked t WHERE t.relid = p_table
 $resume_table$;
+
+-- The slow path of a row-mode capture trigger's gate (triggers/capture_row.sql).
+CREATE OR REPLACE FUNCTION sidecar._row_gate(p_tracked_id int, p_tagged_only boolean)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $_row_gate$
+DECLARE
+    v_run  text := current_setting('sidecar.run_id', true);
+    v_seen bigint;
+    v_tag  sidecar.tag;
+BEGIN
+    IF coalesce(v_run, '') = '' THEN
+        RETURN NOT p_tagged_only;
+    END IF;
+    v_seen := pg_sequence_last_value('sidecar.gate_seq'::regclass);
+    PERFORM pg_advisory_lock_shared(hashtext('sidecar.gate_seq')),
+            pg_advisory_unlock_shared(hashtext('sidecar.gate_seq'));
+    SELECT t.action_id, t.is_undo, t.automation INTO v_tag FROM sidecar._tag() t;
+    IF NOT v_tag.is_undo AND EXISTS (
+        SELECT FROM sidecar.pauses p WHERE p.target = ANY (ARRAY[v_tag.automation, '*', p_tracked_id::text])) THEN
+        PERFORM sidecar._gate(v_tag.automation, p_tracked_id, 'Nothing of this statement was written.');
+    END IF;
+    IF v_tag.is_undo OR NOT EXISTS (SELECT FROM sidecar.pauses p WHERE p.scope = 'table') THEN
+        PERFORM set_config('sidecar._gate_ok', v_run || v_seen, false);
+    END IF;
+    RETURN true;
+END
+$_row_gate$;
