@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 LINES = [
     "tagged UPDATE", "tagged INSERT", "tagged DELETE",
-    "floor: untracked UPDATE + a bare write of its images",
+    "floor: untracked UPDATE + a bare write of its images", "floor: untracked INSERT + a bare write of its images",
+    "floor: untracked DELETE + a bare write of its images", "vs its floor",
     "floor: untracked UPDATE + its images paired by key, one row each",
     "untagged UPDATE", "untagged DELETE", "floor: untagged DELETE, no-op triggers",
     "TPS tagged", "TPS untagged",
