@@ -95,7 +95,16 @@ AS $resume_table$
     FROM sidecar.tracked t WHERE t.relid = p_table
 $resume_table$;
 
--- The slow path of a row-mode capture trigger's gate (triggers/capture_row.sql).
+-- The slow path of a row-mode capture trigger's gate (triggers/capture_row.sql),
+-- taken when the session has no answer kept for its run or sidecar.gate_seq
+-- moved. false: an untagged write on a table that captures only tagged ones
+-- (not captured). sidecar._tag() registers the run and the action, refuses
+-- an undone run and makes history partitions ahead when due (start_run()
+-- and every command make them too: a session that writes on under one run
+-- does not look again); sidecar._gate() raises if a pause applies, after
+-- waiting for a pause or undo being committed (sidecar._gate_moved()). The
+-- answer is kept for the session unless a table is paused (another table
+-- may be next).
 CREATE OR REPLACE FUNCTION sidecar._row_gate(p_tracked_id int, p_tagged_only boolean)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $_row_gate$
