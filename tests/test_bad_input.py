@@ -95,13 +95,19 @@ def test_values_at_the_edges_come_back_exactly(sc, run_bot, cli, pg_major, kind)
     assert snapshot(sc, "edge") == before
 
 
-def test_partitioned_table_capture_covers_every_partition_and_undo_lands_right(sc, run_bot):
+@pytest.fixture
+def events(sc):
+    """A tracked table partitioned by region: eu holds rows 1 and 3, us row 2."""
     sc.execute("CREATE TABLE events (id int, region text, note text, PRIMARY KEY (id, region)) "
                "PARTITION BY LIST (region)")
     sc.execute("CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu')")
     sc.execute("CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us')")
     sc.execute("INSERT INTO events VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'eu', 'c')")
     track(sc, "events")
+    return sc
+
+
+def test_partitioned_table_capture_covers_every_partition_and_undo_lands_right(sc, events, run_bot):
     before = snapshot(sc, "events", "id")
     run_id = run_bot("UPDATE events SET note = 'bot'",
                      "INSERT INTO events VALUES (4, 'us', 'new')",
@@ -127,15 +133,9 @@ def test_partitioned_table_capture_covers_every_partition_and_undo_lands_right(s
     assert sc.execute("SELECT id FROM events_us ORDER BY id").fetchall() == [(2,)]
 
 
-def test_statements_on_a_partitioned_table_in_one_transaction_stay_apart(sc, run_bot):
+def test_statements_on_a_partitioned_table_in_one_transaction_stay_apart(sc, events, run_bot):
     """Row mode tells a statement by its partitions' row counts: one statement's rows in every
     partition are one statement, and the next one, in any partition, is another."""
-    sc.execute("CREATE TABLE events (id int, region text, note text, PRIMARY KEY (id, region)) "
-               "PARTITION BY LIST (region)")
-    sc.execute("CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu')")
-    sc.execute("CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us')")
-    sc.execute("INSERT INTO events VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'eu', 'c')")
-    track(sc, "events")
     # One transaction (one simple query): both partitions, then each alone, then both again.
     run_id = run_bot("UPDATE events SET note = 'w'; UPDATE events SET note = 'x' WHERE region = 'us'; "
                      "UPDATE events SET note = 'y' WHERE region = 'eu'; UPDATE events SET note = 'v'")
